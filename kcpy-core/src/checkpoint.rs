@@ -1,0 +1,292 @@
+//! Where the consumer keeps its place: the [`CheckpointStore`] trait.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::BoxError;
+use crate::{ParseSequenceNumberError, SequenceNumber};
+
+/// Which checkpoint: one per consumer name, stream and shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct CheckpointKey {
+    /// The consumer (application) name; consumers with different names keep
+    /// separate checkpoints for the same stream.
+    pub consumer_name: String,
+    /// The stream name (never its ARN, so both spellings share checkpoints).
+    pub stream_name: String,
+    /// The shard id, e.g. `shardId-000000000000`.
+    pub shard_id: String,
+}
+
+impl CheckpointKey {
+    /// A key for one shard of one stream, as read by one consumer.
+    pub fn new(
+        consumer_name: impl Into<String>,
+        stream_name: impl Into<String>,
+        shard_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            consumer_name: consumer_name.into(),
+            stream_name: stream_name.into(),
+            shard_id: shard_id.into(),
+        }
+    }
+}
+
+impl fmt::Display for CheckpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.consumer_name, self.stream_name, self.shard_id)
+    }
+}
+
+/// How far a consumer has processed a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Checkpoint {
+    /// Every record up to and including this sequence number was processed.
+    Sequence(SequenceNumber),
+    /// Every record of the (closed) shard was processed. Stored as the text
+    /// `SHARD_END`; it orders after every sequence number.
+    ShardEnd,
+}
+
+impl Checkpoint {
+    /// The text form stored by the bundled backends: the digits, or `SHARD_END`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Checkpoint::Sequence(seq) => seq.as_str(),
+            Checkpoint::ShardEnd => Self::SHARD_END,
+        }
+    }
+
+    /// The text that marks a finished shard.
+    pub const SHARD_END: &'static str = "SHARD_END";
+}
+
+impl From<SequenceNumber> for Checkpoint {
+    fn from(seq: SequenceNumber) -> Self {
+        Checkpoint::Sequence(seq)
+    }
+}
+
+impl FromStr for Checkpoint {
+    type Err = ParseSequenceNumberError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == Self::SHARD_END {
+            Ok(Checkpoint::ShardEnd)
+        } else {
+            SequenceNumber::parse(text).map(Checkpoint::Sequence)
+        }
+    }
+}
+
+impl Ord for Checkpoint {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Checkpoint::Sequence(a), Checkpoint::Sequence(b)) => a.cmp(b),
+            (Checkpoint::Sequence(_), Checkpoint::ShardEnd) => Ordering::Less,
+            (Checkpoint::ShardEnd, Checkpoint::Sequence(_)) => Ordering::Greater,
+            (Checkpoint::ShardEnd, Checkpoint::ShardEnd) => Ordering::Equal,
+        }
+    }
+}
+
+impl PartialOrd for Checkpoint {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A checkpoint store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The save would move the checkpoint backwards. Another consumer with the
+    /// same name is probably writing to the same key.
+    #[error("checkpoint {key} would move backwards from {stored} to {attempted}")]
+    Conflict {
+        /// The key written to.
+        key: Box<CheckpointKey>,
+        /// What the store holds.
+        stored: Checkpoint,
+        /// What the save tried to write.
+        attempted: Checkpoint,
+    },
+    /// The stored value is not a checkpoint; the store refuses to guess.
+    #[error("stored checkpoint {key} is malformed: {value:?}")]
+    Malformed {
+        /// The key read.
+        key: Box<CheckpointKey>,
+        /// The stored text (cut to 160 characters).
+        value: String,
+        /// Why it is not a checkpoint.
+        #[source]
+        source: ParseSequenceNumberError,
+    },
+    /// The store could not be opened or set up (bad path or URL, no
+    /// permission, a schema it cannot use).
+    #[error("checkpoint store at {location} cannot be opened")]
+    Open {
+        /// The path or URL, without credentials.
+        location: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// The store is temporarily unusable (busy, locked, unreachable).
+    /// Retrying may succeed.
+    #[error("checkpoint store is unavailable")]
+    Unavailable {
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// The store failed in a way retrying will not fix.
+    #[error("checkpoint store failed")]
+    Backend {
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl CheckpointError {
+    /// Whether the same call may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CheckpointError::Unavailable { .. })
+    }
+
+    /// A [`CheckpointError::Malformed`] for a stored text that does not parse.
+    pub fn malformed(key: &CheckpointKey, value: &str, source: ParseSequenceNumberError) -> Self {
+        CheckpointError::Malformed {
+            key: Box::new(key.clone()),
+            value: value.chars().take(160).collect(),
+            source,
+        }
+    }
+
+    /// A [`CheckpointError::Conflict`]: `attempted` is below `stored`.
+    pub fn conflict(key: &CheckpointKey, stored: Checkpoint, attempted: Checkpoint) -> Self {
+        CheckpointError::Conflict {
+            key: Box::new(key.clone()),
+            stored,
+            attempted,
+        }
+    }
+
+    /// Parses a stored text into a [`Checkpoint`], or a `Malformed` error.
+    pub fn parse_stored(key: &CheckpointKey, value: &str) -> Result<Checkpoint, Self> {
+        value
+            .parse()
+            .map_err(|source| Self::malformed(key, value, source))
+    }
+}
+
+/// Durable storage for checkpoints, keyed by [`CheckpointKey`].
+///
+/// Used as `Arc<dyn CheckpointStore>`; implement it to keep checkpoints
+/// anywhere. Run [`test_util::checkpoint_store_conformance`](crate::test_util)
+/// (feature `test-util`) against an implementation to check the contract.
+///
+/// # Contract
+///
+/// - `load` of a key never saved returns `Ok(None)`.
+/// - `load` returns exactly what the last successful `save` of that key wrote
+///   (all 1 to 129 digits of a sequence number, or [`Checkpoint::ShardEnd`]).
+/// - A stored value that is not a checkpoint is reported as
+///   [`CheckpointError::Malformed`], never guessed at or replaced silently.
+/// - When `save` returns `Ok`, the checkpoint is durable: a process that
+///   crashes right after still finds it on the next `load`.
+/// - A checkpoint never moves backwards: a `save` of a value lower than the
+///   stored one fails with [`CheckpointError::Conflict`] and changes nothing;
+///   saving the stored value again succeeds. Order is that of [`Checkpoint`].
+///   The check and the write are one atomic step.
+/// - Keys are independent: consumer name, stream and shard each separate them.
+/// - Transient failures are [`CheckpointError::Unavailable`]; the consumer
+///   retries those with backoff and treats every other error as fatal.
+#[async_trait]
+pub trait CheckpointStore: fmt::Debug + Send + Sync + 'static {
+    /// The stored checkpoint for `key`, if any.
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError>;
+
+    /// Stores `checkpoint` for `key`, durably, unless it would move backwards.
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+}
+
+#[async_trait]
+impl<T: CheckpointStore + ?Sized> CheckpointStore for Arc<T> {
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+        (**self).load(key).await
+    }
+
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        (**self).save(key, checkpoint).await
+    }
+}
+
+#[async_trait]
+impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+        (**self).load(key).await
+    }
+
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        (**self).save(key, checkpoint).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_end_orders_after_every_sequence_number() {
+        let max = Checkpoint::Sequence(SequenceNumber::parse(&"9".repeat(129)).expect("valid"));
+        assert!(max < Checkpoint::ShardEnd);
+        assert_eq!("SHARD_END".parse::<Checkpoint>().expect("valid"), Checkpoint::ShardEnd);
+        assert_eq!(Checkpoint::ShardEnd.to_string(), "SHARD_END");
+    }
+
+    #[test]
+    fn parse_stored_reports_malformed_values_with_the_key() {
+        let key = CheckpointKey::new("app", "stream", "shardId-000000000000");
+        for bad in ["", "abc", "4.95e+55", &"1".repeat(130)] {
+            match CheckpointError::parse_stored(&key, bad) {
+                Err(CheckpointError::Malformed { key: k, .. }) => assert_eq!(*k, key),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    fn assert_object_safe(_: &dyn CheckpointStore) {}
+
+    #[test]
+    fn the_trait_is_object_safe_and_forwards_through_arc_and_box() {
+        #[derive(Debug)]
+        struct Nothing;
+        #[async_trait]
+        impl CheckpointStore for Nothing {
+            async fn load(&self, _: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+                Ok(None)
+            }
+            async fn save(&self, _: &CheckpointKey, _: &Checkpoint) -> Result<(), CheckpointError> {
+                Ok(())
+            }
+        }
+        let shared: Arc<dyn CheckpointStore> = Arc::new(Nothing);
+        assert_object_safe(&shared);
+        assert_object_safe(&Box::new(Nothing));
+    }
+}

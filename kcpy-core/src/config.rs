@@ -1,0 +1,204 @@
+//! Settings, with their defaults in one place.
+
+use std::time::{Duration, SystemTime};
+
+/// Where to start reading a shard that has no checkpoint yet. Shards with a
+/// checkpoint always resume right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartPosition {
+    /// The oldest record still retained.
+    #[default]
+    TrimHorizon,
+    /// The tip of each shard as of [`ConsumerBuilder::build`](crate::ConsumerBuilder::build)
+    /// returning: every record written after that is delivered.
+    Latest,
+    /// The first record that arrived at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+/// When checkpoints advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CheckpointMode {
+    /// A record counts as processed once the caller asks for the next item;
+    /// checkpoints are written in batches and at shutdown.
+    #[default]
+    Auto,
+    /// Only records passed to [`Checkpointer::checkpoint`](crate::Checkpointer::checkpoint)
+    /// count as processed; per shard, the checkpoint advances over the
+    /// contiguous run of processed records.
+    Manual,
+}
+
+/// Tuning shared by the pollers, the checkpoint writer and shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) consumer_name: String,
+    pub(crate) start_position: StartPosition,
+    pub(crate) checkpoint_mode: CheckpointMode,
+    pub(crate) checkpoint_every: u64,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) checkpoint_retries: u32,
+    pub(crate) idle_interval: Duration,
+    pub(crate) max_get_records_per_second: u32,
+    pub(crate) max_records_per_call: i32,
+    pub(crate) prefetch_batches: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) startup_retries: u32,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            consumer_name: "kcpy".into(),
+            start_position: StartPosition::TrimHorizon,
+            checkpoint_mode: CheckpointMode::Auto,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_retries: 5,
+            idle_interval: Duration::from_secs(1),
+            max_get_records_per_second: 5,
+            max_records_per_call: 10_000,
+            prefetch_batches: 2,
+            request_timeout: Duration::from_secs(20),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            startup_retries: 8,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        use crate::Error;
+        let name = &self.consumer_name;
+        if name.trim().is_empty() {
+            return Err(Error::config("the consumer name must not be empty"));
+        }
+        if name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(Error::config(
+                "the consumer name must be at most 255 bytes without control characters",
+            ));
+        }
+        if !(1..=5).contains(&self.max_get_records_per_second) {
+            return Err(Error::config(
+                "max_get_records_per_second must be 1 to 5 (Kinesis allows 5 per shard)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_records_per_call) {
+            return Err(Error::config("max_records_per_call must be 1 to 10000"));
+        }
+        if self.prefetch_batches == 0 {
+            return Err(Error::config("prefetch_batches must be at least 1"));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(Error::config("checkpoint_every must be at least 1"));
+        }
+        for (what, value) in [
+            ("checkpoint_interval", self.checkpoint_interval),
+            ("request_timeout", self.request_timeout),
+            ("backoff_base", self.backoff_base),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(format!("{what} must be more than zero")));
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err(Error::config("backoff_max must not be below backoff_base"));
+        }
+        Ok(())
+    }
+
+    /// The least time between two GetRecords calls on one shard.
+    pub(crate) fn min_call_spacing(&self) -> Duration {
+        Duration::from_secs(1) / self.max_get_records_per_second
+    }
+}
+
+/// Jittered exponential backoff ("full jitter").
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(settings: &Settings) -> Self {
+        Self {
+            base: settings.backoff_base,
+            max: settings.backoff_max,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next retry: random in `[ceiling/2, ceiling]`, where
+    /// the ceiling doubles per attempt up to the maximum.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let settings = Settings {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..Settings::default()
+        };
+        let mut backoff = Backoff::new(&settings);
+        let first = backoff.next_delay();
+        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+        for _ in 0..30 {
+            let delay = backoff.next_delay();
+            assert!(delay <= Duration::from_secs(1), "{delay:?}");
+        }
+        let late = backoff.next_delay();
+        assert!(late >= Duration::from_millis(500), "{late:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_rejected() {
+        assert!(Settings::default().validate().is_ok());
+        let bad = [
+            Settings { consumer_name: String::new(), ..Settings::default() },
+            Settings { consumer_name: "  ".into(), ..Settings::default() },
+            Settings { max_get_records_per_second: 6, ..Settings::default() },
+            Settings { max_records_per_call: 10_001, ..Settings::default() },
+            Settings { prefetch_batches: 0, ..Settings::default() },
+            Settings { checkpoint_every: 0, ..Settings::default() },
+        ];
+        for settings in bad {
+            assert!(
+                matches!(settings.validate(), Err(crate::Error::InvalidConfig { .. })),
+                "{settings:?}"
+            );
+        }
+    }
+}

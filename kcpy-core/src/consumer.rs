@@ -1,0 +1,687 @@
+//! The consumer: a `Stream` of records over every shard of a stream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::stream::SelectAll;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use crate::config::{Backoff, Settings};
+use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, SdkKinesis, ShardInfo, StreamRef};
+use crate::poller::{Poller, ShardEvent};
+use crate::progress::{Progress, Writer};
+use crate::{
+    Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record, SequenceNumber,
+    StartPosition,
+};
+
+/// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
+///
+/// Records of one shard arrive in shard order; shards are interleaved. Build
+/// one with [`Consumer::builder`], read it with `next().await`, and check
+/// [`Consumer::error`] once it ends: the stream ends early only on a fatal
+/// error, which is also logged.
+///
+/// In [`CheckpointMode::Auto`] (the default) a record counts as processed
+/// when you ask for the next one; see the crate docs for what that means for
+/// at-least-once delivery. Dropping the consumer stops its tasks at once and
+/// saves the checkpoints of processed records in the background; prefer
+/// [`Consumer::close`] or a [`ShutdownHandle`] to wait for that.
+#[must_use = "a Consumer does nothing unless polled"]
+pub struct Consumer {
+    shards: SelectAll<ShardStream>,
+    current: Option<Batch>,
+    slots: Vec<ShardSlot>,
+    /// Slots whose processed position changed since the last hand-over.
+    dirty: Vec<usize>,
+    /// The slot of the record handed out last, while it is not yet processed.
+    in_flight: Option<usize>,
+    in_flight_seq: SequenceNumber,
+    since_flush: u64,
+    progress: Option<Arc<Progress>>,
+    /// Auto mode with a store: positions are tracked per record.
+    track: bool,
+    writer: Option<JoinHandle<Result<(), Error>>>,
+    shutdown: CancellationToken,
+    shutdown_signal: Pin<Box<WaitForCancellationFutureOwned>>,
+    phase: Phase,
+    error: Option<Error>,
+    settings: Arc<Settings>,
+    stream: Arc<StreamRef>,
+}
+
+struct ShardSlot {
+    id: Arc<str>,
+    processed: Option<SequenceNumber>,
+    dirty: bool,
+}
+
+struct Batch {
+    slot: usize,
+    records: std::vec::IntoIter<Record>,
+}
+
+enum Phase {
+    Running,
+    Closing(Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>),
+    Done,
+}
+
+/// One shard's poller, as a stream of its events.
+struct ShardStream {
+    slot: usize,
+    events: mpsc::Receiver<ShardEvent>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Stream for ShardStream {
+    type Item = (usize, ShardEvent);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let slot = self.slot;
+        self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("stream", &self.stream.configured)
+            .field("consumer_name", &self.settings.consumer_name)
+            .field("shards", &self.slots.len())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Starts configuring a consumer of `stream` (a name or an ARN).
+    pub fn builder(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::with_api(Arc::new(SdkKinesis(client)), stream.into())
+    }
+
+    /// The fatal error that ended the stream, if one did.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// The stream's name (also when it was configured by ARN).
+    pub fn stream_name(&self) -> &str {
+        &self.stream.name
+    }
+
+    /// The shards being read, in the order they were found.
+    pub fn shard_ids(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|slot| &*slot.id)
+    }
+
+    /// A handle that stops this consumer from anywhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// A handle to mark records processed in [`CheckpointMode::Manual`].
+    pub fn checkpointer(&self) -> Checkpointer {
+        Checkpointer {
+            progress: self.progress.clone(),
+        }
+    }
+
+    /// Marks `record` processed ([`CheckpointMode::Manual`]); see
+    /// [`Checkpointer::checkpoint`].
+    pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
+        self.checkpointer().checkpoint(record)
+    }
+
+    /// Stops the consumer and waits until the checkpoints of processed records
+    /// are written (or the shutdown deadline passes). Records already fetched
+    /// but not handed out are dropped; they are read again next time.
+    ///
+    /// The record returned last is *not* counted as processed by `close`:
+    /// ask for the next item first (or checkpoint it in manual mode) if it was.
+    /// Returns the fatal error that ended the stream, if any.
+    pub async fn close(&mut self) -> Result<(), Error> {
+        self.in_flight = None;
+        self.shutdown.cancel();
+        while self.next().await.is_some() {}
+        self.error.clone().map_or(Ok(()), Err)
+    }
+
+    fn mark_processed(&mut self, slot: usize) {
+        let entry = &mut self.slots[slot];
+        match &mut entry.processed {
+            Some(processed) => std::mem::swap(processed, &mut self.in_flight_seq),
+            None => entry.processed = Some(self.in_flight_seq.clone()),
+        }
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(slot);
+        }
+        self.since_flush += 1;
+    }
+
+    /// Hands the processed positions to the checkpoint writer.
+    fn hand_over(&mut self) {
+        self.since_flush = 0;
+        let Some(progress) = &self.progress else {
+            return;
+        };
+        progress.flush_due.store(false, Ordering::Relaxed);
+        if self.dirty.is_empty() {
+            return;
+        }
+        let slots = &mut self.slots;
+        for &slot in &self.dirty {
+            slots[slot].dirty = false;
+        }
+        progress.submit(self.dirty.drain(..).filter_map(|slot| {
+            let entry = &slots[slot];
+            entry.processed.as_ref().map(|seq| (&entry.id, seq))
+        }));
+    }
+
+    fn begin_closing(&mut self) {
+        if !matches!(self.phase, Phase::Running) {
+            return;
+        }
+        self.shutdown.cancel();
+        // Fetched but not handed out: dropped, and read again after a restart
+        // because no checkpoint covers them.
+        self.current = None;
+        self.shards = SelectAll::new();
+        self.in_flight = None;
+        self.hand_over();
+        let writer = self.writer.take().map(AbortOnDropHandle::new);
+        let progress = self.progress.clone();
+        let deadline = self.settings.shutdown_timeout;
+        self.phase = Phase::Closing(Box::pin(async move {
+            let (Some(writer), Some(progress)) = (writer, progress) else {
+                return Ok(());
+            };
+            progress.stop();
+            match tokio::time::timeout(deadline, writer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(join_error)) => Err(Error::Checkpoint(crate::CheckpointError::Backend {
+                    source: Arc::new(join_error),
+                })),
+                Err(_) => Err(Error::ShutdownTimedOut { deadline }),
+            }
+        }));
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Record;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
+        let this = self.get_mut();
+        // Asking for the next record means the previous one was processed.
+        if let Some(slot) = this.in_flight.take() {
+            this.mark_processed(slot);
+        }
+        loop {
+            match &mut this.phase {
+                Phase::Running => {}
+                Phase::Closing(closing) => {
+                    let result = std::task::ready!(closing.as_mut().poll(cx));
+                    if let Err(error) = result {
+                        tracing::error!(error = %error, "consumer stopped with an error");
+                        this.error.get_or_insert(error);
+                    }
+                    this.phase = Phase::Done;
+                    return Poll::Ready(None);
+                }
+                Phase::Done => return Poll::Ready(None),
+            }
+            if this.shutdown.is_cancelled() {
+                this.begin_closing();
+                continue;
+            }
+            if this.track
+                && (this.since_flush >= this.settings.checkpoint_every
+                    || this.progress.as_ref().is_some_and(|p| p.flush_due.load(Ordering::Relaxed)))
+            {
+                this.hand_over();
+            }
+            if let Some(batch) = &mut this.current {
+                if let Some(record) = batch.records.next() {
+                    if this.track {
+                        this.in_flight_seq.assign(&record.sequence_number);
+                        this.in_flight = Some(batch.slot);
+                    }
+                    return Poll::Ready(Some(record));
+                }
+                this.current = None;
+            }
+            match this.shards.poll_next_unpin(cx) {
+                Poll::Ready(Some((slot, ShardEvent::Records(records)))) => {
+                    if let Some(progress) = this.progress.as_ref().filter(|_| !this.track) {
+                        progress.register(&this.slots[slot].id, &records);
+                    }
+                    this.current = Some(Batch {
+                        slot,
+                        records: records.into_iter(),
+                    });
+                }
+                Poll::Ready(Some((slot, ShardEvent::End))) => {
+                    tracing::debug!(shard = %this.slots[slot].id, "shard finished");
+                }
+                Poll::Ready(Some((_, ShardEvent::Fatal(error)))) => {
+                    this.error.get_or_insert(error);
+                    this.begin_closing();
+                }
+                Poll::Ready(None) => {
+                    tracing::info!(stream = %this.stream.name, "every shard has ended");
+                    this.begin_closing();
+                }
+                Poll::Pending => {
+                    if let Some(progress) = &this.progress {
+                        progress.waker.register(cx.waker());
+                        if this.track && progress.flush_due.load(Ordering::Acquire) {
+                            this.hand_over();
+                        }
+                    }
+                    if this.shutdown_signal.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if matches!(self.phase, Phase::Running) {
+            self.shutdown.cancel();
+            self.in_flight = None;
+            self.hand_over();
+            // The writer finishes saving in the background; nothing waits for it.
+            if let Some(progress) = &self.progress {
+                progress.stop();
+            }
+        }
+    }
+}
+
+/// Stops a [`Consumer`] from anywhere; cloneable.
+///
+/// After [`shutdown`](Self::shutdown) the consumer stops fetching, drops the
+/// records it fetched but did not hand out (they are not checkpointed, so
+/// they are read again next time), writes the checkpoints of processed
+/// records, and its stream ends — within the shutdown deadline.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Asks the consumer to stop.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether a shutdown was asked for (or a fatal error stopped the consumer).
+    pub fn is_shutdown(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Configures a [`Consumer`]; made by [`Consumer::builder`].
+#[must_use]
+pub struct ConsumerBuilder {
+    api: DynKinesis,
+    stream: String,
+    store: Option<Arc<dyn CheckpointStore>>,
+    shutdown: Option<CancellationToken>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("stream", &self.stream)
+            .field("store", &self.store)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn with_api(api: DynKinesis, stream: String) -> Self {
+        Self {
+            api,
+            stream,
+            store: None,
+            shutdown: None,
+            settings: Settings::default(),
+        }
+    }
+
+    /// The name checkpoints are kept under (default `kcpy`). Consumers with
+    /// different names read the same stream independently.
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.consumer_name = name.into();
+        self
+    }
+
+    /// Where checkpoints are kept. Without a store nothing is checkpointed and
+    /// every run starts at the start position.
+    pub fn checkpoint_store(mut self, store: impl CheckpointStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Where shards without a checkpoint start (default
+    /// [`StartPosition::TrimHorizon`]).
+    pub fn start_position(mut self, position: StartPosition) -> Self {
+        self.settings.start_position = position;
+        self
+    }
+
+    /// When records count as processed (default [`CheckpointMode::Auto`]).
+    pub fn checkpoint_mode(mut self, mode: CheckpointMode) -> Self {
+        self.settings.checkpoint_mode = mode;
+        self
+    }
+
+    /// Write checkpoints after this many processed records (default 1000).
+    pub fn checkpoint_every(mut self, records: u64) -> Self {
+        self.settings.checkpoint_every = records;
+        self
+    }
+
+    /// Write checkpoints at least this often while records are processed
+    /// (default 5 s).
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.settings.checkpoint_interval = interval;
+        self
+    }
+
+    /// How often a failing checkpoint save is retried before the consumer
+    /// stops with the error (default 5).
+    pub fn checkpoint_retries(mut self, retries: u32) -> Self {
+        self.settings.checkpoint_retries = retries;
+        self
+    }
+
+    /// How long a shard waits before polling again once it has caught up with
+    /// the tip (default 1 s).
+    pub fn idle_interval(mut self, interval: Duration) -> Self {
+        self.settings.idle_interval = interval;
+        self
+    }
+
+    /// GetRecords calls per second per shard, 1 to 5 (default 5, Kinesis'
+    /// limit). Every application reading a shard shares that limit: set this
+    /// lower when others read the same stream.
+    pub fn max_get_records_per_second(mut self, calls: u32) -> Self {
+        self.settings.max_get_records_per_second = calls;
+        self
+    }
+
+    /// Records asked for per GetRecords call, 1 to 10000 (default 10000).
+    pub fn max_records_per_call(mut self, records: i32) -> Self {
+        self.settings.max_records_per_call = records;
+        self
+    }
+
+    /// Batches fetched ahead per shard (default 2). Memory use is bounded by
+    /// this times the batch size, whatever the backlog.
+    pub fn prefetch_batches(mut self, batches: usize) -> Self {
+        self.settings.prefetch_batches = batches;
+        self
+    }
+
+    /// Time limit for one Kinesis call; a call over it is retried (default 20 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// First and largest delay between retries of a failed call (defaults
+    /// 100 ms and 10 s); delays double per attempt, with jitter.
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.backoff_base = base;
+        self.settings.backoff_max = max;
+        self
+    }
+
+    /// How often `build` retries a transiently failing call before giving up
+    /// with [`Error::Unavailable`] (default 8).
+    pub fn startup_retries(mut self, retries: u32) -> Self {
+        self.settings.startup_retries = retries;
+        self
+    }
+
+    /// How long shutdown may take to write the last checkpoints (default 10 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// A token whose cancellation shuts the consumer down, as
+    /// [`ShutdownHandle::shutdown`] does.
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+
+    /// Checks the configuration, finds the shards, loads their checkpoints and
+    /// positions each shard, then starts reading.
+    ///
+    /// With [`StartPosition::Latest`], every record written after `build`
+    /// returns is delivered.
+    pub async fn build(self) -> Result<Consumer, Error> {
+        self.settings.validate()?;
+        let stream = Arc::new(StreamRef::parse(&self.stream)?);
+        let settings = Arc::new(self.settings);
+        let api = self.api;
+        let store = self.store;
+        let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
+
+        let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
+        let mut plans: Vec<ShardPlan> = futures::stream::iter(shards)
+            .map(|shard| plan_shard(&api, &stream, &settings, store.as_deref(), shard))
+            .buffer_unordered(16)
+            .try_filter_map(|plan| async move { Ok(plan) })
+            .try_collect()
+            .instrument(span.clone())
+            .await?;
+        plans.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+
+        let shutdown = self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token());
+        let (progress, writer) = match store {
+            Some(store) => {
+                let (progress, commands) = Progress::new(&settings);
+                let writer = Writer {
+                    store,
+                    progress: Arc::clone(&progress),
+                    commands,
+                    settings: Arc::clone(&settings),
+                    stream_name: stream.name.clone(),
+                    cancel: shutdown.clone(),
+                };
+                let task = tokio::spawn(writer.run().instrument(span.clone()));
+                (Some(progress), Some(task))
+            }
+            None => (None, None),
+        };
+
+        let mut slots = Vec::with_capacity(plans.len());
+        let mut streams = SelectAll::new();
+        for (slot, plan) in plans.into_iter().enumerate() {
+            let (tx, events) = mpsc::channel(settings.prefetch_batches);
+            let shard_id: Arc<str> = plan.shard_id.into();
+            let poller = Poller {
+                api: Arc::clone(&api),
+                stream: Arc::clone(&stream),
+                shard_id: Arc::clone(&shard_id),
+                settings: Arc::clone(&settings),
+                start: plan.start,
+                iterator: Some(plan.iterator),
+                tx,
+                cancel: shutdown.clone(),
+            };
+            let shard_span = tracing::info_span!(parent: &span, "shard", shard = %shard_id);
+            let task = tokio::spawn(poller.run().instrument(shard_span));
+            streams.push(ShardStream {
+                slot,
+                events,
+                _task: AbortOnDropHandle::new(task),
+            });
+            slots.push(ShardSlot {
+                id: shard_id,
+                processed: None,
+                dirty: false,
+            });
+        }
+        tracing::info!(parent: &span, shards = slots.len(), "consumer started");
+        let track = progress.is_some() && settings.checkpoint_mode == CheckpointMode::Auto;
+        Ok(Consumer {
+            shards: streams,
+            current: None,
+            slots,
+            dirty: Vec::new(),
+            in_flight: None,
+            in_flight_seq: SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
+            since_flush: 0,
+            progress,
+            track,
+            writer,
+            shutdown_signal: Box::pin(shutdown.clone().cancelled_owned()),
+            shutdown,
+            phase: Phase::Running,
+            error: None,
+            settings,
+            stream,
+        })
+    }
+}
+
+struct ShardPlan {
+    shard_id: String,
+    start: IteratorPosition,
+    iterator: String,
+}
+
+/// Every shard of the stream, following ListShards pages.
+async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) -> Result<Vec<ShardInfo>, Error> {
+    let mut shards = Vec::new();
+    let mut token = None;
+    loop {
+        let page = retry_startup("ListShards", settings, || api.list_shards(stream, token.clone())).await?;
+        shards.extend(page.shards);
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => return Ok(shards),
+        }
+    }
+}
+
+/// Loads a shard's checkpoint and resolves its first iterator; `None` for a
+/// shard that is already finished.
+async fn plan_shard(
+    api: &DynKinesis,
+    stream: &StreamRef,
+    settings: &Settings,
+    store: Option<&dyn CheckpointStore>,
+    shard: ShardInfo,
+) -> Result<Option<ShardPlan>, Error> {
+    let checkpoint = match store {
+        Some(store) => {
+            let key = CheckpointKey::new(&settings.consumer_name, &stream.name, &shard.shard_id);
+            load_checkpoint(store, &key, settings).await?
+        }
+        None => None,
+    };
+    let (position, start) = match checkpoint {
+        Some(Checkpoint::ShardEnd) => return Ok(None),
+        Some(Checkpoint::Sequence(seq)) => {
+            let position = IteratorPosition::AfterSequence(seq);
+            (position.clone(), position)
+        }
+        None => match settings.start_position {
+            StartPosition::TrimHorizon => (IteratorPosition::TrimHorizon, IteratorPosition::TrimHorizon),
+            StartPosition::AtTimestamp(at) => {
+                (IteratorPosition::AtTimestamp(at), IteratorPosition::AtTimestamp(at))
+            }
+            // Should the iterator expire before a record is read, renewing it
+            // at LATEST could skip records written since build(); restart from
+            // the time LATEST was resolved instead.
+            StartPosition::Latest => (IteratorPosition::Latest, IteratorPosition::AtTimestamp(SystemTime::now())),
+        },
+    };
+    let iterator = retry_startup("GetShardIterator", settings, || {
+        api.get_shard_iterator(stream, &shard.shard_id, &position)
+    })
+    .await?;
+    Ok(Some(ShardPlan {
+        shard_id: shard.shard_id,
+        start,
+        iterator,
+    }))
+}
+
+async fn load_checkpoint(
+    store: &dyn CheckpointStore,
+    key: &CheckpointKey,
+    settings: &Settings,
+) -> Result<Option<Checkpoint>, Error> {
+    let mut backoff = Backoff::new(settings);
+    loop {
+        match store.load(key).await {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(error) if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => return Err(Error::Checkpoint(error)),
+        }
+    }
+}
+
+async fn retry_startup<T, F, Fut>(operation: &'static str, settings: &Settings, mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let mut backoff = Backoff::new(settings);
+    loop {
+        let result = match tokio::time::timeout(settings.request_timeout, call()).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Transient(Arc::new(crate::poller::RequestTimedOut))),
+        };
+        match result {
+            Ok(value) => return Ok(value),
+            Err(ApiError::Fatal(error)) => return Err(error),
+            Err(ApiError::ExpiredIterator) => {
+                return Err(Error::InvalidResponse {
+                    operation,
+                    message: "ExpiredIteratorException".into(),
+                })
+            }
+            Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+                if backoff.attempts() >= settings.startup_retries {
+                    return Err(Error::Unavailable { operation, source });
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(operation, error = %source, ?delay, "retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+// The consumer must stay usable from spawned tasks and with `StreamExt::next`.
+const _: fn() = || {
+    fn unpin_send<T: Unpin + Send>() {}
+    unpin_send::<Consumer>();
+};

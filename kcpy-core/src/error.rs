@@ -1,0 +1,117 @@
+//! The consumer's error type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::CheckpointError;
+
+/// A boxed, shareable error source.
+pub type BoxError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the consumer could not start, or why its stream ended early.
+///
+/// Transient faults (throttling, 5xx, connection resets, expired iterators)
+/// are retried inside the consumer and never surface here once it runs.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration given to the builder is not usable.
+    #[error("invalid consumer configuration: {message}")]
+    InvalidConfig {
+        /// What is wrong.
+        message: String,
+    },
+    /// The stream (or one of its shards) does not exist.
+    #[error("stream {stream:?} was not found")]
+    StreamNotFound {
+        /// The stream name or ARN as configured.
+        stream: String,
+        /// What Kinesis answered.
+        #[source]
+        source: BoxError,
+    },
+    /// The credentials in use may not read the stream.
+    #[error("access to stream {stream:?} was denied")]
+    AccessDenied {
+        /// The stream name or ARN as configured.
+        stream: String,
+        /// What Kinesis answered.
+        #[source]
+        source: BoxError,
+    },
+    /// The stream is encrypted and its KMS key cannot be used.
+    #[error("the KMS key of stream {stream:?} cannot be used")]
+    Kms {
+        /// The stream name or ARN as configured.
+        stream: String,
+        /// What Kinesis answered.
+        #[source]
+        source: BoxError,
+    },
+    /// Kinesis rejected a request in a way retrying cannot fix.
+    #[error("Kinesis rejected {operation} for stream {stream:?}")]
+    Kinesis {
+        /// The API operation, e.g. `GetShardIterator`.
+        operation: &'static str,
+        /// The stream name or ARN as configured.
+        stream: String,
+        /// What Kinesis answered.
+        #[source]
+        source: BoxError,
+    },
+    /// Kinesis kept failing with transient errors while the consumer was
+    /// starting. Retrying later may succeed.
+    #[error("Kinesis stayed unavailable for {operation} while the consumer started")]
+    Unavailable {
+        /// The API operation, e.g. `ListShards`.
+        operation: &'static str,
+        /// The last error seen.
+        #[source]
+        source: BoxError,
+    },
+    /// Kinesis returned data the consumer cannot interpret.
+    #[error("Kinesis returned an invalid response to {operation}: {message}")]
+    InvalidResponse {
+        /// The API operation.
+        operation: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The checkpoint store failed and retrying did not help, or it holds
+    /// something the consumer must not overwrite.
+    #[error("checkpoint store failed")]
+    Checkpoint(#[from] CheckpointError),
+    /// A record passed to [`Checkpointer::checkpoint`](crate::Checkpointer::checkpoint)
+    /// was not delivered by this consumer, or its shard is no longer read.
+    #[error("record {sequence_number} of shard {shard_id} was not delivered by this consumer")]
+    UnknownRecord {
+        /// The record's shard.
+        shard_id: String,
+        /// The record's sequence number.
+        sequence_number: String,
+    },
+    /// Shutdown did not finish flushing checkpoints within its deadline. The
+    /// records whose checkpoints were not written will be delivered again.
+    #[error("shutdown did not finish within {deadline:?}; some checkpoints were not written")]
+    ShutdownTimedOut {
+        /// The configured deadline.
+        deadline: Duration,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } | Error::ShutdownTimedOut { .. } => true,
+            Error::Checkpoint(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The seam between the consumer and Kinesis: the three calls it makes, with
+//! errors already sorted into what to do about them. The SDK client implements
+//! it; unit tests script it to produce faults the emulator cannot.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+
+use crate::error::BoxError;
+use crate::{Error, SequenceNumber};
+
+/// The stream as configured, and its name for checkpoint keys.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamRef {
+    /// The name or ARN as the user gave it.
+    pub(crate) configured: String,
+    pub(crate) name: String,
+    pub(crate) arn: Option<String>,
+}
+
+impl StreamRef {
+    pub(crate) fn parse(stream: &str) -> Result<Self, Error> {
+        if stream.is_empty() {
+            return Err(Error::config("the stream name must not be empty"));
+        }
+        if let Some(rest) = stream.strip_prefix("arn:") {
+            // arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            let name = match parts.as_slice() {
+                [_, "kinesis", _, _, resource] => resource.strip_prefix("stream/"),
+                _ => None,
+            };
+            return match name {
+                Some(name) if is_valid_stream_name(name) => Ok(Self {
+                    configured: stream.to_owned(),
+                    name: name.to_owned(),
+                    arn: Some(stream.to_owned()),
+                }),
+                _ => Err(Error::config(format!("{stream:?} is not a Kinesis stream ARN"))),
+            };
+        }
+        if !is_valid_stream_name(stream) {
+            return Err(Error::config(format!(
+                "{stream:?} is not a valid stream name (1-128 of a-z A-Z 0-9 _ . -)"
+            )));
+        }
+        Ok(Self {
+            configured: stream.to_owned(),
+            name: stream.to_owned(),
+            arn: None,
+        })
+    }
+}
+
+fn is_valid_stream_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// One shard as ListShards describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardInfo {
+    pub(crate) shard_id: String,
+    pub(crate) parent_shard_id: Option<String>,
+    pub(crate) adjacent_parent_shard_id: Option<String>,
+    /// Set once the shard is closed (by a split or merge).
+    pub(crate) ending_sequence_number: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ShardPage {
+    pub(crate) shards: Vec<ShardInfo>,
+    pub(crate) next_token: Option<String>,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IteratorPosition {
+    TrimHorizon,
+    Latest,
+    AtTimestamp(SystemTime),
+    AfterSequence(SequenceNumber),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RecordsPage {
+    pub(crate) records: Vec<aws_sdk_kinesis::types::Record>,
+    /// `None` once the shard is closed and fully read.
+    pub(crate) next_iterator: Option<String>,
+    pub(crate) millis_behind_latest: Option<i64>,
+}
+
+/// What a failed call means for the caller.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// Over a limit; back off and retry.
+    Throttled(BoxError),
+    /// A fault that passes (5xx, reset, timeout); back off and retry.
+    Transient(BoxError),
+    /// The shard iterator is too old; get a new one.
+    ExpiredIterator,
+    /// Retrying cannot help; the consumer stops.
+    Fatal(Error),
+}
+
+#[async_trait]
+pub(crate) trait KinesisApi: Send + Sync + 'static {
+    async fn list_shards(
+        &self,
+        stream: &StreamRef,
+        next_token: Option<String>,
+    ) -> Result<ShardPage, ApiError>;
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &StreamRef,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<String, ApiError>;
+
+    async fn get_records(
+        &self,
+        stream: &StreamRef,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError>;
+}
+
+pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
+
+/// The real thing.
+pub(crate) struct SdkKinesis(pub(crate) aws_sdk_kinesis::Client);
+
+#[async_trait]
+impl KinesisApi for SdkKinesis {
+    async fn list_shards(
+        &self,
+        stream: &StreamRef,
+        next_token: Option<String>,
+    ) -> Result<ShardPage, ApiError> {
+        // With a NextToken, Kinesis rejects any stream identifier.
+        let request = match next_token {
+            Some(token) => self.0.list_shards().next_token(token),
+            None => match &stream.arn {
+                Some(arn) => self.0.list_shards().stream_arn(arn),
+                None => self.0.list_shards().stream_name(&stream.name),
+            }
+            .max_results(1000),
+        };
+        let output = request
+            .send()
+            .await
+            .map_err(|e| classify(e, "ListShards", stream))?;
+        let shards = output
+            .shards
+            .unwrap_or_default()
+            .into_iter()
+            .map(|shard| ShardInfo {
+                ending_sequence_number: shard
+                    .sequence_number_range
+                    .and_then(|range| range.ending_sequence_number),
+                shard_id: shard.shard_id,
+                parent_shard_id: shard.parent_shard_id,
+                adjacent_parent_shard_id: shard.adjacent_parent_shard_id,
+            })
+            .collect();
+        Ok(ShardPage {
+            shards,
+            next_token: output.next_token,
+        })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &StreamRef,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<String, ApiError> {
+        let mut request = self.0.get_shard_iterator().shard_id(shard_id);
+        request = match &stream.arn {
+            Some(arn) => request.stream_arn(arn),
+            None => request.stream_name(&stream.name),
+        };
+        request = match position {
+            IteratorPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            IteratorPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            IteratorPosition::AtTimestamp(at) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*at)),
+            IteratorPosition::AfterSequence(seq) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+        };
+        let output = request
+            .send()
+            .await
+            .map_err(|e| classify(e, "GetShardIterator", stream))?;
+        output.shard_iterator.ok_or_else(|| {
+            ApiError::Fatal(Error::InvalidResponse {
+                operation: "GetShardIterator",
+                message: "no ShardIterator in the response".into(),
+            })
+        })
+    }
+
+    async fn get_records(
+        &self,
+        stream: &StreamRef,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError> {
+        let output = self
+            .0
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| classify(e, "GetRecords", stream))?;
+        Ok(RecordsPage {
+            records: output.records,
+            next_iterator: output.next_shard_iterator,
+            millis_behind_latest: output.millis_behind_latest,
+        })
+    }
+}
+
+/// Sorts an SDK error into retry, renew or stop.
+pub(crate) fn classify<E>(error: SdkError<E, HttpResponse>, operation: &'static str, stream: &StreamRef) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = error.code().map(str::to_owned);
+    let server_fault = error.raw_response().is_some_and(|raw| raw.status().is_server_error());
+    let transport_fault = matches!(
+        error,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+    );
+    let source: BoxError = Arc::new(error);
+    if transport_fault {
+        return ApiError::Transient(source);
+    }
+    let stream = stream.configured.clone();
+    match code.as_deref() {
+        Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
+        Some(
+            "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "ThrottlingException"
+            | "Throttling"
+            | "RequestLimitExceeded",
+        ) => ApiError::Throttled(source),
+        Some("ResourceNotFoundException") => ApiError::Fatal(Error::StreamNotFound { stream, source }),
+        Some("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException") => {
+            ApiError::Fatal(Error::AccessDenied { stream, source })
+        }
+        Some(
+            "KMSDisabledException"
+            | "KMSInvalidStateException"
+            | "KMSAccessDeniedException"
+            | "KMSNotFoundException"
+            | "KMSOptInRequired",
+        ) => ApiError::Fatal(Error::Kms { stream, source }),
+        Some("InternalFailure" | "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException") => {
+            ApiError::Transient(source)
+        }
+        _ if server_fault => ApiError::Transient(source),
+        _ => ApiError::Fatal(Error::Kinesis {
+            operation,
+            stream,
+            source,
+        }),
+    }
+}

@@ -1,0 +1,55 @@
+//! The core of kcpy: a consumer of Amazon Kinesis Data Streams that is a
+//! [`futures::Stream`] of [`Record`]s, with checkpoints behind the
+//! [`CheckpointStore`] trait.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use kcpy_core::{Consumer, StartPosition};
+//!
+//! # async fn run(client: aws_sdk_kinesis::Client, store: impl kcpy_core::CheckpointStore) -> Result<(), kcpy_core::Error> {
+//! let mut consumer = Consumer::builder(client, "my-stream")
+//!     .consumer_name("billing")
+//!     .checkpoint_store(store)
+//!     .start_position(StartPosition::TrimHorizon)
+//!     .build()
+//!     .await?;
+//! while let Some(record) = consumer.next().await {
+//!     println!("{} {:?}", record.partition_key, record.data);
+//! }
+//! // The stream ended: on shutdown, or on a fatal error.
+//! consumer.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # At least once
+//!
+//! A shard's checkpoint only ever advances over records the caller has
+//! processed. In [`CheckpointMode::Auto`] a record counts as processed when
+//! the caller asks for the next item; in [`CheckpointMode::Manual`] when it is
+//! passed to [`Checkpointer::checkpoint`]. After a crash, records processed
+//! since the last written checkpoint are delivered again; none is skipped.
+
+mod checkpoint;
+mod config;
+mod consumer;
+mod error;
+mod kinesis;
+mod poller;
+mod progress;
+mod record;
+mod sequence;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
+pub use config::{CheckpointMode, StartPosition};
+pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
+pub use error::{BoxError, Error};
+pub use progress::Checkpointer;
+pub use record::Record;
+pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};
+
+/// Re-exported so users need not depend on tokio-util to pass a token to
+/// [`ConsumerBuilder::shutdown_token`].
+pub use tokio_util::sync::CancellationToken;

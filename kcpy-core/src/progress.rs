@@ -1,0 +1,347 @@
+//! Processed-record bookkeeping and the task that writes checkpoints.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::task::AtomicWaker;
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Backoff, CheckpointMode, Settings};
+use crate::{Checkpoint, CheckpointKey, CheckpointStore, Error, Record, SequenceNumber};
+
+pub(crate) enum Command {
+    /// Save what is pending; answer when it is durable (or failed).
+    Flush(Option<oneshot::Sender<Result<(), Error>>>),
+    /// Save what is pending, then stop.
+    Stop,
+}
+
+/// State shared by the consumer, its [`Checkpointer`]s and the writer task.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    inner: Mutex<Inner>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Set by the writer every `checkpoint_interval`; the consumer then hands
+    /// over its processed positions.
+    pub(crate) flush_due: AtomicBool,
+    /// Wakes an idle consumer when a flush is due.
+    pub(crate) waker: AtomicWaker,
+    fatal: Mutex<Option<Error>>,
+    mode: CheckpointMode,
+    every: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Per shard, the newest processed position not yet saved.
+    pending: HashMap<Arc<str>, SequenceNumber>,
+    /// Manual mode: per shard, delivered records awaiting acknowledgement.
+    trackers: HashMap<Arc<str>, AckTracker>,
+    acked_since_flush: u64,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Flush(_) => "Flush",
+            Command::Stop => "Stop",
+        })
+    }
+}
+
+impl Progress {
+    pub(crate) fn new(settings: &Settings) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            commands,
+            flush_due: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            fatal: Mutex::new(None),
+            mode: settings.checkpoint_mode,
+            every: settings.checkpoint_every,
+        });
+        (progress, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way that matters more than stopping would, so keep going.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn mode(&self) -> CheckpointMode {
+        self.mode
+    }
+
+    /// Auto mode: hands over processed positions and asks for a save.
+    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>) {
+        let mut inner = self.lock();
+        for (shard, seq) in positions {
+            match inner.pending.get_mut(shard) {
+                Some(pending) => pending.assign(seq),
+                None => {
+                    inner.pending.insert(Arc::clone(shard), seq.clone());
+                }
+            }
+        }
+        drop(inner);
+        let _ = self.commands.send(Command::Flush(None));
+    }
+
+    /// Manual mode: records of `shard` that were delivered, in order.
+    pub(crate) fn register(&self, shard: &Arc<str>, records: &[Record]) {
+        let mut inner = self.lock();
+        let tracker = inner.trackers.entry(Arc::clone(shard)).or_default();
+        tracker
+            .entries
+            .extend(records.iter().map(|r| (r.sequence_number.clone(), false)));
+    }
+
+    fn acknowledge(&self, record: &Record) -> Result<(), Error> {
+        let mut inner = self.lock();
+        let unknown = || Error::UnknownRecord {
+            shard_id: record.shard_id.to_string(),
+            sequence_number: record.sequence_number.to_string(),
+        };
+        let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
+        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)? else {
+            return Ok(());
+        };
+        inner.pending.insert(Arc::clone(&record.shard_id), watermark);
+        inner.acked_since_flush += newly;
+        if inner.acked_since_flush >= self.every {
+            inner.acked_since_flush = 0;
+            drop(inner);
+            let _ = self.commands.send(Command::Flush(None));
+        }
+        Ok(())
+    }
+
+    fn take_pending(&self) -> HashMap<Arc<str>, SequenceNumber> {
+        let mut inner = self.lock();
+        inner.acked_since_flush = 0;
+        std::mem::take(&mut inner.pending)
+    }
+
+    /// Puts back positions that were not saved, unless newer ones arrived.
+    fn restore_pending(&self, unsaved: Vec<(Arc<str>, SequenceNumber)>) {
+        let mut inner = self.lock();
+        for (shard, seq) in unsaved {
+            inner.pending.entry(shard).or_insert(seq);
+        }
+    }
+
+    pub(crate) fn fatal(&self) -> Option<Error> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+}
+
+/// Delivered records of one shard, in order, and which were acknowledged.
+#[derive(Debug, Default)]
+struct AckTracker {
+    entries: VecDeque<(SequenceNumber, bool)>,
+    committed: Option<SequenceNumber>,
+}
+
+impl AckTracker {
+    /// Marks `seq` processed. `None` if it was never delivered; otherwise the
+    /// new end of the contiguous processed prefix (if it moved) and how many
+    /// records it moved over.
+    fn ack(&mut self, seq: &SequenceNumber) -> Option<Option<(SequenceNumber, u64)>> {
+        if self.committed.as_ref().is_some_and(|done| seq <= done) {
+            return Some(None);
+        }
+        let at = self.entries.binary_search_by(|(s, _)| s.cmp(seq)).ok()?;
+        self.entries[at].1 = true;
+        let mut moved = 0;
+        while self.entries.front().is_some_and(|(_, acked)| *acked) {
+            if let Some((seq, _)) = self.entries.pop_front() {
+                self.committed = Some(seq);
+                moved += 1;
+            }
+        }
+        if moved == 0 {
+            return Some(None);
+        }
+        Some(self.committed.clone().map(|committed| (committed, moved)))
+    }
+}
+
+/// Marks records processed from anywhere: a cloneable handle for
+/// [`CheckpointMode::Manual`].
+///
+/// Per shard the checkpoint advances over the contiguous run of processed
+/// records only, so acknowledging out of order never skips a record.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
+    pub(crate) progress: Option<Arc<Progress>>,
+}
+
+impl Checkpointer {
+    /// Marks `record` processed. Its checkpoint is written with the next batch
+    /// (every `checkpoint_every` records or `checkpoint_interval`), at
+    /// shutdown, or by [`flush`](Self::flush).
+    ///
+    /// Without a checkpoint store this does nothing. It fails with
+    /// [`Error::InvalidConfig`] in [`CheckpointMode::Auto`] (where asking for
+    /// the next record does this) and with [`Error::UnknownRecord`] for a
+    /// record this consumer did not deliver.
+    pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
+        let Some(progress) = &self.progress else {
+            return Ok(());
+        };
+        if progress.mode() != CheckpointMode::Manual {
+            return Err(Error::config(
+                "checkpoint() needs CheckpointMode::Manual; in Auto mode asking for the next record marks the last one processed",
+            ));
+        }
+        progress.acknowledge(record)
+    }
+
+    /// Writes every checkpoint marked so far and waits until it is durable.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let Some(progress) = &self.progress else {
+            return Ok(());
+        };
+        let (reply, answer) = oneshot::channel();
+        if progress.commands.send(Command::Flush(Some(reply))).is_err() {
+            return Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped")));
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped"))),
+        }
+    }
+}
+
+/// The task that saves checkpoints.
+pub(crate) struct Writer {
+    pub(crate) store: Arc<dyn CheckpointStore>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) stream_name: String,
+    /// Cancelled on a fatal store error, which stops the consumer.
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Writer {
+    pub(crate) async fn run(mut self) -> Result<(), Error> {
+        let result = self.serve().await;
+        if let Err(error) = &result {
+            tracing::error!(error = %error, source = ?std::error::Error::source(error), "checkpoint writer stopped");
+            *self.progress.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+            self.cancel.cancel();
+        }
+        result
+    }
+
+    async fn serve(&mut self) -> Result<(), Error> {
+        let mut tick = tokio::time::interval(self.settings.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    self.progress.flush_due.store(true, Ordering::Release);
+                    self.progress.waker.wake();
+                    self.save_pending().await?;
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Flush(reply)) => {
+                        let result = self.save_pending().await;
+                        if let Some(reply) = reply {
+                            let _ = reply.send(result.clone());
+                        }
+                        result?;
+                    }
+                    Some(Command::Stop) | None => return self.save_pending().await,
+                },
+            }
+        }
+    }
+
+    async fn save_pending(&self) -> Result<(), Error> {
+        let pending = self.progress.take_pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let results: Vec<_> = futures::stream::iter(pending)
+            .map(|(shard, seq)| async move {
+                let result = self.save(&shard, &seq).await;
+                (shard, seq, result)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut first_error = None;
+        let mut unsaved = Vec::new();
+        for (shard, seq, result) in results {
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+                unsaved.push((shard, seq));
+            }
+        }
+        self.progress.restore_pending(unsaved);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn save(&self, shard: &str, seq: &SequenceNumber) -> Result<(), Error> {
+        let key = CheckpointKey::new(&self.settings.consumer_name, &self.stream_name, shard);
+        let checkpoint = Checkpoint::Sequence(seq.clone());
+        let mut backoff = Backoff::new(&self.settings);
+        loop {
+            match self.store.save(&key, &checkpoint).await {
+                Ok(()) => {
+                    tracing::debug!(shard, sequence_number = %seq, "checkpoint saved");
+                    return Ok(());
+                }
+                Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(Error::Checkpoint(error)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(n: u32) -> SequenceNumber {
+        SequenceNumber::parse(&n.to_string()).expect("valid")
+    }
+
+    #[test]
+    fn out_of_order_acks_commit_only_the_contiguous_prefix() {
+        let mut tracker = AckTracker::default();
+        tracker.entries.extend((1..=5).map(|n| (seq(n), false)));
+        assert_eq!(tracker.ack(&seq(2)), Some(None));
+        assert_eq!(tracker.ack(&seq(3)), Some(None));
+        assert_eq!(tracker.ack(&seq(1)), Some(Some((seq(3), 3))));
+        assert_eq!(tracker.ack(&seq(5)), Some(None));
+        assert_eq!(tracker.ack(&seq(4)), Some(Some((seq(5), 2))));
+        assert!(tracker.entries.is_empty());
+    }
+
+    #[test]
+    fn acks_of_committed_records_are_idempotent_and_unknown_ones_rejected() {
+        let mut tracker = AckTracker::default();
+        tracker.entries.extend([(seq(10), false), (seq(20), false)]);
+        assert_eq!(tracker.ack(&seq(10)), Some(Some((seq(10), 1))));
+        assert_eq!(tracker.ack(&seq(10)), Some(None));
+        assert_eq!(tracker.ack(&seq(15)), None);
+        assert_eq!(tracker.ack(&seq(30)), None);
+    }
+}
