@@ -1,0 +1,114 @@
+//! A consumer process killed with SIGKILL, then restarted: nothing is lost,
+//! and only records after the last durable checkpoint are delivered again.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kcpy::{Checkpoint, CheckpointKey, CheckpointStore, SequenceNumber, SqliteCheckpointStore};
+use support::{by_shard, Put, TestStream};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// The `sqlite_resume` example, which `cargo test` builds next to the tests.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    dir.join("examples").join(format!("sqlite_resume{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn spawn(stream: &str, sqlite: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(example_binary())
+        .env("KCPY_STREAM", stream)
+        .env("KCPY_SQLITE", sqlite)
+        .env("KCPY_CHECKPOINT_EVERY", "37")
+        .env("KCPY_KINESIS_ENDPOINT", support::endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the sqlite_resume example (cargo test builds it)");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, BufReader::new(stdout).lines())
+}
+
+fn parse(line: &str) -> Put {
+    let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line per record");
+    let text = |field: &str| value[field].as_str().expect("string field").to_owned();
+    Put {
+        shard_id: text("shard_id"),
+        sequence_number: text("sequence_number").parse().expect("valid"),
+        partition_key: text("partition_key"),
+        data: text("data"),
+    }
+}
+
+async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
+    let mut read = Vec::new();
+    tokio::time::timeout(Duration::from_secs(180), async {
+        while !done(&read) {
+            let line = lines.next_line().await.expect("read stdout").expect("the consumer exited early");
+            read.push(parse(&line));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {} records", read.len()));
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_its_checkpoint() {
+    let stream = TestStream::create("crash", 4).await;
+    let puts = stream.put_many("rec", 2000, 211).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = dir.path().join("kcpy.db").display().to_string();
+
+    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let mut run1 = read_lines(&mut lines, |read| read.len() >= 700).await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reap");
+    // Whatever it printed before dying was delivered too.
+    while let Ok(Some(line)) = lines.next_line().await {
+        run1.push(parse(&line));
+    }
+
+    let store = SqliteCheckpointStore::connect(&sqlite).await.expect("open after crash");
+    let delivered1 = by_shard(&run1);
+    let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
+    for shard in by_shard(&puts).keys() {
+        let key = CheckpointKey::new("sqlite-resume-example", &stream.name, shard);
+        let stored = match store.load(&key).await.expect("load") {
+            Some(Checkpoint::Sequence(seq)) => Some(seq),
+            None => None,
+            Some(other) => panic!("unexpected checkpoint {other:?}"),
+        };
+        if let Some(seq) = &stored {
+            let last = delivered1.get(shard).and_then(|s| s.last()).expect("a checkpoint implies deliveries");
+            assert!(seq <= last, "{shard}: checkpoint {seq} is past the last delivered record {last}");
+        }
+        checkpoints.insert(shard.clone(), stored);
+    }
+    assert!(checkpoints.values().any(Option::is_some), "some checkpoints were durable before the kill");
+
+    let markers = stream.put_marker_on_every_shard("end").await;
+    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let mut run2 = read_lines(&mut lines, |read| markers.iter().all(|m| read.contains(m))).await;
+    child.start_kill().expect("stop the second run");
+    run2.retain(|r| !markers.contains(r));
+
+    let all: HashSet<&Put> = run1.iter().chain(&run2).collect();
+    assert!(puts.iter().all(|p| all.contains(p)), "every record is delivered at least once");
+    for (shard, seqs) in by_shard(&run2) {
+        let after = checkpoints[&shard].clone();
+        let expected: Vec<SequenceNumber> = by_shard(&puts)[&shard]
+            .iter()
+            .filter(|seq| after.as_ref().is_none_or(|c| *seq > c))
+            .cloned()
+            .collect();
+        assert_eq!(seqs, expected, "{shard}: the restart resumes right after its checkpoint, in order");
+    }
+    stream.delete().await;
+}
