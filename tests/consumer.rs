@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kcpy::{
-    Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Consumer, ConsumerBuilder, Error, MemoryCheckpointStore,
-    SqliteCheckpointStore, StartPosition,
+    Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Consumer, ConsumerBuilder, Error,
+    MemoryCheckpointStore, SqliteCheckpointStore, StartPosition,
 };
 use support::{by_shard, counts, read_until, Put, TestStream};
 
@@ -36,16 +36,31 @@ async fn every_record_of_four_shards_is_delivered_exactly_once_in_shard_order() 
     let puts = stream.put_many("rec", 3000, 257).await;
     let markers = stream.put_marker_on_every_shard("end").await;
     let store = MemoryCheckpointStore::new();
-    let mut consumer = builder(&stream).checkpoint_store(store.clone()).build().await.expect("build");
+    let mut consumer = builder(&stream)
+        .checkpoint_store(store.clone())
+        .build()
+        .await
+        .expect("build");
     assert_eq!(consumer.shard_ids().count(), 4);
 
     let read = read_through_markers(&mut consumer, &markers).await;
 
     assert_eq!(read.len(), puts.len(), "every record once, nothing more");
     let read_counts = counts(&read);
-    assert!(puts.iter().all(|p| read_counts.get(p) == Some(&1)), "each record delivered exactly once");
-    assert_eq!(by_shard(&read), by_shard(&puts), "per shard, in the order Kinesis stored them");
-    assert_eq!(by_shard(&read).len(), 4, "records came from all four shards");
+    assert!(
+        puts.iter().all(|p| read_counts.get(p) == Some(&1)),
+        "each record delivered exactly once"
+    );
+    assert_eq!(
+        by_shard(&read),
+        by_shard(&puts),
+        "per shard, in the order Kinesis stored them"
+    );
+    assert_eq!(
+        by_shard(&read).len(),
+        4,
+        "records came from all four shards"
+    );
 
     consumer.close().await.expect("clean shutdown");
     // Everything before each shard's marker was processed; the marker itself
@@ -55,8 +70,14 @@ async fn every_record_of_four_shards_is_delivered_exactly_once_in_shard_order() 
         let key = CheckpointKey::new("kcpy", &stream.name, &shard);
         let stored = checkpoints.get(&key).cloned();
         let last = seqs.last().cloned().map(Checkpoint::Sequence);
-        let marker = markers.iter().find(|m| m.shard_id == shard).map(|m| Checkpoint::Sequence(m.sequence_number.clone()));
-        assert!(stored == last || stored == marker, "{shard}: checkpoint {stored:?} is its last processed record");
+        let marker = markers
+            .iter()
+            .find(|m| m.shard_id == shard)
+            .map(|m| Checkpoint::Sequence(m.sequence_number.clone()));
+        assert!(
+            stored == last || stored == marker,
+            "{shard}: checkpoint {stored:?} is its last processed record"
+        );
     }
     stream.delete().await;
 }
@@ -83,14 +104,25 @@ async fn a_restart_after_a_graceful_stop_resumes_without_loss_or_redelivery() {
     while let Some(record) = first.next().await {
         run1.push(support::as_put(&record));
     }
-    assert!(first.error().is_none(), "graceful stop: {:?}", first.error());
+    assert!(
+        first.error().is_none(),
+        "graceful stop: {:?}",
+        first.error()
+    );
     assert_eq!(run1.len(), 500, "nothing is handed out after shutdown");
     drop(first);
 
     let store = SqliteCheckpointStore::connect(&url).await.expect("reopen");
     for (shard, seqs) in by_shard(&run1) {
-        let stored = store.load(&CheckpointKey::new("resume-test", &stream.name, &shard)).await.expect("load");
-        assert_eq!(stored, seqs.last().cloned().map(Checkpoint::Sequence), "{shard}: checkpoint is the last processed record");
+        let stored = store
+            .load(&CheckpointKey::new("resume-test", &stream.name, &shard))
+            .await
+            .expect("load");
+        assert_eq!(
+            stored,
+            seqs.last().cloned().map(Checkpoint::Sequence),
+            "{shard}: checkpoint is the last processed record"
+        );
     }
 
     let markers = stream.put_marker_on_every_shard("end").await;
@@ -104,7 +136,10 @@ async fn a_restart_after_a_graceful_stop_resumes_without_loss_or_redelivery() {
     second.close().await.expect("clean shutdown");
 
     let seen1: HashSet<&Put> = run1.iter().collect();
-    assert!(run2.iter().all(|p| !seen1.contains(p)), "nothing before the last checkpoint is delivered again");
+    assert!(
+        run2.iter().all(|p| !seen1.contains(p)),
+        "nothing before the last checkpoint is delivered again"
+    );
     let all: HashSet<&Put> = run1.iter().chain(&run2).collect();
     assert_eq!(all.len(), puts.len(), "nothing is lost");
     assert_eq!(run1.len() + run2.len(), puts.len(), "no record twice");
@@ -122,25 +157,48 @@ async fn start_positions_begin_where_they_should() {
     let middle = stream.put_many("middle", 40, 13).await;
 
     // TRIM_HORIZON: from the oldest record.
-    let mut consumer = builder(&stream).start_position(StartPosition::TrimHorizon).build().await.expect("build");
+    let mut consumer = builder(&stream)
+        .start_position(StartPosition::TrimHorizon)
+        .build()
+        .await
+        .expect("build");
     let read = read_until(&mut consumer, LIMIT, |read| read.len() == 80).await;
     let expected: Vec<Put> = early.iter().chain(&middle).cloned().collect();
-    assert_eq!(by_shard(&read), by_shard(&expected), "TRIM_HORIZON reads everything, in order");
+    assert_eq!(
+        by_shard(&read),
+        by_shard(&expected),
+        "TRIM_HORIZON reads everything, in order"
+    );
     consumer.close().await.expect("close");
 
     // AT_TIMESTAMP: from the first record that arrived at or after it.
-    let mut consumer =
-        builder(&stream).start_position(StartPosition::AtTimestamp(boundary)).build().await.expect("build");
+    let mut consumer = builder(&stream)
+        .start_position(StartPosition::AtTimestamp(boundary))
+        .build()
+        .await
+        .expect("build");
     let read = read_until(&mut consumer, LIMIT, |read| read.len() == 40).await;
-    assert_eq!(by_shard(&read), by_shard(&middle), "AT_TIMESTAMP skips exactly the earlier records");
+    assert_eq!(
+        by_shard(&read),
+        by_shard(&middle),
+        "AT_TIMESTAMP skips exactly the earlier records"
+    );
     consumer.close().await.expect("close");
 
     // LATEST: exactly what is written after build() returns.
-    let mut consumer = builder(&stream).start_position(StartPosition::Latest).build().await.expect("build");
+    let mut consumer = builder(&stream)
+        .start_position(StartPosition::Latest)
+        .build()
+        .await
+        .expect("build");
     let late = stream.put_many("late", 40, 13).await;
     let markers = stream.put_marker_on_every_shard("end").await;
     let read = read_through_markers(&mut consumer, &markers).await;
-    assert_eq!(by_shard(&read), by_shard(&late), "LATEST delivers every later record and nothing earlier");
+    assert_eq!(
+        by_shard(&read),
+        by_shard(&late),
+        "LATEST delivers every later record and nothing earlier"
+    );
     consumer.close().await.expect("close");
     stream.delete().await;
 }
@@ -152,7 +210,10 @@ async fn start_positions_apply_only_to_shards_without_a_checkpoint() {
     let store = MemoryCheckpointStore::new();
     let shard = puts[0].shard_id.clone();
     let key = CheckpointKey::new("kcpy", &stream.name, &shard);
-    store.save(&key, &Checkpoint::Sequence(puts[9].sequence_number.clone())).await.expect("seed");
+    store
+        .save(&key, &Checkpoint::Sequence(puts[9].sequence_number.clone()))
+        .await
+        .expect("seed");
     let mut consumer = builder(&stream)
         .checkpoint_store(store)
         .start_position(StartPosition::Latest)
@@ -160,7 +221,11 @@ async fn start_positions_apply_only_to_shards_without_a_checkpoint() {
         .await
         .expect("build");
     let read = read_until(&mut consumer, LIMIT, |read| read.len() == 20).await;
-    assert_eq!(read, puts[10..].to_vec(), "resumes right after the checkpoint, not at LATEST");
+    assert_eq!(
+        read,
+        puts[10..].to_vec(),
+        "resumes right after the checkpoint, not at LATEST"
+    );
     consumer.close().await.expect("close");
     stream.delete().await;
 }
@@ -190,7 +255,10 @@ async fn a_stream_arn_reads_the_same_checkpoints_as_its_name() {
         .send()
         .await
         .expect("DescribeStreamSummary");
-    let arn = summary.stream_description_summary.expect("summary").stream_arn;
+    let arn = summary
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn;
     let store = MemoryCheckpointStore::new();
     let mut consumer = Consumer::builder(stream.client.clone(), &arn)
         .idle_interval(Duration::from_millis(100))
@@ -202,10 +270,15 @@ async fn a_stream_arn_reads_the_same_checkpoints_as_its_name() {
     let read = read_until(&mut consumer, LIMIT, |read| read.len() == 10).await;
     assert_eq!(read, puts);
     // Asking for the next record marks the tenth processed.
-    assert!(futures::FutureExt::now_or_never(consumer.next()).flatten().is_none());
+    assert!(futures::FutureExt::now_or_never(consumer.next())
+        .flatten()
+        .is_none());
     consumer.close().await.expect("close");
     let key = CheckpointKey::new("kcpy", &stream.name, &puts[0].shard_id);
-    assert_eq!(store.snapshot().get(&key), Some(&Checkpoint::Sequence(puts[9].sequence_number.clone())));
+    assert_eq!(
+        store.snapshot().get(&key),
+        Some(&Checkpoint::Sequence(puts[9].sequence_number.clone()))
+    );
     stream.delete().await;
 }
 
@@ -227,7 +300,10 @@ async fn malformed_checkpoints_in_sqlite_are_typed_errors_that_change_nothing() 
             .execute(store.pool())
             .await
             .expect("plant");
-        let result = builder(&stream).checkpoint_store(store.clone()).build().await;
+        let result = builder(&stream)
+            .checkpoint_store(store.clone())
+            .build()
+            .await;
         match result {
             Err(Error::Checkpoint(CheckpointError::Malformed { key, value, .. })) => {
                 assert_eq!(key.shard_id, shard);
@@ -266,8 +342,15 @@ async fn an_sqlite_path_that_cannot_be_opened_is_an_open_error() {
 async fn an_empty_consumer_name_is_rejected_before_anything_is_read() {
     let stream = TestStream::create("empty-name", 1).await;
     let store = MemoryCheckpointStore::new();
-    let result = builder(&stream).consumer_name("").checkpoint_store(store.clone()).build().await;
-    assert!(matches!(result, Err(Error::InvalidConfig { .. })), "{result:?}");
+    let result = builder(&stream)
+        .consumer_name("")
+        .checkpoint_store(store.clone())
+        .build()
+        .await;
+    assert!(
+        matches!(result, Err(Error::InvalidConfig { .. })),
+        "{result:?}"
+    );
     assert!(store.snapshot().is_empty());
     stream.delete().await;
 }

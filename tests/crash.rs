@@ -16,8 +16,12 @@ use tokio::process::{Child, ChildStdout, Command};
 /// The `sqlite_resume` example, which `cargo test` builds next to the tests.
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    dir.join("examples").join(format!("sqlite_resume{}", std::env::consts::EXE_SUFFIX))
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join("examples")
+        .join(format!("sqlite_resume{}", std::env::consts::EXE_SUFFIX))
 }
 
 fn spawn(stream: &str, sqlite: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
@@ -46,11 +50,18 @@ fn parse(line: &str) -> Put {
     }
 }
 
-async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
+async fn read_lines(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    mut done: impl FnMut(&[Put]) -> bool,
+) -> Vec<Put> {
     let mut read = Vec::new();
     tokio::time::timeout(Duration::from_secs(180), async {
         while !done(&read) {
-            let line = lines.next_line().await.expect("read stdout").expect("the consumer exited early");
+            let line = lines
+                .next_line()
+                .await
+                .expect("read stdout")
+                .expect("the consumer exited early");
             read.push(parse(&line));
         }
     })
@@ -75,7 +86,9 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
         run1.push(parse(&line));
     }
 
-    let store = SqliteCheckpointStore::connect(&sqlite).await.expect("open after crash");
+    let store = SqliteCheckpointStore::connect(&sqlite)
+        .await
+        .expect("open after crash");
     let delivered1 = by_shard(&run1);
     let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
     for shard in by_shard(&puts).keys() {
@@ -86,12 +99,21 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
             Some(other) => panic!("unexpected checkpoint {other:?}"),
         };
         if let Some(seq) = &stored {
-            let last = delivered1.get(shard).and_then(|s| s.last()).expect("a checkpoint implies deliveries");
-            assert!(seq <= last, "{shard}: checkpoint {seq} is past the last delivered record {last}");
+            let last = delivered1
+                .get(shard)
+                .and_then(|s| s.last())
+                .expect("a checkpoint implies deliveries");
+            assert!(
+                seq <= last,
+                "{shard}: checkpoint {seq} is past the last delivered record {last}"
+            );
         }
         checkpoints.insert(shard.clone(), stored);
     }
-    assert!(checkpoints.values().any(Option::is_some), "some checkpoints were durable before the kill");
+    assert!(
+        checkpoints.values().any(Option::is_some),
+        "some checkpoints were durable before the kill"
+    );
 
     let markers = stream.put_marker_on_every_shard("end").await;
     let (mut child, mut lines) = spawn(&stream.name, &sqlite);
@@ -100,7 +122,10 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
     run2.retain(|r| !markers.contains(r));
 
     let all: HashSet<&Put> = run1.iter().chain(&run2).collect();
-    assert!(puts.iter().all(|p| all.contains(p)), "every record is delivered at least once");
+    assert!(
+        puts.iter().all(|p| all.contains(p)),
+        "every record is delivered at least once"
+    );
     for (shard, seqs) in by_shard(&run2) {
         let after = checkpoints[&shard].clone();
         let expected: Vec<SequenceNumber> = by_shard(&puts)[&shard]
@@ -108,7 +133,10 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
             .filter(|seq| after.as_ref().is_none_or(|c| *seq > c))
             .cloned()
             .collect();
-        assert_eq!(seqs, expected, "{shard}: the restart resumes right after its checkpoint, in order");
+        assert_eq!(
+            seqs, expected,
+            "{shard}: the restart resumes right after its checkpoint, in order"
+        );
     }
     stream.delete().await;
 }

@@ -26,7 +26,13 @@ const CREATE_TABLE: &str = "CREATE TABLE kcpy_checkpoints (
     PRIMARY KEY (consumer_name, stream_name, shard_id)
 ) WITHOUT ROWID";
 
-const COLUMNS: [&str; 5] = ["consumer_name", "stream_name", "shard_id", "checkpoint", "updated_at_ms"];
+const COLUMNS: [&str; 5] = [
+    "consumer_name",
+    "stream_name",
+    "shard_id",
+    "checkpoint",
+    "updated_at_ms",
+];
 
 // One statement, so the ordering check and the write are atomic. A row is only
 // replaced when the stored text is a well-formed checkpoint (a malformed one is
@@ -67,9 +73,15 @@ impl SqliteCheckpointStore {
 
     /// Opens the database with `options` (journal mode, synchronous and busy
     /// timeout are set by this crate); `location` names it in errors.
-    pub async fn connect_with(options: SqliteConnectOptions, location: &str) -> Result<Self, CheckpointError> {
+    pub async fn connect_with(
+        options: SqliteConnectOptions,
+        location: &str,
+    ) -> Result<Self, CheckpointError> {
         let in_memory = options.get_filename().as_os_str().is_empty()
-            || options.get_filename().to_string_lossy().contains(":memory:");
+            || options
+                .get_filename()
+                .to_string_lossy()
+                .contains(":memory:");
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -117,10 +129,13 @@ impl From<sqlx::Error> for MigrateError {
 
 async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
     let mut tx = pool.begin().await?;
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
-    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('kcpy_checkpoints') ORDER BY cid")
-        .fetch_all(&mut *tx)
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
         .await?;
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info('kcpy_checkpoints') ORDER BY cid")
+            .fetch_all(&mut *tx)
+            .await?;
     match version {
         0 if columns.is_empty() => {
             sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;
@@ -155,10 +170,16 @@ fn store_error(error: sqlx::Error) -> CheckpointError {
     let transient = match &error {
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
-            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or_default();
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .unwrap_or_default();
             matches!(code & 0xff, 5 | 6)
         }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         _ => false,
     };
     let source = Arc::new(error);
@@ -193,7 +214,11 @@ impl CheckpointStore for SqliteCheckpointStore {
         CheckpointError::parse_stored(key, &text).map(Some)
     }
 
-    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    async fn save(
+        &self,
+        key: &CheckpointKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -225,8 +250,14 @@ mod tests {
 
     async fn file_store() -> (tempfile::TempDir, String, SqliteCheckpointStore) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("checkpoints.db").to_string_lossy().into_owned();
-        let store = SqliteCheckpointStore::connect(&format!("sqlite://{path}")).await.expect("connect");
+        let path = dir
+            .path()
+            .join("checkpoints.db")
+            .to_string_lossy()
+            .into_owned();
+        let store = SqliteCheckpointStore::connect(&format!("sqlite://{path}"))
+            .await
+            .expect("connect");
         (dir, path, store)
     }
 
@@ -238,7 +269,9 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_memory_store_meets_the_checkpoint_store_contract() {
-        let store = SqliteCheckpointStore::connect("sqlite::memory:").await.expect("connect");
+        let store = SqliteCheckpointStore::connect("sqlite::memory:")
+            .await
+            .expect("connect");
         kcpy_core::test_util::checkpoint_store_conformance(&store).await;
     }
 
@@ -246,17 +279,26 @@ mod tests {
     async fn checkpoints_survive_reopening_the_file() {
         let (_dir, path, store) = file_store().await;
         let key = CheckpointKey::new("app", "stream", "shardId-000000000003");
-        let value = Checkpoint::Sequence("49590338271490256608559692538361571095921575989136588898".parse().expect("valid"));
+        let value = Checkpoint::Sequence(
+            "49590338271490256608559692538361571095921575989136588898"
+                .parse()
+                .expect("valid"),
+        );
         store.save(&key, &value).await.expect("save");
         store.pool().close().await;
-        let reopened = SqliteCheckpointStore::connect(&path).await.expect("reopen by plain path");
+        let reopened = SqliteCheckpointStore::connect(&path)
+            .await
+            .expect("reopen by plain path");
         assert_eq!(reopened.load(&key).await.expect("load"), Some(value));
     }
 
     #[tokio::test]
     async fn malformed_stored_values_are_reported_and_never_overwritten() {
         let (_dir, _path, store) = file_store().await;
-        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"].into_iter().enumerate() {
+        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"]
+            .into_iter()
+            .enumerate()
+        {
             let key = CheckpointKey::new("app", "stream", format!("shard-{n}"));
             sqlx::query("INSERT INTO kcpy_checkpoints VALUES (?1, ?2, ?3, ?4, 0)")
                 .bind(&key.consumer_name)
@@ -266,23 +308,39 @@ mod tests {
                 .execute(store.pool())
                 .await
                 .expect("plant a bad value");
-            assert!(matches!(store.load(&key).await, Err(CheckpointError::Malformed { .. })), "{bad:?} must load as Malformed");
+            assert!(
+                matches!(
+                    store.load(&key).await,
+                    Err(CheckpointError::Malformed { .. })
+                ),
+                "{bad:?} must load as Malformed"
+            );
             let good = Checkpoint::Sequence(format!("9{}", "0".repeat(60)).parse().expect("valid"));
-            assert!(matches!(store.save(&key, &good).await, Err(CheckpointError::Malformed { .. })), "{bad:?} must not be overwritten");
-            let text: String = sqlx::query_scalar("SELECT checkpoint FROM kcpy_checkpoints WHERE shard_id = ?1")
-                .bind(&key.shard_id)
-                .fetch_one(store.pool())
-                .await
-                .expect("read back");
+            assert!(
+                matches!(
+                    store.save(&key, &good).await,
+                    Err(CheckpointError::Malformed { .. })
+                ),
+                "{bad:?} must not be overwritten"
+            );
+            let text: String =
+                sqlx::query_scalar("SELECT checkpoint FROM kcpy_checkpoints WHERE shard_id = ?1")
+                    .bind(&key.shard_id)
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("read back");
             assert_eq!(text, bad);
         }
     }
 
     #[tokio::test]
     async fn a_path_that_cannot_be_opened_is_an_open_error() {
-        let result = SqliteCheckpointStore::connect("sqlite:///nonexistent-dir/kcpy/checkpoints.db").await;
+        let result =
+            SqliteCheckpointStore::connect("sqlite:///nonexistent-dir/kcpy/checkpoints.db").await;
         match result {
-            Err(CheckpointError::Open { location, .. }) => assert!(location.contains("nonexistent-dir")),
+            Err(CheckpointError::Open { location, .. }) => {
+                assert!(location.contains("nonexistent-dir"))
+            }
             other => panic!("expected an Open error, got {other:?}"),
         }
     }
@@ -299,7 +357,9 @@ mod tests {
             .expect("create foreign table");
         pool.close().await;
         match SqliteCheckpointStore::connect(&url).await {
-            Err(CheckpointError::Open { source, .. }) => assert!(source.to_string().contains("columns")),
+            Err(CheckpointError::Open { source, .. }) => {
+                assert!(source.to_string().contains("columns"))
+            }
             other => panic!("expected an Open error, got {other:?}"),
         }
     }

@@ -40,7 +40,11 @@ impl CheckpointKey {
 
 impl fmt::Display for CheckpointKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.consumer_name, self.stream_name, self.shard_id)
+        write!(
+            f,
+            "{}/{}/{}",
+            self.consumer_name, self.stream_name, self.shard_id
+        )
     }
 }
 
@@ -222,7 +226,11 @@ pub trait CheckpointStore: fmt::Debug + Send + Sync + 'static {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError>;
 
     /// Stores `checkpoint` for `key`, durably, unless it would move backwards.
-    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+    async fn save(
+        &self,
+        key: &CheckpointKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError>;
 }
 
 #[async_trait]
@@ -231,7 +239,11 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Arc<T> {
         (**self).load(key).await
     }
 
-    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    async fn save(
+        &self,
+        key: &CheckpointKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
     }
 }
@@ -242,7 +254,11 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
         (**self).load(key).await
     }
 
-    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    async fn save(
+        &self,
+        key: &CheckpointKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
     }
 }
@@ -255,7 +271,10 @@ mod tests {
     fn shard_end_orders_after_every_sequence_number() {
         let max = Checkpoint::Sequence(SequenceNumber::parse(&"9".repeat(129)).expect("valid"));
         assert!(max < Checkpoint::ShardEnd);
-        assert_eq!("SHARD_END".parse::<Checkpoint>().expect("valid"), Checkpoint::ShardEnd);
+        assert_eq!(
+            "SHARD_END".parse::<Checkpoint>().expect("valid"),
+            Checkpoint::ShardEnd
+        );
         assert_eq!(Checkpoint::ShardEnd.to_string(), "SHARD_END");
     }
 

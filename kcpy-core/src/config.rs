@@ -187,12 +187,30 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_rejected() {
         assert!(Settings::default().validate().is_ok());
         let bad = [
-            Settings { consumer_name: String::new(), ..Settings::default() },
-            Settings { consumer_name: "  ".into(), ..Settings::default() },
-            Settings { max_get_records_per_second: 6, ..Settings::default() },
-            Settings { max_records_per_call: 10_001, ..Settings::default() },
-            Settings { prefetch_batches: 0, ..Settings::default() },
-            Settings { checkpoint_every: 0, ..Settings::default() },
+            Settings {
+                consumer_name: String::new(),
+                ..Settings::default()
+            },
+            Settings {
+                consumer_name: "  ".into(),
+                ..Settings::default()
+            },
+            Settings {
+                max_get_records_per_second: 6,
+                ..Settings::default()
+            },
+            Settings {
+                max_records_per_call: 10_001,
+                ..Settings::default()
+            },
+            Settings {
+                prefetch_batches: 0,
+                ..Settings::default()
+            },
+            Settings {
+                checkpoint_every: 0,
+                ..Settings::default()
+            },
         ];
         for settings in bad {
             assert!(

@@ -20,8 +20,8 @@ use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, SdkKinesis, ShardIn
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Progress, Writer};
 use crate::{
-    Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record, SequenceNumber,
-    StartPosition,
+    Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record,
+    SequenceNumber, StartPosition,
 };
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
@@ -88,7 +88,9 @@ impl Stream for ShardStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let slot = self.slot;
-        self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
+        self.events
+            .poll_recv(cx)
+            .map(|event| event.map(|event| (slot, event)))
     }
 }
 
@@ -248,7 +250,10 @@ impl Stream for Consumer {
             }
             if this.track
                 && (this.since_flush >= this.settings.checkpoint_every
-                    || this.progress.as_ref().is_some_and(|p| p.flush_due.load(Ordering::Relaxed)))
+                    || this
+                        .progress
+                        .as_ref()
+                        .is_some_and(|p| p.flush_due.load(Ordering::Relaxed)))
             {
                 this.hand_over();
             }
@@ -486,9 +491,12 @@ impl ConsumerBuilder {
         let settings = Arc::new(self.settings);
         let api = self.api;
         let store = self.store;
-        let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
+        let span =
+            tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
 
-        let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
+        let shards = list_shards(&api, &stream, &settings)
+            .instrument(span.clone())
+            .await?;
         let mut plans: Vec<ShardPlan> = futures::stream::iter(shards)
             .map(|shard| plan_shard(&api, &stream, &settings, store.as_deref(), shard))
             .buffer_unordered(16)
@@ -498,7 +506,9 @@ impl ConsumerBuilder {
             .await?;
         plans.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
 
-        let shutdown = self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token());
+        let shutdown = self
+            .shutdown
+            .map_or_else(CancellationToken::new, |t| t.child_token());
         let (progress, writer) = match store {
             Some(store) => {
                 let (progress, commands) = Progress::new(&settings);
@@ -574,11 +584,18 @@ struct ShardPlan {
 }
 
 /// Every shard of the stream, following ListShards pages.
-async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) -> Result<Vec<ShardInfo>, Error> {
+async fn list_shards(
+    api: &DynKinesis,
+    stream: &StreamRef,
+    settings: &Settings,
+) -> Result<Vec<ShardInfo>, Error> {
     let mut shards = Vec::new();
     let mut token = None;
     loop {
-        let page = retry_startup("ListShards", settings, || api.list_shards(stream, token.clone())).await?;
+        let page = retry_startup("ListShards", settings, || {
+            api.list_shards(stream, token.clone())
+        })
+        .await?;
         shards.extend(page.shards);
         match page.next_token {
             Some(next) => token = Some(next),
@@ -610,14 +627,20 @@ async fn plan_shard(
             (position.clone(), position)
         }
         None => match settings.start_position {
-            StartPosition::TrimHorizon => (IteratorPosition::TrimHorizon, IteratorPosition::TrimHorizon),
-            StartPosition::AtTimestamp(at) => {
-                (IteratorPosition::AtTimestamp(at), IteratorPosition::AtTimestamp(at))
+            StartPosition::TrimHorizon => {
+                (IteratorPosition::TrimHorizon, IteratorPosition::TrimHorizon)
             }
+            StartPosition::AtTimestamp(at) => (
+                IteratorPosition::AtTimestamp(at),
+                IteratorPosition::AtTimestamp(at),
+            ),
             // Should the iterator expire before a record is read, renewing it
             // at LATEST could skip records written since build(); restart from
             // the time LATEST was resolved instead.
-            StartPosition::Latest => (IteratorPosition::Latest, IteratorPosition::AtTimestamp(SystemTime::now())),
+            StartPosition::Latest => (
+                IteratorPosition::Latest,
+                IteratorPosition::AtTimestamp(SystemTime::now()),
+            ),
         },
     };
     let iterator = retry_startup("GetShardIterator", settings, || {
@@ -640,7 +663,9 @@ async fn load_checkpoint(
     loop {
         match store.load(key).await {
             Ok(checkpoint) => return Ok(checkpoint),
-            Err(error) if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries => {
+            Err(error)
+                if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries =>
+            {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => return Err(Error::Checkpoint(error)),
@@ -648,7 +673,11 @@ async fn load_checkpoint(
     }
 }
 
-async fn retry_startup<T, F, Fut>(operation: &'static str, settings: &Settings, mut call: F) -> Result<T, Error>
+async fn retry_startup<T, F, Fut>(
+    operation: &'static str,
+    settings: &Settings,
+    mut call: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
@@ -657,7 +686,9 @@ where
     loop {
         let result = match tokio::time::timeout(settings.request_timeout, call()).await {
             Ok(result) => result,
-            Err(_) => Err(ApiError::Transient(Arc::new(crate::poller::RequestTimedOut))),
+            Err(_) => Err(ApiError::Transient(Arc::new(
+                crate::poller::RequestTimedOut,
+            ))),
         };
         match result {
             Ok(value) => return Ok(value),
@@ -685,3 +716,6 @@ const _: fn() = || {
     fn unpin_send<T: Unpin + Send>() {}
     unpin_send::<Consumer>();
 };
+
+#[cfg(test)]
+mod tests;

@@ -41,7 +41,9 @@ impl StreamRef {
                     name: name.to_owned(),
                     arn: Some(stream.to_owned()),
                 }),
-                _ => Err(Error::config(format!("{stream:?} is not a Kinesis stream ARN"))),
+                _ => Err(Error::config(format!(
+                    "{stream:?} is not a Kinesis stream ARN"
+                ))),
             };
         }
         if !is_valid_stream_name(stream) {
@@ -189,7 +191,9 @@ impl KinesisApi for SdkKinesis {
             None => request.stream_name(&stream.name),
         };
         request = match position {
-            IteratorPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            IteratorPosition::TrimHorizon => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
             IteratorPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
             IteratorPosition::AtTimestamp(at) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
@@ -233,12 +237,18 @@ impl KinesisApi for SdkKinesis {
 }
 
 /// Sorts an SDK error into retry, renew or stop.
-pub(crate) fn classify<E>(error: SdkError<E, HttpResponse>, operation: &'static str, stream: &StreamRef) -> ApiError
+pub(crate) fn classify<E>(
+    error: SdkError<E, HttpResponse>,
+    operation: &'static str,
+    stream: &StreamRef,
+) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = error.code().map(str::to_owned);
-    let server_fault = error.raw_response().is_some_and(|raw| raw.status().is_server_error());
+    let server_fault = error
+        .raw_response()
+        .is_some_and(|raw| raw.status().is_server_error());
     let transport_fault = matches!(
         error,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
@@ -258,10 +268,12 @@ where
             | "Throttling"
             | "RequestLimitExceeded",
         ) => ApiError::Throttled(source),
-        Some("ResourceNotFoundException") => ApiError::Fatal(Error::StreamNotFound { stream, source }),
-        Some("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException") => {
-            ApiError::Fatal(Error::AccessDenied { stream, source })
+        Some("ResourceNotFoundException") => {
+            ApiError::Fatal(Error::StreamNotFound { stream, source })
         }
+        Some(
+            "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException",
+        ) => ApiError::Fatal(Error::AccessDenied { stream, source }),
         Some(
             "KMSDisabledException"
             | "KMSInvalidStateException"
@@ -269,9 +281,12 @@ where
             | "KMSNotFoundException"
             | "KMSOptInRequired",
         ) => ApiError::Fatal(Error::Kms { stream, source }),
-        Some("InternalFailure" | "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException") => {
-            ApiError::Transient(source)
-        }
+        Some(
+            "InternalFailure"
+            | "InternalFailureException"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException",
+        ) => ApiError::Transient(source),
         _ if server_fault => ApiError::Transient(source),
         _ => ApiError::Fatal(Error::Kinesis {
             operation,

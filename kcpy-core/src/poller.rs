@@ -42,7 +42,9 @@ impl Poller {
     pub(crate) async fn run(mut self) {
         if let Err(error) = self.poll_loop().await {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "shard poller stopped");
-            let _ = self.until_cancelled(self.tx.send(ShardEvent::Fatal(error))).await;
+            let _ = self
+                .until_cancelled(self.tx.send(ShardEvent::Fatal(error)))
+                .await;
         }
     }
 
@@ -89,7 +91,8 @@ impl Poller {
                 Ok(page) => {
                     backoff.reset();
                     let count = page.records.len();
-                    let behind = count >= limit as usize || page.millis_behind_latest.is_some_and(|ms| ms > 0);
+                    let behind = count >= limit as usize
+                        || page.millis_behind_latest.is_some_and(|ms| ms > 0);
                     let RecordsPage {
                         records,
                         next_iterator,
@@ -103,7 +106,10 @@ impl Poller {
                             None => last = Some(newest.clone()),
                         }
                         tracing::trace!(count, millis_behind_latest, "fetched records");
-                        match self.until_cancelled(self.tx.send(ShardEvent::Records(batch))).await {
+                        match self
+                            .until_cancelled(self.tx.send(ShardEvent::Records(batch)))
+                            .await
+                        {
                             Some(Ok(())) => {}
                             _ => return Ok(()),
                         }
@@ -147,7 +153,9 @@ impl Poller {
             None => self.start.clone(),
         };
         loop {
-            let call = self.api.get_shard_iterator(&self.stream, &self.shard_id, &position);
+            let call = self
+                .api
+                .get_shard_iterator(&self.stream, &self.shard_id, &position);
             let result = match self
                 .until_cancelled(timeout(self.settings.request_timeout, call))
                 .await
@@ -185,9 +193,11 @@ impl Poller {
             .into_iter()
             .map(|record| {
                 let sequence_number =
-                    SequenceNumber::try_from(record.sequence_number).map_err(|e| Error::InvalidResponse {
-                        operation: "GetRecords",
-                        message: e.to_string(),
+                    SequenceNumber::try_from(record.sequence_number).map_err(|e| {
+                        Error::InvalidResponse {
+                            operation: "GetRecords",
+                            message: e.to_string(),
+                        }
                     })?;
                 Ok(Record {
                     data: Bytes::from(record.data.into_inner()),

@@ -70,7 +70,9 @@ impl Progress {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated in
         // a way that matters more than stopping would, so keep going.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn mode(&self) -> CheckpointMode {
@@ -78,7 +80,10 @@ impl Progress {
     }
 
     /// Auto mode: hands over processed positions and asks for a save.
-    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>) {
+    pub(crate) fn submit<'a>(
+        &self,
+        positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>,
+    ) {
         let mut inner = self.lock();
         for (shard, seq) in positions {
             match inner.pending.get_mut(shard) {
@@ -107,11 +112,17 @@ impl Progress {
             shard_id: record.shard_id.to_string(),
             sequence_number: record.sequence_number.to_string(),
         };
-        let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
-        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)? else {
+        let tracker = inner
+            .trackers
+            .get_mut(&record.shard_id)
+            .ok_or_else(unknown)?;
+        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)?
+        else {
             return Ok(());
         };
-        inner.pending.insert(Arc::clone(&record.shard_id), watermark);
+        inner
+            .pending
+            .insert(Arc::clone(&record.shard_id), watermark);
         inner.acked_since_flush += newly;
         if inner.acked_since_flush >= self.every {
             inner.acked_since_flush = 0;
@@ -213,11 +224,15 @@ impl Checkpointer {
         };
         let (reply, answer) = oneshot::channel();
         if progress.commands.send(Command::Flush(Some(reply))).is_err() {
-            return Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped")));
+            return Err(progress
+                .fatal()
+                .unwrap_or(Error::config("the consumer has stopped")));
         }
         match answer.await {
             Ok(result) => result,
-            Err(_) => Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped"))),
+            Err(_) => Err(progress
+                .fatal()
+                .unwrap_or(Error::config("the consumer has stopped"))),
         }
     }
 }
@@ -238,7 +253,11 @@ impl Writer {
         let result = self.serve().await;
         if let Err(error) = &result {
             tracing::error!(error = %error, source = ?std::error::Error::source(error), "checkpoint writer stopped");
-            *self.progress.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+            *self
+                .progress
+                .fatal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
             self.cancel.cancel();
         }
         result
@@ -304,7 +323,10 @@ impl Writer {
                     tracing::debug!(shard, sequence_number = %seq, "checkpoint saved");
                     return Ok(());
                 }
-                Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
+                Err(error)
+                    if error.is_retryable()
+                        && backoff.attempts() < self.settings.checkpoint_retries =>
+                {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");
                     tokio::time::sleep(delay).await;

@@ -69,16 +69,37 @@ mod tests {
     #[test]
     fn json_decodes_the_payload_into_a_user_type() {
         let seq = SequenceNumber::parse("1").expect("valid");
-        let record = Record::new("shardId-000000000000", seq, "k", &br#"{"id":7,"item":"tea"}"#[..]);
+        let record = Record::new(
+            "shardId-000000000000",
+            seq,
+            "k",
+            &br#"{"id":7,"item":"tea"}"#[..],
+        );
         let order: Order = record.json().expect("valid json");
-        assert_eq!(order, Order { id: 7, item: "tea".into() });
-        let bad = Record::new("s", SequenceNumber::parse("2").expect("valid"), "k", &b"not json"[..]);
+        assert_eq!(
+            order,
+            Order {
+                id: 7,
+                item: "tea".into()
+            }
+        );
+        let bad = Record::new(
+            "s",
+            SequenceNumber::parse("2").expect("valid"),
+            "k",
+            &b"not json"[..],
+        );
         assert!(bad.json::<Order>().is_err());
     }
 
     #[test]
     fn serde_round_trips_a_record() {
-        let mut record = Record::new("shardId-000000000001", SequenceNumber::parse("123").expect("valid"), "pk", &b"hi"[..]);
+        let mut record = Record::new(
+            "shardId-000000000001",
+            SequenceNumber::parse("123").expect("valid"),
+            "pk",
+            &b"hi"[..],
+        );
         record.millis_behind_latest = Some(0);
         record.approximate_arrival_timestamp = Some(SystemTime::UNIX_EPOCH);
         let json = serde_json::to_string(&record).expect("serialize");

@@ -176,7 +176,10 @@ mod tests {
     fn order_is_numeric_across_lengths() {
         assert!(seq("9") < seq("10"));
         assert!(seq("99") < seq("100"));
-        assert!(seq("49590338271490256608559692538361571095921575989136588898") > seq("49590338271490256608559692538361571095921575989136588897"));
+        assert!(
+            seq("49590338271490256608559692538361571095921575989136588898")
+                > seq("49590338271490256608559692538361571095921575989136588897")
+        );
         let big = "9".repeat(128);
         assert!(seq(&big) < seq(&format!("1{}", "0".repeat(128))));
         assert_eq!(seq("42").cmp(&seq("42")), Ordering::Equal);
@@ -191,21 +194,43 @@ mod tests {
 
     #[test]
     fn rejects_anything_that_is_not_plain_digits() {
-        let kind = |text: &str| SequenceNumber::parse(text).map(|_| ()).map_err(|e| e.kind().clone());
+        let kind = |text: &str| {
+            SequenceNumber::parse(text)
+                .map(|_| ())
+                .map_err(|e| e.kind().clone())
+        };
         assert_eq!(kind(""), Err(SequenceNumberErrorKind::Empty));
-        assert_eq!(kind("abc"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
-        assert_eq!(kind("4.95e+55"), Err(SequenceNumberErrorKind::NotADigit { position: 1 }));
-        assert_eq!(kind(" 1"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
-        assert_eq!(kind("-1"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
+        assert_eq!(
+            kind("abc"),
+            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
+        );
+        assert_eq!(
+            kind("4.95e+55"),
+            Err(SequenceNumberErrorKind::NotADigit { position: 1 })
+        );
+        assert_eq!(
+            kind(" 1"),
+            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
+        );
+        assert_eq!(
+            kind("-1"),
+            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
+        );
         assert_eq!(kind("007"), Err(SequenceNumberErrorKind::LeadingZero));
-        assert_eq!(kind(&"1".repeat(130)), Err(SequenceNumberErrorKind::TooLong { len: 130 }));
+        assert_eq!(
+            kind(&"1".repeat(130)),
+            Err(SequenceNumberErrorKind::TooLong { len: 130 })
+        );
     }
 
     #[test]
     fn serde_round_trips_as_a_string_and_validates() {
         let original = seq("49590338271490256608559692538361571095921575989136588898");
         let json = serde_json::to_string(&original).expect("serialize");
-        assert_eq!(json, "\"49590338271490256608559692538361571095921575989136588898\"");
+        assert_eq!(
+            json,
+            "\"49590338271490256608559692538361571095921575989136588898\""
+        );
         let back: SequenceNumber = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, original);
         assert!(serde_json::from_str::<SequenceNumber>("\"4.95e+55\"").is_err());

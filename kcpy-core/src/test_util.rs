@@ -32,19 +32,32 @@ fn unique_prefix() -> String {
 /// violation, naming it.
 pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
     let prefix = unique_prefix();
-    let key = |shard: &str| CheckpointKey::new(format!("{prefix}-app"), format!("{prefix}-stream"), shard);
+    let key = |shard: &str| {
+        CheckpointKey::new(format!("{prefix}-app"), format!("{prefix}-stream"), shard)
+    };
 
     // Unknown keys load as none.
     let fresh = key("shardId-000000000000");
-    assert_eq!(store.load(&fresh).await.expect("load of an unknown key"), None, "an unknown key must load as None");
+    assert_eq!(
+        store.load(&fresh).await.expect("load of an unknown key"),
+        None,
+        "an unknown key must load as None"
+    );
 
     // What is saved is loaded back exactly, for every length Kinesis allows.
     for digits in 1..=SequenceNumber::MAX_DIGITS {
         let k = key(&format!("shardId-len-{digits}"));
         let text = format!("1{}", "7".repeat(digits - 1));
         let value = seq(&text);
-        store.save(&k, &value).await.unwrap_or_else(|e| panic!("save of {digits} digits: {e}"));
-        assert_eq!(store.load(&k).await.expect("load"), Some(value), "{digits} digits must round-trip exactly");
+        store
+            .save(&k, &value)
+            .await
+            .unwrap_or_else(|e| panic!("save of {digits} digits: {e}"));
+        assert_eq!(
+            store.load(&k).await.expect("load"),
+            Some(value),
+            "{digits} digits must round-trip exactly"
+        );
     }
     let realistic = seq("49590338271490256608559692538361571095921575989136588898");
     let k = key("shardId-realistic");
@@ -53,36 +66,80 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
 
     // Forward moves succeed, including across lengths (numeric, not text, order).
     let k = key("shardId-forward");
-    for value in ["9", "10", "99", "100", "49590338271490256608559692538361571095921575989136588898"] {
-        store.save(&k, &seq(value)).await.unwrap_or_else(|e| panic!("forward save to {value}: {e}"));
+    for value in [
+        "9",
+        "10",
+        "99",
+        "100",
+        "49590338271490256608559692538361571095921575989136588898",
+    ] {
+        store
+            .save(&k, &seq(value))
+            .await
+            .unwrap_or_else(|e| panic!("forward save to {value}: {e}"));
     }
     assert_eq!(store.load(&k).await.expect("load"), Some(realistic.clone()));
 
     // Saving the stored value again succeeds.
-    store.save(&k, &realistic).await.expect("re-saving the stored value must succeed");
+    store
+        .save(&k, &realistic)
+        .await
+        .expect("re-saving the stored value must succeed");
 
     // Backwards moves fail with Conflict and change nothing.
-    for lower in ["100", "49590338271490256608559692538361571095921575989136588897"] {
+    for lower in [
+        "100",
+        "49590338271490256608559692538361571095921575989136588897",
+    ] {
         match store.save(&k, &seq(lower)).await {
-            Err(CheckpointError::Conflict { key: conflict_key, stored, attempted }) => {
+            Err(CheckpointError::Conflict {
+                key: conflict_key,
+                stored,
+                attempted,
+            }) => {
                 assert_eq!(*conflict_key, k, "Conflict must name the key");
                 assert_eq!(stored, realistic, "Conflict must carry the stored value");
-                assert_eq!(attempted, seq(lower), "Conflict must carry the attempted value");
+                assert_eq!(
+                    attempted,
+                    seq(lower),
+                    "Conflict must carry the attempted value"
+                );
             }
-            other => panic!("saving {lower} below the stored checkpoint must be a Conflict, got {other:?}"),
+            other => panic!(
+                "saving {lower} below the stored checkpoint must be a Conflict, got {other:?}"
+            ),
         }
     }
-    assert_eq!(store.load(&k).await.expect("load"), Some(realistic.clone()), "a rejected save must change nothing");
+    assert_eq!(
+        store.load(&k).await.expect("load"),
+        Some(realistic.clone()),
+        "a rejected save must change nothing"
+    );
 
     // SHARD_END orders after every sequence number and is final.
-    store.save(&k, &Checkpoint::ShardEnd).await.expect("SHARD_END after a sequence number");
-    assert_eq!(store.load(&k).await.expect("load"), Some(Checkpoint::ShardEnd));
-    store.save(&k, &Checkpoint::ShardEnd).await.expect("re-saving SHARD_END");
+    store
+        .save(&k, &Checkpoint::ShardEnd)
+        .await
+        .expect("SHARD_END after a sequence number");
+    assert_eq!(
+        store.load(&k).await.expect("load"),
+        Some(Checkpoint::ShardEnd)
+    );
+    store
+        .save(&k, &Checkpoint::ShardEnd)
+        .await
+        .expect("re-saving SHARD_END");
     assert!(
-        matches!(store.save(&k, &seq(&"9".repeat(129))).await, Err(CheckpointError::Conflict { .. })),
+        matches!(
+            store.save(&k, &seq(&"9".repeat(129))).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
         "a sequence number after SHARD_END must be a Conflict"
     );
-    assert_eq!(store.load(&k).await.expect("load"), Some(Checkpoint::ShardEnd));
+    assert_eq!(
+        store.load(&k).await.expect("load"),
+        Some(Checkpoint::ShardEnd)
+    );
 
     // Consumer name, stream and shard each separate keys.
     let base = CheckpointKey::new(format!("{prefix}-a"), format!("{prefix}-s"), "shardId-1");
@@ -93,8 +150,15 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
     ];
     store.save(&base, &seq("500")).await.expect("save");
     for variant in &variants {
-        assert_eq!(store.load(variant).await.expect("load"), None, "{variant} must not see {base}");
-        store.save(variant, &seq("7")).await.expect("a lower value under another key is no conflict");
+        assert_eq!(
+            store.load(variant).await.expect("load"),
+            None,
+            "{variant} must not see {base}"
+        );
+        store
+            .save(variant, &seq("7"))
+            .await
+            .expect("a lower value under another key is no conflict");
     }
     assert_eq!(store.load(&base).await.expect("load"), Some(seq("500")));
 
@@ -108,5 +172,9 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
             Err(other) => panic!("a concurrent save failed with {other:?}"),
         }
     }
-    assert_eq!(store.load(&k).await.expect("load"), Some(seq("32000")), "concurrent saves must keep the highest");
+    assert_eq!(
+        store.load(&k).await.expect("load"),
+        Some(seq("32000")),
+        "concurrent saves must keep the highest"
+    );
 }

@@ -37,8 +37,16 @@ pub fn client() -> Client {
 /// A stream name no other test (or test run) uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What a put wrote, as Kinesis acknowledged it.
@@ -59,7 +67,13 @@ impl TestStream {
     pub async fn create(prefix: &str, shards: i32) -> Self {
         let client = client();
         let name = unique_name(prefix);
-        client.create_stream().stream_name(&name).shard_count(shards).send().await.expect("CreateStream");
+        client
+            .create_stream()
+            .stream_name(&name)
+            .shard_count(shards)
+            .send()
+            .await
+            .expect("CreateStream");
         client
             .wait_until_stream_exists()
             .stream_name(&name)
@@ -70,7 +84,13 @@ impl TestStream {
     }
 
     pub async fn delete(self) {
-        let _ = self.client.delete_stream().stream_name(&self.name).enforce_consumer_deletion(true).send().await;
+        let _ = self
+            .client
+            .delete_stream()
+            .stream_name(&self.name)
+            .enforce_consumer_deletion(true)
+            .send()
+            .await;
     }
 
     /// Puts `data` records with their partition keys, 500 per call, in order.
@@ -95,11 +115,19 @@ impl TestStream {
                 .send()
                 .await
                 .expect("PutRecords");
-            assert_eq!(output.failed_record_count, Some(0), "the emulator never throttles");
+            assert_eq!(
+                output.failed_record_count,
+                Some(0),
+                "the emulator never throttles"
+            );
             for ((key, data), result) in chunk.iter().zip(output.records) {
                 puts.push(Put {
                     shard_id: result.shard_id.expect("shard id"),
-                    sequence_number: result.sequence_number.expect("sequence number").parse().expect("valid"),
+                    sequence_number: result
+                        .sequence_number
+                        .expect("sequence number")
+                        .parse()
+                        .expect("valid"),
                     partition_key: key.clone(),
                     data: data.clone(),
                 });
@@ -110,17 +138,27 @@ impl TestStream {
 
     /// `count` records over `keys` partition keys, with data `{tag}-{i}`.
     pub async fn put_many(&self, tag: &str, count: usize, keys: usize) -> Vec<Put> {
-        let records: Vec<(String, String)> =
-            (0..count).map(|i| (format!("pk-{}", i % keys), format!("{tag}-{i}"))).collect();
+        let records: Vec<(String, String)> = (0..count)
+            .map(|i| (format!("pk-{}", i % keys), format!("{tag}-{i}")))
+            .collect();
         self.put(&records).await
     }
 
     /// One record on every shard (by explicit hash key), tagged `marker`.
     pub async fn put_marker_on_every_shard(&self, marker: &str) -> Vec<Put> {
-        let shards = self.client.list_shards().stream_name(&self.name).send().await.expect("ListShards");
+        let shards = self
+            .client
+            .list_shards()
+            .stream_name(&self.name)
+            .send()
+            .await
+            .expect("ListShards");
         let mut puts = Vec::new();
         for shard in shards.shards.unwrap_or_default() {
-            let start = shard.hash_key_range.expect("hash key range").starting_hash_key;
+            let start = shard
+                .hash_key_range
+                .expect("hash key range")
+                .starting_hash_key;
             let output = self
                 .client
                 .put_record()
@@ -131,7 +169,10 @@ impl TestStream {
                 .send()
                 .await
                 .expect("PutRecord");
-            assert_eq!(output.shard_id, shard.shard_id, "explicit hash key routes to the shard");
+            assert_eq!(
+                output.shard_id, shard.shard_id,
+                "explicit hash key routes to the shard"
+            );
             puts.push(Put {
                 shard_id: output.shard_id,
                 sequence_number: output.sequence_number.parse().expect("valid"),
@@ -153,7 +194,11 @@ pub fn as_put(record: &Record) -> Put {
 }
 
 /// Reads until `done` holds for what was read, or fails after `limit`.
-pub async fn read_until(consumer: &mut Consumer, limit: Duration, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
+pub async fn read_until(
+    consumer: &mut Consumer,
+    limit: Duration,
+    mut done: impl FnMut(&[Put]) -> bool,
+) -> Vec<Put> {
     let mut read = Vec::new();
     let outcome = tokio::time::timeout(limit, async {
         while !done(&read) {
@@ -167,7 +212,11 @@ pub async fn read_until(consumer: &mut Consumer, limit: Duration, mut done: impl
     .await;
     match outcome {
         Ok(true) => read,
-        Ok(false) => panic!("the consumer ended after {} records; error: {:?}", read.len(), consumer.error()),
+        Ok(false) => panic!(
+            "the consumer ended after {} records; error: {:?}",
+            read.len(),
+            consumer.error()
+        ),
         Err(_) => panic!("timed out after {} records", read.len()),
     }
 }
@@ -176,7 +225,10 @@ pub async fn read_until(consumer: &mut Consumer, limit: Duration, mut done: impl
 pub fn by_shard(puts: &[Put]) -> BTreeMap<String, Vec<SequenceNumber>> {
     let mut shards: BTreeMap<String, Vec<SequenceNumber>> = BTreeMap::new();
     for put in puts {
-        shards.entry(put.shard_id.clone()).or_default().push(put.sequence_number.clone());
+        shards
+            .entry(put.shard_id.clone())
+            .or_default()
+            .push(put.sequence_number.clone());
     }
     shards
 }

@@ -1,0 +1,704 @@
+//! The consumer and its pollers, driven through the Kinesis seam to produce
+//! what the emulator cannot: throttling, 5xx, expired iterators, black holes
+//! and fatal errors. Time is paused, so backoff and rate limits cost nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::primitives::Blob;
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::*;
+use crate::kinesis::{KinesisApi, RecordsPage, ShardPage};
+use crate::CheckpointError;
+
+#[derive(Debug)]
+enum Step {
+    Records(Vec<u64>),
+    Throttle,
+    ServerError,
+    Expired,
+    Hang,
+    Fatal(fn() -> Error),
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    Iterator(String, IteratorPosition),
+    Records(String, Instant),
+}
+
+#[derive(Default)]
+struct FakeKinesis {
+    shards: Vec<String>,
+    scripts: Mutex<HashMap<String, VecDeque<Step>>>,
+    calls: Mutex<Vec<Call>>,
+    list_failures: Mutex<u32>,
+}
+
+impl FakeKinesis {
+    fn new(scripts: Vec<(&str, Vec<Step>)>) -> Arc<Self> {
+        Arc::new(Self {
+            shards: scripts.iter().map(|(id, _)| id.to_string()).collect(),
+            scripts: Mutex::new(
+                scripts
+                    .into_iter()
+                    .map(|(id, steps)| (id.to_string(), steps.into()))
+                    .collect(),
+            ),
+            ..Self::default()
+        })
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn record_calls(&self, shard: &str) -> Vec<Instant> {
+        self.calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::Records(s, at) if s == shard => Some(at),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn transient() -> ApiError {
+    ApiError::Transient(Arc::new(std::io::Error::other("503 Service Unavailable")))
+}
+
+fn access_denied() -> Error {
+    Error::AccessDenied {
+        stream: "s".into(),
+        source: Arc::new(std::io::Error::other("AccessDeniedException")),
+    }
+}
+
+#[async_trait]
+impl KinesisApi for FakeKinesis {
+    async fn list_shards(&self, _: &StreamRef, _: Option<String>) -> Result<ShardPage, ApiError> {
+        let mut failures = self.list_failures.lock().expect("lock");
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(transient());
+        }
+        Ok(ShardPage {
+            shards: self
+                .shards
+                .iter()
+                .map(|id| ShardInfo {
+                    shard_id: id.clone(),
+                    parent_shard_id: None,
+                    adjacent_parent_shard_id: None,
+                    ending_sequence_number: None,
+                })
+                .collect(),
+            next_token: None,
+        })
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        _: &StreamRef,
+        shard: &str,
+        position: &IteratorPosition,
+    ) -> Result<String, ApiError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(Call::Iterator(shard.into(), position.clone()));
+        Ok(shard.to_owned())
+    }
+
+    async fn get_records(
+        &self,
+        _: &StreamRef,
+        iterator: &str,
+        _limit: i32,
+    ) -> Result<RecordsPage, ApiError> {
+        let shard = iterator.to_owned();
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(Call::Records(shard.clone(), Instant::now()));
+        let step = self
+            .scripts
+            .lock()
+            .expect("lock")
+            .get_mut(&shard)
+            .and_then(VecDeque::pop_front);
+        let page =
+            |records: Vec<aws_sdk_kinesis::types::Record>, next: Option<String>| RecordsPage {
+                records,
+                next_iterator: next,
+                millis_behind_latest: Some(0),
+            };
+        match step {
+            None => Ok(page(Vec::new(), Some(shard))),
+            Some(Step::Records(seqs)) => Ok(page(
+                seqs.into_iter().map(|n| sdk_record(n)).collect(),
+                Some(shard),
+            )),
+            Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other(
+                "throttled",
+            )))),
+            Some(Step::ServerError) => Err(transient()),
+            Some(Step::Expired) => Err(ApiError::ExpiredIterator),
+            Some(Step::Hang) => futures::future::pending().await,
+            Some(Step::Fatal(make)) => Err(ApiError::Fatal(make())),
+            Some(Step::End) => Ok(page(Vec::new(), None)),
+        }
+    }
+}
+
+fn sdk_record(n: u64) -> aws_sdk_kinesis::types::Record {
+    aws_sdk_kinesis::types::Record::builder()
+        .sequence_number(n.to_string())
+        .partition_key(format!("pk-{n}"))
+        .data(Blob::new(format!("data-{n}")))
+        .build()
+        .expect("complete record")
+}
+
+fn seq(n: u64) -> SequenceNumber {
+    SequenceNumber::parse(&n.to_string()).expect("valid")
+}
+
+/// A store that keeps checkpoints in a map and fails as told.
+#[derive(Debug, Default)]
+struct TestStore {
+    saved: Mutex<HashMap<String, Checkpoint>>,
+    failures: Mutex<VecDeque<CheckpointError>>,
+    saves: Mutex<u32>,
+}
+
+impl TestStore {
+    fn get(&self, shard: &str) -> Option<Checkpoint> {
+        self.saved.lock().expect("lock").get(shard).cloned()
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for TestStore {
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+        Ok(self.saved.lock().expect("lock").get(&key.shard_id).cloned())
+    }
+
+    async fn save(
+        &self,
+        key: &CheckpointKey,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
+        *self.saves.lock().expect("lock") += 1;
+        if let Some(error) = self.failures.lock().expect("lock").pop_front() {
+            return Err(error);
+        }
+        self.saved
+            .lock()
+            .expect("lock")
+            .insert(key.shard_id.clone(), checkpoint.clone());
+        Ok(())
+    }
+}
+
+fn builder(api: &Arc<FakeKinesis>) -> ConsumerBuilder {
+    ConsumerBuilder::with_api(Arc::clone(api) as DynKinesis, "test-stream".into())
+        .idle_interval(Duration::from_millis(100))
+}
+
+async fn drain(consumer: &mut Consumer) -> Vec<u64> {
+    let mut read = Vec::new();
+    while let Some(record) = consumer.next().await {
+        read.push(record.sequence_number.as_str().parse().expect("numeric"));
+    }
+    read
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_and_server_errors_are_retried_without_losing_records() {
+    let api = FakeKinesis::new(vec![(
+        "shard-0",
+        vec![
+            Step::Records(vec![1, 2]),
+            Step::Throttle,
+            Step::ServerError,
+            Step::Throttle,
+            Step::Records(vec![3]),
+            Step::End,
+        ],
+    )]);
+    let mut consumer = builder(&api).build().await.expect("build");
+    assert_eq!(drain(&mut consumer).await, vec![1, 2, 3]);
+    assert!(consumer.error().is_none(), "{:?}", consumer.error());
+    assert_eq!(
+        api.record_calls("shard-0").len(),
+        6,
+        "each failed call was retried once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_iterator_is_renewed_right_after_the_last_record_fetched() {
+    let api = FakeKinesis::new(vec![(
+        "shard-0",
+        vec![
+            Step::Records(vec![1, 2, 3]),
+            Step::Expired,
+            Step::Records(vec![4]),
+            Step::End,
+        ],
+    )]);
+    let mut consumer = builder(&api).build().await.expect("build");
+    assert_eq!(
+        drain(&mut consumer).await,
+        vec![1, 2, 3, 4],
+        "no gap, no repeat"
+    );
+    let positions: Vec<IteratorPosition> = api
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Iterator(_, position) => Some(position),
+            Call::Records(..) => None,
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        vec![
+            IteratorPosition::TrimHorizon,
+            IteratorPosition::AfterSequence(seq(3))
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_call_times_out_and_the_shard_recovers() {
+    let api = FakeKinesis::new(vec![(
+        "shard-0",
+        vec![Step::Hang, Step::Records(vec![7]), Step::End],
+    )]);
+    let mut consumer = builder(&api)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("build");
+    let started = Instant::now();
+    assert_eq!(drain(&mut consumer).await, vec![7]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the hung call was given its full timeout"
+    );
+    assert!(consumer.error().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_error_ends_the_stream_and_stays_retrievable_with_processed_records_checkpointed() {
+    let api = FakeKinesis::new(vec![
+        (
+            "shard-0",
+            vec![Step::Records(vec![1, 2]), Step::Fatal(access_denied)],
+        ),
+        ("shard-1", vec![]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(drain(&mut consumer).await, vec![1, 2]);
+    assert!(
+        matches!(consumer.error(), Some(Error::AccessDenied { .. })),
+        "{:?}",
+        consumer.error()
+    );
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(2))),
+        "processed records keep their checkpoint"
+    );
+    assert!(matches!(
+        consumer.close().await,
+        Err(Error::AccessDenied { .. })
+    ));
+    assert!(
+        consumer.next().await.is_none(),
+        "an ended stream stays ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_shard_calls_get_records_more_than_five_times_a_second() {
+    let steps = (0..30)
+        .map(|i| Step::Records(vec![i * 2 + 1, i * 2 + 2]))
+        .chain([Step::End])
+        .collect();
+    let api = FakeKinesis::new(vec![("shard-0", steps)]);
+    // Full batches mean the shard is behind, so it re-polls as fast as allowed.
+    let mut consumer = builder(&api)
+        .max_records_per_call(2)
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(drain(&mut consumer).await.len(), 60);
+    let calls = api.record_calls("shard-0");
+    for pair in calls.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(200),
+            "calls {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+    for window in calls.windows(6) {
+        assert!(
+            window[5] - window[0] >= Duration::from_secs(1),
+            "six calls within a second"
+        );
+    }
+    let total = calls[calls.len() - 1] - calls[0];
+    assert!(
+        total < Duration::from_millis(200 * 31 + 100),
+        "a shard that is behind polls without idling: {total:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_call_budget_is_respected() {
+    let steps = (0..6)
+        .map(|i| Step::Records(vec![i + 1]))
+        .chain([Step::End])
+        .collect();
+    let api = FakeKinesis::new(vec![("shard-0", steps)]);
+    let mut consumer = builder(&api)
+        .max_records_per_call(1)
+        .max_get_records_per_second(2)
+        .build()
+        .await
+        .expect("build");
+    drain(&mut consumer).await;
+    for pair in api.record_calls("shard-0").windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_shard_does_not_delay_the_others() {
+    let throttled = (0..40).map(|_| Step::Throttle).chain([Step::End]).collect();
+    let flowing = (1..=5)
+        .map(|n| Step::Records(vec![n]))
+        .chain([Step::End])
+        .collect();
+    let api = FakeKinesis::new(vec![("shard-a", throttled), ("shard-b", flowing)]);
+    let mut consumer = builder(&api).build().await.expect("build");
+    let started = Instant::now();
+    let mut read = Vec::new();
+    while read.len() < 5 {
+        let record = consumer.next().await.expect("shard-b keeps flowing");
+        read.push(record.sequence_number.clone());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shard-b waited {:?}",
+        started.elapsed()
+    );
+    let throttled_calls = api.record_calls("shard-a");
+    assert!(throttled_calls.len() < 40, "shard-a is still backing off");
+    assert_eq!(
+        drain(&mut consumer).await,
+        Vec::<u64>::new(),
+        "shard-a ends after its throttling, with nothing lost"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_auto_mode_a_record_is_checkpointed_only_once_the_next_is_asked_for() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3])])]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_every(1)
+        .build()
+        .await
+        .expect("build");
+    let first = consumer.next().await.expect("record 1");
+    assert_eq!(first.sequence_number, seq(1));
+    let second = consumer.next().await.expect("record 2");
+    assert_eq!(second.sequence_number, seq(2));
+    // Record 2 is in the caller's hands: close() must not count it.
+    consumer.close().await.expect("close");
+    assert_eq!(store.get("shard-0"), Some(Checkpoint::Sequence(seq(1))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoints_are_written_on_the_interval_while_the_consumer_waits() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2])])]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_interval(Duration::from_secs(3))
+        .build()
+        .await
+        .expect("build");
+    consumer.next().await.expect("record 1");
+    consumer.next().await.expect("record 2");
+    // The caller now waits at the tip; asking marked record 2 processed.
+    let waited = tokio::time::timeout(Duration::from_secs(7), consumer.next()).await;
+    assert!(waited.is_err(), "no more records");
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(2))),
+        "written by the interval, not at shutdown"
+    );
+    drop(consumer);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_acks_out_of_order_commit_only_the_contiguous_prefix() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3, 4, 5])])]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_mode(CheckpointMode::Manual)
+        .build()
+        .await
+        .expect("build");
+    let mut records = Vec::new();
+    for _ in 0..5 {
+        records.push(consumer.next().await.expect("record"));
+    }
+    let checkpointer = consumer.checkpointer();
+    let elsewhere = checkpointer.clone();
+    elsewhere.checkpoint(&records[1]).expect("ack 2");
+    elsewhere.checkpoint(&records[2]).expect("ack 3");
+    checkpointer.flush().await.expect("flush");
+    assert_eq!(
+        store.get("shard-0"),
+        None,
+        "record 1 is unprocessed, so nothing may be committed"
+    );
+    consumer.checkpoint(&records[0]).expect("ack 1");
+    checkpointer.flush().await.expect("flush");
+    assert_eq!(store.get("shard-0"), Some(Checkpoint::Sequence(seq(3))));
+    consumer.checkpoint(&records[4]).expect("ack 5");
+    consumer.close().await.expect("close");
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(3))),
+        "record 4 was never processed"
+    );
+
+    let stranger = crate::Record::new("shard-0", seq(99), "k", &b"x"[..]);
+    assert!(matches!(
+        checkpointer.checkpoint(&stranger),
+        Err(Error::UnknownRecord { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn checkpoint_in_auto_mode_is_a_configuration_error() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1])])]);
+    let mut consumer = builder(&api)
+        .checkpoint_store(TestStore::default())
+        .build()
+        .await
+        .expect("build");
+    let record = consumer.next().await.expect("record");
+    assert!(matches!(
+        consumer.checkpoint(&record),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_store_that_keeps_failing_ends_the_stream_with_its_error() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3])])]);
+    let store = Arc::new(TestStore::default());
+    let unavailable = || CheckpointError::Unavailable {
+        source: Arc::new(std::io::Error::other("database is locked")),
+    };
+    store
+        .failures
+        .lock()
+        .expect("lock")
+        .extend((0..10).map(|_| unavailable()));
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_every(1)
+        .checkpoint_retries(3)
+        .build()
+        .await
+        .expect("build");
+    let read = drain(&mut consumer).await;
+    assert!(read.len() <= 3);
+    match consumer.error() {
+        Some(error @ Error::Checkpoint(CheckpointError::Unavailable { .. })) => {
+            assert!(error.is_retryable())
+        }
+        other => panic!("expected the store's error, got {other:?}"),
+    }
+    assert_eq!(
+        *store.saves.lock().expect("lock"),
+        4,
+        "one try and three retries"
+    );
+    assert_eq!(store.get("shard-0"), None, "nothing was claimed saved");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_that_would_move_backwards_is_fatal_at_once() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2])])]);
+    let store = Arc::new(TestStore::default());
+    let key = CheckpointKey::new("kcpy", "test-stream", "shard-0");
+    store
+        .failures
+        .lock()
+        .expect("lock")
+        .push_back(CheckpointError::conflict(
+            &key,
+            Checkpoint::Sequence(seq(50)),
+            Checkpoint::Sequence(seq(1)),
+        ));
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_every(1)
+        .build()
+        .await
+        .expect("build");
+    drain(&mut consumer).await;
+    assert!(matches!(
+        consumer.error(),
+        Some(Error::Checkpoint(CheckpointError::Conflict { .. }))
+    ));
+    assert_eq!(
+        *store.saves.lock().expect("lock"),
+        1,
+        "a conflict is not retried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn build_retries_transient_failures_then_gives_up_with_unavailable() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1])])]);
+    *api.list_failures.lock().expect("lock") = 2;
+    let mut consumer = builder(&api)
+        .build()
+        .await
+        .expect("two failures are retried");
+    assert_eq!(
+        consumer.next().await.map(|r| r.sequence_number),
+        Some(seq(1))
+    );
+
+    *api.list_failures.lock().expect("lock") = 100;
+    match builder(&api).startup_retries(3).build().await {
+        Err(
+            error @ Error::Unavailable {
+                operation: "ListShards",
+                ..
+            },
+        ) => assert!(error.is_retryable()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_while_idle_ends_the_stream_and_flushes() {
+    let api = FakeKinesis::new(vec![
+        ("shard-0", vec![Step::Records(vec![1, 2])]),
+        ("shard-1", vec![Step::Hang]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let token = CancellationToken::new();
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .shutdown_token(token.clone())
+        .build()
+        .await
+        .expect("build");
+    consumer.next().await.expect("record 1");
+    consumer.next().await.expect("record 2");
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        token.cancel();
+    });
+    assert!(
+        consumer.next().await.is_none(),
+        "the stream ends on shutdown"
+    );
+    stopper.await.expect("stopper");
+    assert!(consumer.error().is_none());
+    assert_eq!(store.get("shard-0"), Some(Checkpoint::Sequence(seq(2))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_store_cannot_stall_shutdown_past_its_deadline() {
+    #[derive(Debug)]
+    struct HungStore;
+    #[async_trait]
+    impl CheckpointStore for HungStore {
+        async fn load(&self, _: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+            Ok(None)
+        }
+        async fn save(&self, _: &CheckpointKey, _: &Checkpoint) -> Result<(), CheckpointError> {
+            futures::future::pending().await
+        }
+    }
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2])])]);
+    let mut consumer = builder(&api)
+        .checkpoint_store(HungStore)
+        .shutdown_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .expect("build");
+    consumer.next().await.expect("record 1");
+    consumer.next().await.expect("record 2");
+    consumer.shutdown_handle().shutdown();
+    let started = Instant::now();
+    assert!(consumer.next().await.is_none());
+    assert!(started.elapsed() <= Duration::from_secs(3));
+    assert!(matches!(
+        consumer.error(),
+        Some(Error::ShutdownTimedOut { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_consumer_with_a_hung_call_returns_at_once() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Hang])]);
+    let consumer = builder(&api).build().await.expect("build");
+    drop(consumer);
+    // The poller task was aborted: its Arc to the fake is gone.
+    tokio::task::yield_now().await;
+    assert_eq!(Arc::strong_count(&api), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_stream_names_and_arns_are_configuration_errors() {
+    let api = FakeKinesis::new(vec![]);
+    for stream in [
+        "",
+        "has space",
+        "arn:aws:s3:::bucket",
+        "arn:aws:kinesis:us-east-1:123:table/x",
+    ] {
+        let result = ConsumerBuilder::with_api(Arc::clone(&api) as DynKinesis, stream.into())
+            .build()
+            .await;
+        assert!(
+            matches!(result, Err(Error::InvalidConfig { .. })),
+            "{stream:?}: {result:?}"
+        );
+    }
+    let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/orders";
+    let consumer = ConsumerBuilder::with_api(Arc::clone(&api) as DynKinesis, arn.into())
+        .build()
+        .await
+        .expect("an ARN");
+    assert_eq!(consumer.stream_name(), "orders");
+}
