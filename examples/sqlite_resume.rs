@@ -8,6 +8,8 @@
 //! Each record is printed as one JSON line. `KCPY_KINESIS_ENDPOINT` points the
 //! client at an emulator; `KCPY_CHECKPOINT_EVERY` sets the batch size.
 
+mod common;
+
 use futures::StreamExt;
 use kcpy::{Consumer, SqliteCheckpointStore};
 use std::io::Write;
@@ -18,23 +20,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_env_filter("kcpy=info")
         .init();
-    let stream = std::env::var("KCPY_STREAM").map_err(|_| "set KCPY_STREAM to the stream name")?;
+    let stream = common::stream_name()?;
     let sqlite = std::env::var("KCPY_SQLITE").unwrap_or_else(|_| "kcpy.db".into());
     let every = std::env::var("KCPY_CHECKPOINT_EVERY")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
 
-    let mut config = kcpy::aws_config::defaults(kcpy::aws_config::BehaviorVersion::latest());
-    if let Ok(endpoint) = std::env::var("KCPY_KINESIS_ENDPOINT") {
-        config = config
-            .endpoint_url(endpoint)
-            .region(kcpy::aws_config::Region::new("us-east-1"))
-            .credentials_provider(kcpy::aws_sdk_kinesis::config::Credentials::new(
-                "test", "test", None, None, "example",
-            ));
-    }
-    let client = kcpy::aws_sdk_kinesis::Client::new(&config.load().await);
+    let client = common::kinesis_client().await;
 
     let mut consumer = Consumer::builder(client, stream)
         .consumer_name("sqlite-resume-example")

@@ -53,3 +53,6 @@ pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberError
 /// Re-exported so users need not depend on tokio-util to pass a token to
 /// [`ConsumerBuilder::shutdown_token`].
 pub use tokio_util::sync::CancellationToken;
+
+/// Re-exported for implementing [`CheckpointStore`] without another dependency.
+pub use async_trait::async_trait;

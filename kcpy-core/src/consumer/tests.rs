@@ -142,7 +142,7 @@ impl KinesisApi for FakeKinesis {
         match step {
             None => Ok(page(Vec::new(), Some(shard))),
             Some(Step::Records(seqs)) => Ok(page(
-                seqs.into_iter().map(|n| sdk_record(n)).collect(),
+                seqs.into_iter().map(sdk_record).collect(),
                 Some(shard),
             )),
             Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other(
