@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,28 +12,23 @@ use support::{by_shard, Put, TestStream};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// The `sqlite_resume` example, which `cargo test` builds next to the tests.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    dir.join("examples")
-        .join(format!("sqlite_resume{}", std::env::consts::EXE_SUFFIX))
-}
-
 fn spawn(stream: &str, sqlite: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(example_binary())
-        .env("KCPY_STREAM", stream)
-        .env("KCPY_SQLITE", sqlite)
-        .env("KCPY_CHECKPOINT_EVERY", "37")
-        .env("KCPY_KINESIS_ENDPOINT", support::endpoint())
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
+        .args([
+            stream,
+            "--sqlite",
+            sqlite,
+            "--consumer-name",
+            "crash-test",
+            "--checkpoint-every",
+            "37",
+        ])
+        .args(["--endpoint", &support::endpoint()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn the sqlite_resume example (cargo test builds it)");
+        .expect("spawn kcpy-tail");
     let stdout = child.stdout.take().expect("piped stdout");
     (child, BufReader::new(stdout).lines())
 }
@@ -92,7 +86,7 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
     let delivered1 = by_shard(&run1);
     let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
     for shard in by_shard(&puts).keys() {
-        let key = CheckpointKey::new("sqlite-resume-example", &stream.name, shard);
+        let key = CheckpointKey::new("crash-test", &stream.name, shard);
         let stored = match store.load(&key).await.expect("load") {
             Some(Checkpoint::Sequence(seq)) => Some(seq),
             None => None,

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -53,6 +53,9 @@ pub struct Consumer {
     writer: Option<JoinHandle<Result<(), Error>>>,
     shutdown: CancellationToken,
     shutdown_signal: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Mirrors `shutdown` for the per-record check: reading a token's state
+    /// takes a lock, an atomic load does not.
+    stopping: Arc<AtomicBool>,
     phase: Phase,
     error: Option<Error>,
     settings: Arc<Settings>,
@@ -128,7 +131,10 @@ impl Consumer {
 
     /// A handle that stops this consumer from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.shutdown.clone())
+        ShutdownHandle {
+            token: self.shutdown.clone(),
+            stopping: Arc::clone(&self.stopping),
+        }
     }
 
     /// A handle to mark records processed in [`CheckpointMode::Manual`].
@@ -153,7 +159,8 @@ impl Consumer {
     /// Returns the fatal error that ended the stream, if any.
     pub async fn close(&mut self) -> Result<(), Error> {
         self.in_flight = None;
-        self.shutdown.cancel();
+        self.begin_closing();
+        // Closing hands out no records; this only drives the final flush.
         while self.next().await.is_some() {}
         self.error.clone().map_or(Ok(()), Err)
     }
@@ -196,6 +203,7 @@ impl Consumer {
             return;
         }
         self.shutdown.cancel();
+        self.stopping.store(true, Ordering::Relaxed);
         // Fetched but not handed out: dropped, and read again after a restart
         // because no checkpoint covers them.
         self.current = None;
@@ -244,7 +252,7 @@ impl Stream for Consumer {
                 }
                 Phase::Done => return Poll::Ready(None),
             }
-            if this.shutdown.is_cancelled() {
+            if this.stopping.load(Ordering::Relaxed) {
                 this.begin_closing();
                 continue;
             }
@@ -296,6 +304,7 @@ impl Stream for Consumer {
                         }
                     }
                     if this.shutdown_signal.as_mut().poll(cx).is_ready() {
+                        this.begin_closing();
                         continue;
                     }
                     return Poll::Pending;
@@ -326,17 +335,21 @@ impl Drop for Consumer {
 /// they are read again next time), writes the checkpoints of processed
 /// records, and its stream ends — within the shutdown deadline.
 #[derive(Debug, Clone)]
-pub struct ShutdownHandle(CancellationToken);
+pub struct ShutdownHandle {
+    token: CancellationToken,
+    stopping: Arc<AtomicBool>,
+}
 
 impl ShutdownHandle {
     /// Asks the consumer to stop.
     pub fn shutdown(&self) {
-        self.0.cancel();
+        self.stopping.store(true, Ordering::Relaxed);
+        self.token.cancel();
     }
 
     /// Whether a shutdown was asked for (or a fatal error stopped the consumer).
     pub fn is_shutdown(&self) -> bool {
-        self.0.is_cancelled()
+        self.token.is_cancelled()
     }
 }
 
@@ -554,6 +567,12 @@ impl ConsumerBuilder {
                 dirty: false,
             });
         }
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (token, flag) = (shutdown.clone(), Arc::clone(&stopping));
+        tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
         tracing::info!(parent: &span, shards = slots.len(), "consumer started");
         let track = progress.is_some() && settings.checkpoint_mode == CheckpointMode::Auto;
         Ok(Consumer {
@@ -569,6 +588,7 @@ impl ConsumerBuilder {
             writer,
             shutdown_signal: Box::pin(shutdown.clone().cancelled_owned()),
             shutdown,
+            stopping,
             phase: Phase::Running,
             error: None,
             settings,

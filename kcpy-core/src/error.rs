@@ -90,6 +90,9 @@ pub enum Error {
         /// The record's sequence number.
         sequence_number: String,
     },
+    /// The consumer has stopped, so the call cannot be carried out.
+    #[error("the consumer has stopped")]
+    Closed,
     /// Shutdown did not finish flushing checkpoints within its deadline. The
     /// records whose checkpoints were not written will be delivered again.
     #[error("shutdown did not finish within {deadline:?}; some checkpoints were not written")]
