@@ -26,10 +26,7 @@ struct FileStore {
 
 impl FileStore {
     fn path(&self, key: &CheckpointKey) -> PathBuf {
-        let name = format!(
-            "{}__{}__{}",
-            key.consumer_name, key.stream_name, key.shard_id
-        );
+        let name = format!("{}__{}__{}", key.consumer_name, key.stream_name, key.shard_id);
         self.dir.join(name.replace(['/', '\\'], "_"))
     }
 }
@@ -50,11 +47,7 @@ impl CheckpointStore for FileStore {
         }
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let _guard = self.write.lock().await;
         if let Some(stored) = self.load(key).await? {
             if stored > *checkpoint {
@@ -89,11 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     while let Some(record) = consumer.next().await {
-        println!(
-            "{} {}",
-            record.shard_id,
-            String::from_utf8_lossy(&record.data)
-        );
+        println!("{} {}", record.shard_id, String::from_utf8_lossy(&record.data));
     }
     consumer.close().await?;
     Ok(())

@@ -26,9 +26,7 @@ const NAMES: [&str; 8] = [
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter("kcpy=warn")
-        .init();
+    tracing_subscriber::fmt().with_env_filter("kcpy=warn").init();
     let stream = common::stream_name().unwrap_or_else(|_| "kcpy-demo".into());
     let sqlite = std::env::var("KCPY_SQLITE").unwrap_or_else(|_| "sqlite://kcpy-demo.db".into());
     let client = common::kinesis_client().await;
@@ -49,8 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Caught up once nothing new arrives for two seconds; asking for the next
     // record marks the one before it processed, so every shown record is
     // checkpointed when the consumer closes.
-    while let Ok(Some(record)) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await
-    {
+    while let Ok(Some(record)) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await {
         print_record(&record);
         shown += 1;
     }
@@ -67,12 +64,7 @@ async fn ensure_stream(client: &Client, stream: &str) -> Result<(), Box<dyn std:
         .await
         .is_ok();
     if !exists {
-        client
-            .create_stream()
-            .stream_name(stream)
-            .shard_count(4)
-            .send()
-            .await?;
+        client.create_stream().stream_name(stream).shard_count(4).send().await?;
         println!("created stream {stream} with 4 shards");
     }
     client

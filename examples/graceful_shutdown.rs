@@ -35,11 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // checkpoint written at shutdown covers every record handled here.
     while let Some(record) = consumer.next().await {
         processed += 1;
-        println!(
-            "{} {}",
-            record.sequence_number,
-            String::from_utf8_lossy(&record.data)
-        );
+        println!("{} {}", record.sequence_number, String::from_utf8_lossy(&record.data));
     }
     eprintln!("processed {processed} records");
     match consumer.error() {

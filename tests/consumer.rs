@@ -56,11 +56,7 @@ async fn every_record_of_four_shards_is_delivered_exactly_once_in_shard_order() 
         by_shard(&puts),
         "per shard, in the order Kinesis stored them"
     );
-    assert_eq!(
-        by_shard(&read).len(),
-        4,
-        "records came from all four shards"
-    );
+    assert_eq!(by_shard(&read).len(), 4, "records came from all four shards");
 
     consumer.close().await.expect("clean shutdown");
     // Everything before each shard's marker was processed; the marker itself
@@ -104,11 +100,7 @@ async fn a_restart_after_a_graceful_stop_resumes_without_loss_or_redelivery() {
     while let Some(record) = first.next().await {
         run1.push(support::as_put(&record));
     }
-    assert!(
-        first.error().is_none(),
-        "graceful stop: {:?}",
-        first.error()
-    );
+    assert!(first.error().is_none(), "graceful stop: {:?}", first.error());
     assert_eq!(run1.len(), 500, "nothing is handed out after shutdown");
     drop(first);
 
@@ -255,10 +247,7 @@ async fn a_stream_arn_reads_the_same_checkpoints_as_its_name() {
         .send()
         .await
         .expect("DescribeStreamSummary");
-    let arn = summary
-        .stream_description_summary
-        .expect("summary")
-        .stream_arn;
+    let arn = summary.stream_description_summary.expect("summary").stream_arn;
     let store = MemoryCheckpointStore::new();
     let mut consumer = Consumer::builder(stream.client.clone(), &arn)
         .idle_interval(Duration::from_millis(100))
@@ -270,9 +259,7 @@ async fn a_stream_arn_reads_the_same_checkpoints_as_its_name() {
     let read = read_until(&mut consumer, LIMIT, |read| read.len() == 10).await;
     assert_eq!(read, puts);
     // Asking for the next record marks the tenth processed.
-    assert!(futures::FutureExt::now_or_never(consumer.next())
-        .flatten()
-        .is_none());
+    assert!(futures::FutureExt::now_or_never(consumer.next()).flatten().is_none());
     consumer.close().await.expect("close");
     let key = CheckpointKey::new("kcpy", &stream.name, &puts[0].shard_id);
     assert_eq!(
@@ -300,10 +287,7 @@ async fn malformed_checkpoints_in_sqlite_are_typed_errors_that_change_nothing() 
             .execute(store.pool())
             .await
             .expect("plant");
-        let result = builder(&stream)
-            .checkpoint_store(store.clone())
-            .build()
-            .await;
+        let result = builder(&stream).checkpoint_store(store.clone()).build().await;
         match result {
             Err(Error::Checkpoint(CheckpointError::Malformed { key, value, .. })) => {
                 assert_eq!(key.shard_id, shard);
@@ -347,10 +331,7 @@ async fn an_empty_consumer_name_is_rejected_before_anything_is_read() {
         .checkpoint_store(store.clone())
         .build()
         .await;
-    assert!(
-        matches!(result, Err(Error::InvalidConfig { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(Error::InvalidConfig { .. })), "{result:?}");
     assert!(store.snapshot().is_empty());
     stream.delete().await;
 }

@@ -44,10 +44,7 @@ fn parse(line: &str) -> Put {
     }
 }
 
-async fn read_lines(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    mut done: impl FnMut(&[Put]) -> bool,
-) -> Vec<Put> {
+async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
     let mut read = Vec::new();
     tokio::time::timeout(Duration::from_secs(180), async {
         while !done(&read) {
@@ -80,9 +77,7 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
         run1.push(parse(&line));
     }
 
-    let store = SqliteCheckpointStore::connect(&sqlite)
-        .await
-        .expect("open after crash");
+    let store = SqliteCheckpointStore::connect(&sqlite).await.expect("open after crash");
     let delivered1 = by_shard(&run1);
     let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
     for shard in by_shard(&puts).keys() {

@@ -29,9 +29,7 @@ impl MemoryCheckpointStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CheckpointKey, Checkpoint>> {
         // Every update is a single insert, so a poisoned map is still consistent.
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.checkpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -41,18 +39,12 @@ impl CheckpointStore for MemoryCheckpointStore {
         Ok(self.lock().get(key).cloned())
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let mut checkpoints = self.lock();
         match checkpoints.get_mut(key) {
-            Some(stored) if *stored > *checkpoint => Err(CheckpointError::conflict(
-                key,
-                stored.clone(),
-                checkpoint.clone(),
-            )),
+            Some(stored) if *stored > *checkpoint => {
+                Err(CheckpointError::conflict(key, stored.clone(), checkpoint.clone()))
+            }
             Some(stored) => {
                 stored.clone_from(checkpoint);
                 Ok(())

@@ -73,15 +73,9 @@ impl SqliteCheckpointStore {
 
     /// Opens the database with `options` (journal mode, synchronous and busy
     /// timeout are set by this crate); `location` names it in errors.
-    pub async fn connect_with(
-        options: SqliteConnectOptions,
-        location: &str,
-    ) -> Result<Self, CheckpointError> {
+    pub async fn connect_with(options: SqliteConnectOptions, location: &str) -> Result<Self, CheckpointError> {
         let in_memory = options.get_filename().as_os_str().is_empty()
-            || options
-                .get_filename()
-                .to_string_lossy()
-                .contains(":memory:");
+            || options.get_filename().to_string_lossy().contains(":memory:");
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -129,9 +123,7 @@ impl From<sqlx::Error> for MigrateError {
 
 async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
     let mut tx = pool.begin().await?;
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-        .fetch_one(&mut *tx)
-        .await?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
     let columns: Vec<String> =
         sqlx::query_scalar("SELECT name FROM pragma_table_info('kcpy_checkpoints') ORDER BY cid")
             .fetch_all(&mut *tx)
@@ -170,16 +162,10 @@ fn store_error(error: sqlx::Error) -> CheckpointError {
     let transient = match &error {
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes.
-            let code = db
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .unwrap_or_default();
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or_default();
             matches!(code & 0xff, 5 | 6)
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         _ => false,
     };
     let source = Arc::new(error);
@@ -214,11 +200,7 @@ impl CheckpointStore for SqliteCheckpointStore {
         CheckpointError::parse_stored(key, &text).map(Some)
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -250,11 +232,7 @@ mod tests {
 
     async fn file_store() -> (tempfile::TempDir, String, SqliteCheckpointStore) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir
-            .path()
-            .join("checkpoints.db")
-            .to_string_lossy()
-            .into_owned();
+        let path = dir.path().join("checkpoints.db").to_string_lossy().into_owned();
         let store = SqliteCheckpointStore::connect(&format!("sqlite://{path}"))
             .await
             .expect("connect");
@@ -295,10 +273,7 @@ mod tests {
     #[tokio::test]
     async fn malformed_stored_values_are_reported_and_never_overwritten() {
         let (_dir, _path, store) = file_store().await;
-        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"]
-            .into_iter()
-            .enumerate()
-        {
+        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"].into_iter().enumerate() {
             let key = CheckpointKey::new("app", "stream", format!("shard-{n}"));
             sqlx::query("INSERT INTO kcpy_checkpoints VALUES (?1, ?2, ?3, ?4, 0)")
                 .bind(&key.consumer_name)
@@ -309,34 +284,26 @@ mod tests {
                 .await
                 .expect("plant a bad value");
             assert!(
-                matches!(
-                    store.load(&key).await,
-                    Err(CheckpointError::Malformed { .. })
-                ),
+                matches!(store.load(&key).await, Err(CheckpointError::Malformed { .. })),
                 "{bad:?} must load as Malformed"
             );
             let good = Checkpoint::Sequence(format!("9{}", "0".repeat(60)).parse().expect("valid"));
             assert!(
-                matches!(
-                    store.save(&key, &good).await,
-                    Err(CheckpointError::Malformed { .. })
-                ),
+                matches!(store.save(&key, &good).await, Err(CheckpointError::Malformed { .. })),
                 "{bad:?} must not be overwritten"
             );
-            let text: String =
-                sqlx::query_scalar("SELECT checkpoint FROM kcpy_checkpoints WHERE shard_id = ?1")
-                    .bind(&key.shard_id)
-                    .fetch_one(store.pool())
-                    .await
-                    .expect("read back");
+            let text: String = sqlx::query_scalar("SELECT checkpoint FROM kcpy_checkpoints WHERE shard_id = ?1")
+                .bind(&key.shard_id)
+                .fetch_one(store.pool())
+                .await
+                .expect("read back");
             assert_eq!(text, bad);
         }
     }
 
     #[tokio::test]
     async fn a_path_that_cannot_be_opened_is_an_open_error() {
-        let result =
-            SqliteCheckpointStore::connect("sqlite:///nonexistent-dir/kcpy/checkpoints.db").await;
+        let result = SqliteCheckpointStore::connect("sqlite:///nonexistent-dir/kcpy/checkpoints.db").await;
         match result {
             Err(CheckpointError::Open { location, .. }) => {
                 assert!(location.contains("nonexistent-dir"))

@@ -25,11 +25,7 @@ pub struct CheckpointKey {
 
 impl CheckpointKey {
     /// A key for one shard of one stream, as read by one consumer.
-    pub fn new(
-        consumer_name: impl Into<String>,
-        stream_name: impl Into<String>,
-        shard_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(consumer_name: impl Into<String>, stream_name: impl Into<String>, shard_id: impl Into<String>) -> Self {
         Self {
             consumer_name: consumer_name.into(),
             stream_name: stream_name.into(),
@@ -40,11 +36,7 @@ impl CheckpointKey {
 
 impl fmt::Display for CheckpointKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.consumer_name, self.stream_name, self.shard_id
-        )
+        write!(f, "{}/{}/{}", self.consumer_name, self.stream_name, self.shard_id)
     }
 }
 
@@ -192,9 +184,7 @@ impl CheckpointError {
 
     /// Parses a stored text into a [`Checkpoint`], or a `Malformed` error.
     pub fn parse_stored(key: &CheckpointKey, value: &str) -> Result<Checkpoint, Self> {
-        value
-            .parse()
-            .map_err(|source| Self::malformed(key, value, source))
+        value.parse().map_err(|source| Self::malformed(key, value, source))
     }
 }
 
@@ -226,11 +216,7 @@ pub trait CheckpointStore: fmt::Debug + Send + Sync + 'static {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError>;
 
     /// Stores `checkpoint` for `key`, durably, unless it would move backwards.
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError>;
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
 }
 
 #[async_trait]
@@ -239,11 +225,7 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Arc<T> {
         (**self).load(key).await
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
     }
 }
@@ -254,11 +236,7 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
         (**self).load(key).await
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
     }
 }
@@ -271,10 +249,7 @@ mod tests {
     fn shard_end_orders_after_every_sequence_number() {
         let max = Checkpoint::Sequence(SequenceNumber::parse(&"9".repeat(129)).expect("valid"));
         assert!(max < Checkpoint::ShardEnd);
-        assert_eq!(
-            "SHARD_END".parse::<Checkpoint>().expect("valid"),
-            Checkpoint::ShardEnd
-        );
+        assert_eq!("SHARD_END".parse::<Checkpoint>().expect("valid"), Checkpoint::ShardEnd);
         assert_eq!(Checkpoint::ShardEnd.to_string(), "SHARD_END");
     }
 

@@ -49,6 +49,7 @@ pub(crate) struct Settings {
     pub(crate) backoff_max: Duration,
     pub(crate) startup_retries: u32,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) shard_sync_interval: Duration,
 }
 
 impl Default for Settings {
@@ -69,6 +70,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(10),
             startup_retries: 8,
             shutdown_timeout: Duration::from_secs(10),
+            shard_sync_interval: Duration::from_secs(60),
         }
     }
 }
@@ -104,6 +106,7 @@ impl Settings {
             ("request_timeout", self.request_timeout),
             ("backoff_base", self.backoff_base),
             ("shutdown_timeout", self.shutdown_timeout),
+            ("shard_sync_interval", self.shard_sync_interval),
         ] {
             if value.is_zero() {
                 return Err(Error::config(format!("{what} must be more than zero")));
@@ -141,10 +144,7 @@ impl Backoff {
     /// The delay before the next retry: random in `[ceiling/2, ceiling]`, where
     /// the ceiling doubles per attempt up to the maximum.
     pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
+        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let half = ceiling / 2;
         half + half.mul_f64(fastrand::f64())

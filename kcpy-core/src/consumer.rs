@@ -1,5 +1,6 @@
 //! The consumer: a `Stream` of records over every shard of a stream.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,20 +17,21 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::config::{Backoff, Settings};
-use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, SdkKinesis, ShardInfo, StreamRef};
+use crate::kinesis::{ApiError, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
+use crate::lineage::{Lineage, Start};
+use crate::StartPosition;
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Progress, Writer};
-use crate::{
-    Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record,
-    SequenceNumber, StartPosition,
-};
+use crate::{Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record, SequenceNumber};
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
 ///
-/// Records of one shard arrive in shard order; shards are interleaved. Build
-/// one with [`Consumer::builder`], read it with `next().await`, and check
-/// [`Consumer::error`] once it ends: the stream ends early only on a fatal
-/// error, which is also logged.
+/// Records of one shard arrive in shard order; shards are interleaved. Across
+/// a reshard, a shard is read only after its parents were read to their end,
+/// so records of one partition key stay in order. Build one with
+/// [`Consumer::builder`], read it with `next().await`, and check
+/// [`Consumer::error`] once it ends: the stream ends only on shutdown or on a
+/// fatal error, which is also logged.
 ///
 /// In [`CheckpointMode::Auto`] (the default) a record counts as processed
 /// when you ask for the next one; see the crate docs for what that means for
@@ -58,14 +60,74 @@ pub struct Consumer {
     stopping: Arc<AtomicBool>,
     phase: Phase,
     error: Option<Error>,
+    lineage: Lineage,
+    spawner: Spawner,
+    /// Shard ends made durable, shard listings and fatal errors from the
+    /// writer and the shard sync task.
+    control: mpsc::UnboundedReceiver<Control>,
+    _sync: AbortOnDropHandle<()>,
     settings: Arc<Settings>,
     stream: Arc<StreamRef>,
+}
+
+/// News for the consumer from its background tasks.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The shard's end is checkpointed: its children may start.
+    Finished(Arc<str>),
+    /// The stream's shards, listed again.
+    Shards(Vec<ShardInfo>),
+    /// Something the consumer cannot go on after.
+    Fatal(Error),
+}
+
+/// Starts a poller task per shard.
+struct Spawner {
+    api: DynKinesis,
+    stream: Arc<StreamRef>,
+    settings: Arc<Settings>,
+    cancel: CancellationToken,
+    span: tracing::Span,
+}
+
+impl Spawner {
+    fn spawn(&self, slot: usize, start: Start, iterator: Option<String>) -> (ShardStream, ShardSlot) {
+        let (tx, events) = mpsc::channel(self.settings.prefetch_batches);
+        let shard_id: Arc<str> = start.shard_id.into();
+        let poller = Poller {
+            api: Arc::clone(&self.api),
+            stream: Arc::clone(&self.stream),
+            shard_id: Arc::clone(&shard_id),
+            settings: Arc::clone(&self.settings),
+            position: start.position,
+            fallback: start.fallback,
+            iterator,
+            tx,
+            cancel: self.cancel.clone(),
+        };
+        let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
+        let task = tokio::spawn(poller.run().instrument(span));
+        let stream = ShardStream {
+            slot,
+            events,
+            _task: AbortOnDropHandle::new(task),
+        };
+        let slot = ShardSlot {
+            id: shard_id,
+            processed: None,
+            dirty: false,
+            ended: false,
+        };
+        (stream, slot)
+    }
 }
 
 struct ShardSlot {
     id: Arc<str>,
     processed: Option<SequenceNumber>,
     dirty: bool,
+    /// Every record of the shard was handed out.
+    ended: bool,
 }
 
 struct Batch {
@@ -91,9 +153,7 @@ impl Stream for ShardStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let slot = self.slot;
-        self.events
-            .poll_recv(cx)
-            .map(|event| event.map(|event| (slot, event)))
+        self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
     }
 }
 
@@ -124,9 +184,10 @@ impl Consumer {
         &self.stream.name
     }
 
-    /// The shards being read, in the order they were found.
+    /// The shards being read now (not those finished or waiting for their
+    /// parents to finish).
     pub fn shard_ids(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().map(|slot| &*slot.id)
+        self.slots.iter().filter(|slot| !slot.ended).map(|slot| &*slot.id)
     }
 
     /// A handle that stops this consumer from anywhere.
@@ -196,6 +257,57 @@ impl Consumer {
             let entry = &slots[slot];
             entry.processed.as_ref().map(|seq| (&entry.id, seq))
         }));
+    }
+
+    /// Starts the shards the lineage says may start now.
+    fn start(&mut self, starts: Vec<Start>) {
+        for start in starts {
+            tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
+            let (stream, slot) = self.spawner.spawn(self.slots.len(), start, None);
+            self.shards.push(stream);
+            self.slots.push(slot);
+        }
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Finished(shard) => {
+                tracing::info!(parent: &self.spawner.span, %shard, "shard finished");
+                let starts = self.lineage.finished(&shard, SystemTime::now());
+                self.start(starts);
+            }
+            Control::Shards(shards) => {
+                let starts = self.lineage.discover(shards, SystemTime::now());
+                self.start(starts);
+            }
+            Control::Fatal(error) => {
+                self.error.get_or_insert(error);
+                self.begin_closing();
+            }
+        }
+    }
+
+    /// Every record of the shard in `slot` was handed out (and, since the
+    /// caller asked for more, processed in auto mode).
+    fn on_shard_end(&mut self, slot: usize, children: Vec<ShardInfo>) {
+        let entry = &mut self.slots[slot];
+        entry.ended = true;
+        // Its end checkpoint supersedes the last sequence number.
+        if std::mem::take(&mut entry.dirty) {
+            self.dirty.retain(|&dirty| dirty != slot);
+        }
+        let shard = Arc::clone(&entry.id);
+        tracing::debug!(parent: &self.spawner.span, %shard, children = children.len(), "reached the end of a shard");
+        let now = SystemTime::now();
+        let starts = self.lineage.discover(children, now);
+        self.start(starts);
+        match &self.progress {
+            Some(progress) => progress.end_shard(&shard),
+            None => {
+                let starts = self.lineage.finished(&shard, now);
+                self.start(starts);
+            }
+        }
     }
 
     fn begin_closing(&mut self) {
@@ -275,6 +387,13 @@ impl Stream for Consumer {
                 }
                 this.current = None;
             }
+            // Between batches: news of finished and new shards.
+            while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
+                this.on_control(control);
+            }
+            if !matches!(this.phase, Phase::Running) {
+                continue;
+            }
             match this.shards.poll_next_unpin(cx) {
                 Poll::Ready(Some((slot, ShardEvent::Records(records)))) => {
                     if let Some(progress) = this.progress.as_ref().filter(|_| !this.track) {
@@ -285,18 +404,13 @@ impl Stream for Consumer {
                         records: records.into_iter(),
                     });
                 }
-                Poll::Ready(Some((slot, ShardEvent::End))) => {
-                    tracing::debug!(shard = %this.slots[slot].id, "shard finished");
-                }
+                Poll::Ready(Some((slot, ShardEvent::End(children)))) => this.on_shard_end(slot, children),
                 Poll::Ready(Some((_, ShardEvent::Fatal(error)))) => {
                     this.error.get_or_insert(error);
                     this.begin_closing();
                 }
-                Poll::Ready(None) => {
-                    tracing::info!(stream = %this.stream.name, "every shard has ended");
-                    this.begin_closing();
-                }
-                Poll::Pending => {
+                // No shard is being read right now: children may still come.
+                Poll::Ready(None) | Poll::Pending => {
                     if let Some(progress) = &this.progress {
                         progress.waker.register(cx.waker());
                         if this.track && progress.flush_due.load(Ordering::Acquire) {
@@ -486,6 +600,13 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How often the shards are listed again to find new ones (default 60 s).
+    /// A shard's end announces its children at once; this catches the rest.
+    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.settings.shard_sync_interval = interval;
+        self
+    }
+
     /// A token whose cancellation shuts the consumer down, as
     /// [`ShutdownHandle::shutdown`] does.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
@@ -504,27 +625,42 @@ impl ConsumerBuilder {
         let settings = Arc::new(self.settings);
         let api = self.api;
         let store = self.store;
-        let span =
-            tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
+        let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
 
-        let shards = list_shards(&api, &stream, &settings)
-            .instrument(span.clone())
-            .await?;
-        let mut plans: Vec<ShardPlan> = futures::stream::iter(shards)
-            .map(|shard| plan_shard(&api, &stream, &settings, store.as_deref(), shard))
+        let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
+        let checkpoints = match &store {
+            Some(store) => {
+                load_checkpoints(store.as_ref(), &stream, &settings, &shards)
+                    .instrument(span.clone())
+                    .await?
+            }
+            None => HashMap::new(),
+        };
+        let (lineage, starts) = Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now());
+        // Resolve the first iterators now: LATEST then means the tip as of
+        // build() returning, and errors such as AccessDenied surface here.
+        let mut resolved: Vec<(Start, String)> = futures::stream::iter(starts)
+            .map(|start| {
+                let (api, stream, settings) = (&api, &stream, &settings);
+                async move {
+                    let iterator = retry_startup("GetShardIterator", settings, || {
+                        api.get_shard_iterator(stream, &start.shard_id, &start.position)
+                    })
+                    .await?;
+                    Ok::<_, Error>((start, iterator))
+                }
+            })
             .buffer_unordered(16)
-            .try_filter_map(|plan| async move { Ok(plan) })
             .try_collect()
             .instrument(span.clone())
             .await?;
-        plans.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        resolved.sort_by(|a, b| a.0.shard_id.cmp(&b.0.shard_id));
 
-        let shutdown = self
-            .shutdown
-            .map_or_else(CancellationToken::new, |t| t.child_token());
+        let shutdown = self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token());
+        let (control_tx, control) = mpsc::unbounded_channel();
         let (progress, writer) = match store {
             Some(store) => {
-                let (progress, commands) = Progress::new(&settings);
+                let (progress, commands) = Progress::new(&settings, control_tx.clone());
                 let writer = Writer {
                     store,
                     progress: Arc::clone(&progress),
@@ -538,34 +674,30 @@ impl ConsumerBuilder {
             }
             None => (None, None),
         };
+        let sync = tokio::spawn(
+            sync_shards(
+                Arc::clone(&api),
+                Arc::clone(&stream),
+                Arc::clone(&settings),
+                control_tx,
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        );
 
-        let mut slots = Vec::with_capacity(plans.len());
+        let spawner = Spawner {
+            api,
+            stream: Arc::clone(&stream),
+            settings: Arc::clone(&settings),
+            cancel: shutdown.clone(),
+            span: span.clone(),
+        };
+        let mut slots = Vec::with_capacity(resolved.len());
         let mut streams = SelectAll::new();
-        for (slot, plan) in plans.into_iter().enumerate() {
-            let (tx, events) = mpsc::channel(settings.prefetch_batches);
-            let shard_id: Arc<str> = plan.shard_id.into();
-            let poller = Poller {
-                api: Arc::clone(&api),
-                stream: Arc::clone(&stream),
-                shard_id: Arc::clone(&shard_id),
-                settings: Arc::clone(&settings),
-                start: plan.start,
-                iterator: Some(plan.iterator),
-                tx,
-                cancel: shutdown.clone(),
-            };
-            let shard_span = tracing::info_span!(parent: &span, "shard", shard = %shard_id);
-            let task = tokio::spawn(poller.run().instrument(shard_span));
-            streams.push(ShardStream {
-                slot,
-                events,
-                _task: AbortOnDropHandle::new(task),
-            });
-            slots.push(ShardSlot {
-                id: shard_id,
-                processed: None,
-                dirty: false,
-            });
+        for (start, iterator) in resolved {
+            let (stream, slot) = spawner.spawn(slots.len(), start, Some(iterator));
+            streams.push(stream);
+            slots.push(slot);
         }
         let stopping = Arc::new(AtomicBool::new(false));
         let (token, flag) = (shutdown.clone(), Arc::clone(&stopping));
@@ -591,31 +723,22 @@ impl ConsumerBuilder {
             stopping,
             phase: Phase::Running,
             error: None,
+            lineage,
+            spawner,
+            control,
+            _sync: AbortOnDropHandle::new(sync),
             settings,
             stream,
         })
     }
 }
 
-struct ShardPlan {
-    shard_id: String,
-    start: IteratorPosition,
-    iterator: String,
-}
-
 /// Every shard of the stream, following ListShards pages.
-async fn list_shards(
-    api: &DynKinesis,
-    stream: &StreamRef,
-    settings: &Settings,
-) -> Result<Vec<ShardInfo>, Error> {
+async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) -> Result<Vec<ShardInfo>, Error> {
     let mut shards = Vec::new();
     let mut token = None;
     loop {
-        let page = retry_startup("ListShards", settings, || {
-            api.list_shards(stream, token.clone())
-        })
-        .await?;
+        let page = retry_startup("ListShards", settings, || api.list_shards(stream, token.clone())).await?;
         shards.extend(page.shards);
         match page.next_token {
             Some(next) => token = Some(next),
@@ -624,54 +747,58 @@ async fn list_shards(
     }
 }
 
-/// Loads a shard's checkpoint and resolves its first iterator; `None` for a
-/// shard that is already finished.
-async fn plan_shard(
-    api: &DynKinesis,
+/// Lists the shards again every `shard_sync_interval`, so shards created by a
+/// reshard are found even if no shard end announced them.
+async fn sync_shards(
+    api: DynKinesis,
+    stream: Arc<StreamRef>,
+    settings: Arc<Settings>,
+    control: mpsc::UnboundedSender<Control>,
+    cancel: CancellationToken,
+) {
+    let every = settings.shard_sync_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match list_shards(&api, &stream, &settings).await {
+            Ok(shards) => {
+                if control.send(Control::Shards(shards)).is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(error = %error, "shard sync failed; trying again later");
+            }
+            Err(error) => {
+                let _ = control.send(Control::Fatal(error));
+                return;
+            }
+        }
+    }
+}
+
+/// The stored checkpoint of every shard that has one.
+async fn load_checkpoints(
+    store: &dyn CheckpointStore,
     stream: &StreamRef,
     settings: &Settings,
-    store: Option<&dyn CheckpointStore>,
-    shard: ShardInfo,
-) -> Result<Option<ShardPlan>, Error> {
-    let checkpoint = match store {
-        Some(store) => {
+    shards: &[ShardInfo],
+) -> Result<HashMap<String, Checkpoint>, Error> {
+    futures::stream::iter(shards)
+        .map(|shard| async move {
             let key = CheckpointKey::new(&settings.consumer_name, &stream.name, &shard.shard_id);
-            load_checkpoint(store, &key, settings).await?
-        }
-        None => None,
-    };
-    let (position, start) = match checkpoint {
-        Some(Checkpoint::ShardEnd) => return Ok(None),
-        Some(Checkpoint::Sequence(seq)) => {
-            let position = IteratorPosition::AfterSequence(seq);
-            (position.clone(), position)
-        }
-        None => match settings.start_position {
-            StartPosition::TrimHorizon => {
-                (IteratorPosition::TrimHorizon, IteratorPosition::TrimHorizon)
-            }
-            StartPosition::AtTimestamp(at) => (
-                IteratorPosition::AtTimestamp(at),
-                IteratorPosition::AtTimestamp(at),
-            ),
-            // Should the iterator expire before a record is read, renewing it
-            // at LATEST could skip records written since build(); restart from
-            // the time LATEST was resolved instead.
-            StartPosition::Latest => (
-                IteratorPosition::Latest,
-                IteratorPosition::AtTimestamp(SystemTime::now()),
-            ),
-        },
-    };
-    let iterator = retry_startup("GetShardIterator", settings, || {
-        api.get_shard_iterator(stream, &shard.shard_id, &position)
-    })
-    .await?;
-    Ok(Some(ShardPlan {
-        shard_id: shard.shard_id,
-        start,
-        iterator,
-    }))
+            let checkpoint = load_checkpoint(store, &key, settings).await?;
+            Ok::<_, Error>(checkpoint.map(|c| (shard.shard_id.clone(), c)))
+        })
+        .buffer_unordered(16)
+        .try_filter_map(|entry| async move { Ok(entry) })
+        .try_collect()
+        .await
 }
 
 async fn load_checkpoint(
@@ -683,9 +810,7 @@ async fn load_checkpoint(
     loop {
         match store.load(key).await {
             Ok(checkpoint) => return Ok(checkpoint),
-            Err(error)
-                if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries =>
-            {
+            Err(error) if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries => {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => return Err(Error::Checkpoint(error)),
@@ -693,11 +818,7 @@ async fn load_checkpoint(
     }
 }
 
-async fn retry_startup<T, F, Fut>(
-    operation: &'static str,
-    settings: &Settings,
-    mut call: F,
-) -> Result<T, Error>
+async fn retry_startup<T, F, Fut>(operation: &'static str, settings: &Settings, mut call: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
@@ -706,9 +827,7 @@ where
     loop {
         let result = match tokio::time::timeout(settings.request_timeout, call()).await {
             Ok(result) => result,
-            Err(_) => Err(ApiError::Transient(Arc::new(
-                crate::poller::RequestTimedOut,
-            ))),
+            Err(_) => Err(ApiError::Transient(Arc::new(crate::poller::RequestTimedOut))),
         };
         match result {
             Ok(value) => return Ok(value),

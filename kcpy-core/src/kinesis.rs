@@ -41,9 +41,7 @@ impl StreamRef {
                     name: name.to_owned(),
                     arn: Some(stream.to_owned()),
                 }),
-                _ => Err(Error::config(format!(
-                    "{stream:?} is not a Kinesis stream ARN"
-                ))),
+                _ => Err(Error::config(format!("{stream:?} is not a Kinesis stream ARN"))),
             };
         }
         if !is_valid_stream_name(stream) {
@@ -97,6 +95,8 @@ pub(crate) struct RecordsPage {
     /// `None` once the shard is closed and fully read.
     pub(crate) next_iterator: Option<String>,
     pub(crate) millis_behind_latest: Option<i64>,
+    /// At a shard's end: the shards that continue it.
+    pub(crate) child_shards: Vec<ShardInfo>,
 }
 
 /// What a failed call means for the caller.
@@ -114,11 +114,7 @@ pub(crate) enum ApiError {
 
 #[async_trait]
 pub(crate) trait KinesisApi: Send + Sync + 'static {
-    async fn list_shards(
-        &self,
-        stream: &StreamRef,
-        next_token: Option<String>,
-    ) -> Result<ShardPage, ApiError>;
+    async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError>;
 
     async fn get_shard_iterator(
         &self,
@@ -127,12 +123,7 @@ pub(crate) trait KinesisApi: Send + Sync + 'static {
         position: &IteratorPosition,
     ) -> Result<String, ApiError>;
 
-    async fn get_records(
-        &self,
-        stream: &StreamRef,
-        iterator: &str,
-        limit: i32,
-    ) -> Result<RecordsPage, ApiError>;
+    async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError>;
 }
 
 pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
@@ -142,11 +133,7 @@ pub(crate) struct SdkKinesis(pub(crate) aws_sdk_kinesis::Client);
 
 #[async_trait]
 impl KinesisApi for SdkKinesis {
-    async fn list_shards(
-        &self,
-        stream: &StreamRef,
-        next_token: Option<String>,
-    ) -> Result<ShardPage, ApiError> {
+    async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError> {
         // With a NextToken, Kinesis rejects any stream identifier.
         let request = match next_token {
             Some(token) => self.0.list_shards().next_token(token),
@@ -156,10 +143,7 @@ impl KinesisApi for SdkKinesis {
             }
             .max_results(1000),
         };
-        let output = request
-            .send()
-            .await
-            .map_err(|e| classify(e, "ListShards", stream))?;
+        let output = request.send().await.map_err(|e| classify(e, "ListShards", stream))?;
         let shards = output
             .shards
             .unwrap_or_default()
@@ -191,9 +175,7 @@ impl KinesisApi for SdkKinesis {
             None => request.stream_name(&stream.name),
         };
         request = match position {
-            IteratorPosition::TrimHorizon => {
-                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-            }
+            IteratorPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
             IteratorPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
             IteratorPosition::AtTimestamp(at) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
@@ -214,12 +196,7 @@ impl KinesisApi for SdkKinesis {
         })
     }
 
-    async fn get_records(
-        &self,
-        stream: &StreamRef,
-        iterator: &str,
-        limit: i32,
-    ) -> Result<RecordsPage, ApiError> {
+    async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError> {
         let output = self
             .0
             .get_records()
@@ -228,27 +205,36 @@ impl KinesisApi for SdkKinesis {
             .send()
             .await
             .map_err(|e| classify(e, "GetRecords", stream))?;
+        let child_shards = output
+            .child_shards
+            .unwrap_or_default()
+            .into_iter()
+            .map(|child| {
+                let mut parents = child.parent_shards.into_iter();
+                ShardInfo {
+                    shard_id: child.shard_id,
+                    parent_shard_id: parents.next(),
+                    adjacent_parent_shard_id: parents.next(),
+                    ending_sequence_number: None,
+                }
+            })
+            .collect();
         Ok(RecordsPage {
             records: output.records,
             next_iterator: output.next_shard_iterator,
             millis_behind_latest: output.millis_behind_latest,
+            child_shards,
         })
     }
 }
 
 /// Sorts an SDK error into retry, renew or stop.
-pub(crate) fn classify<E>(
-    error: SdkError<E, HttpResponse>,
-    operation: &'static str,
-    stream: &StreamRef,
-) -> ApiError
+pub(crate) fn classify<E>(error: SdkError<E, HttpResponse>, operation: &'static str, stream: &StreamRef) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = error.code().map(str::to_owned);
-    let server_fault = error
-        .raw_response()
-        .is_some_and(|raw| raw.status().is_server_error());
+    let server_fault = error.raw_response().is_some_and(|raw| raw.status().is_server_error());
     let transport_fault = matches!(
         error,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
@@ -268,12 +254,10 @@ where
             | "Throttling"
             | "RequestLimitExceeded",
         ) => ApiError::Throttled(source),
-        Some("ResourceNotFoundException") => {
-            ApiError::Fatal(Error::StreamNotFound { stream, source })
+        Some("ResourceNotFoundException") => ApiError::Fatal(Error::StreamNotFound { stream, source }),
+        Some("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException") => {
+            ApiError::Fatal(Error::AccessDenied { stream, source })
         }
-        Some(
-            "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException",
-        ) => ApiError::Fatal(Error::AccessDenied { stream, source }),
         Some(
             "KMSDisabledException"
             | "KMSInvalidStateException"
@@ -281,12 +265,9 @@ where
             | "KMSNotFoundException"
             | "KMSOptInRequired",
         ) => ApiError::Fatal(Error::Kms { stream, source }),
-        Some(
-            "InternalFailure"
-            | "InternalFailureException"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException",
-        ) => ApiError::Transient(source),
+        Some("InternalFailure" | "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException") => {
+            ApiError::Transient(source)
+        }
         _ if server_fault => ApiError::Transient(source),
         _ => ApiError::Fatal(Error::Kinesis {
             operation,

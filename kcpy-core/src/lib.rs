@@ -35,6 +35,7 @@ mod config;
 mod consumer;
 mod error;
 mod kinesis;
+mod lineage;
 mod poller;
 mod progress;
 mod record;

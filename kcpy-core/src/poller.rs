@@ -11,7 +11,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Settings};
-use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, RecordsPage, StreamRef};
+use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::{Error, Record, SequenceNumber};
 
 /// What a poller hands to the consumer.
@@ -19,8 +19,9 @@ use crate::{Error, Record, SequenceNumber};
 pub(crate) enum ShardEvent {
     /// Records in shard order; never empty.
     Records(Vec<Record>),
-    /// The shard is closed and every record of it was handed over.
-    End,
+    /// The shard is closed and every record of it was handed over; with the
+    /// shards that continue it, as GetRecords reported them.
+    End(Vec<ShardInfo>),
     /// The poller stopped; the consumer must stop too.
     Fatal(Error),
 }
@@ -30,9 +31,11 @@ pub(crate) struct Poller {
     pub(crate) stream: Arc<StreamRef>,
     pub(crate) shard_id: Arc<str>,
     pub(crate) settings: Arc<Settings>,
-    /// Where the shard starts if nothing was fetched yet.
-    pub(crate) start: IteratorPosition,
-    /// An iterator resolved before the consumer was built, if any.
+    /// Where the shard starts.
+    pub(crate) position: IteratorPosition,
+    /// Where to start again if the first iterator expires unused.
+    pub(crate) fallback: IteratorPosition,
+    /// An iterator for `position` resolved before the consumer was built.
     pub(crate) iterator: Option<String>,
     pub(crate) tx: mpsc::Sender<ShardEvent>,
     pub(crate) cancel: CancellationToken,
@@ -42,9 +45,7 @@ impl Poller {
     pub(crate) async fn run(mut self) {
         if let Err(error) = self.poll_loop().await {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "shard poller stopped");
-            let _ = self
-                .until_cancelled(self.tx.send(ShardEvent::Fatal(error)))
-                .await;
+            let _ = self.until_cancelled(self.tx.send(ShardEvent::Fatal(error))).await;
         }
     }
 
@@ -65,10 +66,14 @@ impl Poller {
         // is renewed right after it, so nothing is skipped or read twice.
         let mut last: Option<SequenceNumber> = None;
         let mut next_call = Instant::now();
+        let mut first = self.iterator.is_none();
         loop {
             let iterator = match self.iterator.take() {
                 Some(iterator) => iterator,
-                None => match self.new_iterator(last.as_ref(), &mut backoff).await? {
+                None => match self
+                    .new_iterator(last.as_ref(), std::mem::take(&mut first), &mut backoff)
+                    .await?
+                {
                     Some(iterator) => iterator,
                     None => return Ok(()),
                 },
@@ -79,10 +84,7 @@ impl Poller {
             let started = Instant::now();
             next_call = started + spacing;
             let call = self.api.get_records(&self.stream, &iterator, limit);
-            let result = match self
-                .until_cancelled(timeout(self.settings.request_timeout, call))
-                .await
-            {
+            let result = match self.until_cancelled(timeout(self.settings.request_timeout, call)).await {
                 None => return Ok(()),
                 Some(Ok(result)) => result,
                 Some(Err(_elapsed)) => Err(ApiError::Transient(Arc::new(RequestTimedOut))),
@@ -91,12 +93,12 @@ impl Poller {
                 Ok(page) => {
                     backoff.reset();
                     let count = page.records.len();
-                    let behind = count >= limit as usize
-                        || page.millis_behind_latest.is_some_and(|ms| ms > 0);
+                    let behind = count >= limit as usize || page.millis_behind_latest.is_some_and(|ms| ms > 0);
                     let RecordsPage {
                         records,
                         next_iterator,
                         millis_behind_latest,
+                        child_shards,
                     } = page;
                     if count > 0 {
                         let batch = self.convert(records, millis_behind_latest)?;
@@ -106,10 +108,7 @@ impl Poller {
                             None => last = Some(newest.clone()),
                         }
                         tracing::trace!(count, millis_behind_latest, "fetched records");
-                        match self
-                            .until_cancelled(self.tx.send(ShardEvent::Records(batch)))
-                            .await
-                        {
+                        match self.until_cancelled(self.tx.send(ShardEvent::Records(batch))).await {
                             Some(Ok(())) => {}
                             _ => return Ok(()),
                         }
@@ -118,7 +117,8 @@ impl Poller {
                         Some(next) => self.iterator = Some(next),
                         None => {
                             tracing::info!("reached the end of the shard");
-                            let _ = self.until_cancelled(self.tx.send(ShardEvent::End)).await;
+                            let end = ShardEvent::End(child_shards);
+                            let _ = self.until_cancelled(self.tx.send(end)).await;
                             return Ok(());
                         }
                     }
@@ -142,24 +142,21 @@ impl Poller {
     }
 
     /// A fresh iterator: right after `last` if anything was fetched, else at
-    /// the start position. `None` on shutdown.
+    /// the start position (`first`) or its fallback. `None` on shutdown.
     async fn new_iterator(
         &mut self,
         last: Option<&SequenceNumber>,
+        first: bool,
         backoff: &mut Backoff,
     ) -> Result<Option<String>, Error> {
         let position = match last {
             Some(seq) => IteratorPosition::AfterSequence(seq.clone()),
-            None => self.start.clone(),
+            None if first => self.position.clone(),
+            None => self.fallback.clone(),
         };
         loop {
-            let call = self
-                .api
-                .get_shard_iterator(&self.stream, &self.shard_id, &position);
-            let result = match self
-                .until_cancelled(timeout(self.settings.request_timeout, call))
-                .await
-            {
+            let call = self.api.get_shard_iterator(&self.stream, &self.shard_id, &position);
+            let result = match self.until_cancelled(timeout(self.settings.request_timeout, call)).await {
                 None => return Ok(None),
                 Some(Ok(result)) => result,
                 Some(Err(_elapsed)) => Err(ApiError::Transient(Arc::new(RequestTimedOut))),
@@ -193,11 +190,9 @@ impl Poller {
             .into_iter()
             .map(|record| {
                 let sequence_number =
-                    SequenceNumber::try_from(record.sequence_number).map_err(|e| {
-                        Error::InvalidResponse {
-                            operation: "GetRecords",
-                            message: e.to_string(),
-                        }
+                    SequenceNumber::try_from(record.sequence_number).map_err(|e| Error::InvalidResponse {
+                        operation: "GetRecords",
+                        message: e.to_string(),
                     })?;
                 Ok(Record {
                     data: Bytes::from(record.data.into_inner()),

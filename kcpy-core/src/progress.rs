@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, CheckpointMode, Settings};
+use crate::consumer::Control;
 use crate::{Checkpoint, CheckpointKey, CheckpointStore, Error, Record, SequenceNumber};
 
 pub(crate) enum Command {
@@ -30,6 +31,8 @@ pub(crate) struct Progress {
     /// Wakes an idle consumer when a flush is due.
     pub(crate) waker: AtomicWaker,
     fatal: Mutex<Option<Error>>,
+    /// Tells the consumer when a shard's end is durably checkpointed.
+    control: mpsc::UnboundedSender<Control>,
     mode: CheckpointMode,
     every: u64,
 }
@@ -37,7 +40,7 @@ pub(crate) struct Progress {
 #[derive(Debug, Default)]
 struct Inner {
     /// Per shard, the newest processed position not yet saved.
-    pending: HashMap<Arc<str>, SequenceNumber>,
+    pending: HashMap<Arc<str>, Checkpoint>,
     /// Manual mode: per shard, delivered records awaiting acknowledgement.
     trackers: HashMap<Arc<str>, AckTracker>,
     acked_since_flush: u64,
@@ -53,7 +56,10 @@ impl std::fmt::Debug for Command {
 }
 
 impl Progress {
-    pub(crate) fn new(settings: &Settings) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+    pub(crate) fn new(
+        settings: &Settings,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(Self {
             inner: Mutex::new(Inner::default()),
@@ -61,6 +67,7 @@ impl Progress {
             flush_due: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             fatal: Mutex::new(None),
+            control,
             mode: settings.checkpoint_mode,
             every: settings.checkpoint_every,
         });
@@ -70,9 +77,7 @@ impl Progress {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated in
         // a way that matters more than stopping would, so keep going.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn mode(&self) -> CheckpointMode {
@@ -80,21 +85,35 @@ impl Progress {
     }
 
     /// Auto mode: hands over processed positions and asks for a save.
-    pub(crate) fn submit<'a>(
-        &self,
-        positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>,
-    ) {
+    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>) {
         let mut inner = self.lock();
         for (shard, seq) in positions {
-            match inner.pending.get_mut(shard) {
-                Some(pending) => pending.assign(seq),
-                None => {
-                    inner.pending.insert(Arc::clone(shard), seq.clone());
-                }
-            }
+            inner.advance(shard, Checkpoint::Sequence(seq.clone()));
         }
         drop(inner);
         let _ = self.commands.send(Command::Flush(None));
+    }
+
+    /// Every record of `shard` was handed out. In auto mode they are all
+    /// processed now; in manual mode once each is acknowledged. Then the
+    /// shard's end is checkpointed and the consumer told.
+    pub(crate) fn end_shard(&self, shard: &Arc<str>) {
+        let mut inner = self.lock();
+        let done = match self.mode {
+            CheckpointMode::Manual => match inner.trackers.get_mut(shard) {
+                Some(tracker) => {
+                    tracker.ended = true;
+                    tracker.entries.is_empty()
+                }
+                None => true,
+            },
+            _ => true,
+        };
+        if done {
+            inner.advance(shard, Checkpoint::ShardEnd);
+            drop(inner);
+            let _ = self.commands.send(Command::Flush(None));
+        }
     }
 
     /// Manual mode: records of `shard` that were delivered, in order.
@@ -112,19 +131,17 @@ impl Progress {
             shard_id: record.shard_id.to_string(),
             sequence_number: record.sequence_number.to_string(),
         };
-        let tracker = inner
-            .trackers
-            .get_mut(&record.shard_id)
-            .ok_or_else(unknown)?;
-        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)?
-        else {
+        let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
+        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)? else {
             return Ok(());
         };
-        inner
-            .pending
-            .insert(Arc::clone(&record.shard_id), watermark);
+        let shard_done = tracker.ended && tracker.entries.is_empty();
+        inner.advance(&record.shard_id, Checkpoint::Sequence(watermark));
         inner.acked_since_flush += newly;
-        if inner.acked_since_flush >= self.every {
+        if shard_done {
+            inner.advance(&record.shard_id, Checkpoint::ShardEnd);
+        }
+        if shard_done || inner.acked_since_flush >= self.every {
             inner.acked_since_flush = 0;
             drop(inner);
             let _ = self.commands.send(Command::Flush(None));
@@ -132,17 +149,17 @@ impl Progress {
         Ok(())
     }
 
-    fn take_pending(&self) -> HashMap<Arc<str>, SequenceNumber> {
+    fn take_pending(&self) -> HashMap<Arc<str>, Checkpoint> {
         let mut inner = self.lock();
         inner.acked_since_flush = 0;
         std::mem::take(&mut inner.pending)
     }
 
     /// Puts back positions that were not saved, unless newer ones arrived.
-    fn restore_pending(&self, unsaved: Vec<(Arc<str>, SequenceNumber)>) {
+    fn restore_pending(&self, unsaved: Vec<(Arc<str>, Checkpoint)>) {
         let mut inner = self.lock();
-        for (shard, seq) in unsaved {
-            inner.pending.entry(shard).or_insert(seq);
+        for (shard, checkpoint) in unsaved {
+            inner.advance(&shard, checkpoint);
         }
     }
 
@@ -155,11 +172,26 @@ impl Progress {
     }
 }
 
+impl Inner {
+    /// Moves a shard's pending checkpoint forward, never back.
+    fn advance(&mut self, shard: &Arc<str>, to: Checkpoint) {
+        match self.pending.get_mut(shard) {
+            Some(pending) if *pending >= to => {}
+            Some(pending) => *pending = to,
+            None => {
+                self.pending.insert(Arc::clone(shard), to);
+            }
+        }
+    }
+}
+
 /// Delivered records of one shard, in order, and which were acknowledged.
 #[derive(Debug, Default)]
 struct AckTracker {
     entries: VecDeque<(SequenceNumber, bool)>,
     committed: Option<SequenceNumber>,
+    /// Every record of the shard was delivered.
+    ended: bool,
 }
 
 impl AckTracker {
@@ -224,15 +256,11 @@ impl Checkpointer {
         };
         let (reply, answer) = oneshot::channel();
         if progress.commands.send(Command::Flush(Some(reply))).is_err() {
-            return Err(progress
-                .fatal()
-                .unwrap_or(Error::config("the consumer has stopped")));
+            return Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped")));
         }
         match answer.await {
             Ok(result) => result,
-            Err(_) => Err(progress
-                .fatal()
-                .unwrap_or(Error::config("the consumer has stopped"))),
+            Err(_) => Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped"))),
         }
     }
 }
@@ -253,11 +281,7 @@ impl Writer {
         let result = self.serve().await;
         if let Err(error) = &result {
             tracing::error!(error = %error, source = ?std::error::Error::source(error), "checkpoint writer stopped");
-            *self
-                .progress
-                .fatal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+            *self.progress.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
             self.cancel.cancel();
         }
         result
@@ -294,39 +318,41 @@ impl Writer {
             return Ok(());
         }
         let results: Vec<_> = futures::stream::iter(pending)
-            .map(|(shard, seq)| async move {
-                let result = self.save(&shard, &seq).await;
-                (shard, seq, result)
+            .map(|(shard, checkpoint)| async move {
+                let result = self.save(&shard, &checkpoint).await;
+                (shard, checkpoint, result)
             })
             .buffer_unordered(16)
             .collect()
             .await;
         let mut first_error = None;
         let mut unsaved = Vec::new();
-        for (shard, seq, result) in results {
-            if let Err(error) = result {
-                first_error.get_or_insert(error);
-                unsaved.push((shard, seq));
+        for (shard, checkpoint, result) in results {
+            match result {
+                Ok(()) if checkpoint == Checkpoint::ShardEnd => {
+                    let _ = self.progress.control.send(Control::Finished(shard));
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    unsaved.push((shard, checkpoint));
+                }
             }
         }
         self.progress.restore_pending(unsaved);
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn save(&self, shard: &str, seq: &SequenceNumber) -> Result<(), Error> {
+    async fn save(&self, shard: &str, checkpoint: &Checkpoint) -> Result<(), Error> {
         let key = CheckpointKey::new(&self.settings.consumer_name, &self.stream_name, shard);
-        let checkpoint = Checkpoint::Sequence(seq.clone());
         let mut backoff = Backoff::new(&self.settings);
         loop {
-            match self.store.save(&key, &checkpoint).await {
+            match self.store.save(&key, checkpoint).await {
                 Ok(()) => {
-                    tracing::debug!(shard, sequence_number = %seq, "checkpoint saved");
+                    tracing::debug!(shard, %checkpoint, "checkpoint saved");
                     return Ok(());
                 }
-                Err(error)
-                    if error.is_retryable()
-                        && backoff.attempts() < self.settings.checkpoint_retries =>
-                {
+                Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");
                     tokio::time::sleep(delay).await;

@@ -69,12 +69,7 @@ mod tests {
     #[test]
     fn json_decodes_the_payload_into_a_user_type() {
         let seq = SequenceNumber::parse("1").expect("valid");
-        let record = Record::new(
-            "shardId-000000000000",
-            seq,
-            "k",
-            &br#"{"id":7,"item":"tea"}"#[..],
-        );
+        let record = Record::new("shardId-000000000000", seq, "k", &br#"{"id":7,"item":"tea"}"#[..]);
         let order: Order = record.json().expect("valid json");
         assert_eq!(
             order,
@@ -83,12 +78,7 @@ mod tests {
                 item: "tea".into()
             }
         );
-        let bad = Record::new(
-            "s",
-            SequenceNumber::parse("2").expect("valid"),
-            "k",
-            &b"not json"[..],
-        );
+        let bad = Record::new("s", SequenceNumber::parse("2").expect("valid"), "k", &b"not json"[..]);
         assert!(bad.json::<Order>().is_err());
     }
 

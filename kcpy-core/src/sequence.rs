@@ -194,28 +194,15 @@ mod tests {
 
     #[test]
     fn rejects_anything_that_is_not_plain_digits() {
-        let kind = |text: &str| {
-            SequenceNumber::parse(text)
-                .map(|_| ())
-                .map_err(|e| e.kind().clone())
-        };
+        let kind = |text: &str| SequenceNumber::parse(text).map(|_| ()).map_err(|e| e.kind().clone());
         assert_eq!(kind(""), Err(SequenceNumberErrorKind::Empty));
-        assert_eq!(
-            kind("abc"),
-            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
-        );
+        assert_eq!(kind("abc"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
         assert_eq!(
             kind("4.95e+55"),
             Err(SequenceNumberErrorKind::NotADigit { position: 1 })
         );
-        assert_eq!(
-            kind(" 1"),
-            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
-        );
-        assert_eq!(
-            kind("-1"),
-            Err(SequenceNumberErrorKind::NotADigit { position: 0 })
-        );
+        assert_eq!(kind(" 1"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
+        assert_eq!(kind("-1"), Err(SequenceNumberErrorKind::NotADigit { position: 0 }));
         assert_eq!(kind("007"), Err(SequenceNumberErrorKind::LeadingZero));
         assert_eq!(
             kind(&"1".repeat(130)),
@@ -227,10 +214,7 @@ mod tests {
     fn serde_round_trips_as_a_string_and_validates() {
         let original = seq("49590338271490256608559692538361571095921575989136588898");
         let json = serde_json::to_string(&original).expect("serialize");
-        assert_eq!(
-            json,
-            "\"49590338271490256608559692538361571095921575989136588898\""
-        );
+        assert_eq!(json, "\"49590338271490256608559692538361571095921575989136588898\"");
         let back: SequenceNumber = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, original);
         assert!(serde_json::from_str::<SequenceNumber>("\"4.95e+55\"").is_err());

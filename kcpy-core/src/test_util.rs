@@ -32,9 +32,7 @@ fn unique_prefix() -> String {
 /// violation, naming it.
 pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
     let prefix = unique_prefix();
-    let key = |shard: &str| {
-        CheckpointKey::new(format!("{prefix}-app"), format!("{prefix}-stream"), shard)
-    };
+    let key = |shard: &str| CheckpointKey::new(format!("{prefix}-app"), format!("{prefix}-stream"), shard);
 
     // Unknown keys load as none.
     let fresh = key("shardId-000000000000");
@@ -87,10 +85,7 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
         .expect("re-saving the stored value must succeed");
 
     // Backwards moves fail with Conflict and change nothing.
-    for lower in [
-        "100",
-        "49590338271490256608559692538361571095921575989136588897",
-    ] {
+    for lower in ["100", "49590338271490256608559692538361571095921575989136588897"] {
         match store.save(&k, &seq(lower)).await {
             Err(CheckpointError::Conflict {
                 key: conflict_key,
@@ -99,15 +94,9 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
             }) => {
                 assert_eq!(*conflict_key, k, "Conflict must name the key");
                 assert_eq!(stored, realistic, "Conflict must carry the stored value");
-                assert_eq!(
-                    attempted,
-                    seq(lower),
-                    "Conflict must carry the attempted value"
-                );
+                assert_eq!(attempted, seq(lower), "Conflict must carry the attempted value");
             }
-            other => panic!(
-                "saving {lower} below the stored checkpoint must be a Conflict, got {other:?}"
-            ),
+            other => panic!("saving {lower} below the stored checkpoint must be a Conflict, got {other:?}"),
         }
     }
     assert_eq!(
@@ -121,10 +110,7 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
         .save(&k, &Checkpoint::ShardEnd)
         .await
         .expect("SHARD_END after a sequence number");
-    assert_eq!(
-        store.load(&k).await.expect("load"),
-        Some(Checkpoint::ShardEnd)
-    );
+    assert_eq!(store.load(&k).await.expect("load"), Some(Checkpoint::ShardEnd));
     store
         .save(&k, &Checkpoint::ShardEnd)
         .await
@@ -136,10 +122,7 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
         ),
         "a sequence number after SHARD_END must be a Conflict"
     );
-    assert_eq!(
-        store.load(&k).await.expect("load"),
-        Some(Checkpoint::ShardEnd)
-    );
+    assert_eq!(store.load(&k).await.expect("load"), Some(Checkpoint::ShardEnd));
 
     // Consumer name, stream and shard each separate keys.
     let base = CheckpointKey::new(format!("{prefix}-a"), format!("{prefix}-s"), "shardId-1");

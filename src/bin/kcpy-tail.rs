@@ -45,9 +45,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--consumer-name" => parsed.consumer_name = value()?,
             "--endpoint" => parsed.endpoint = Some(value()?),
             "--checkpoint-every" => {
-                parsed.checkpoint_every = value()?
-                    .parse()
-                    .map_err(|_| "--checkpoint-every needs a number")?
+                parsed.checkpoint_every = value()?.parse().map_err(|_| "--checkpoint-every needs a number")?
             }
             "--start" => {
                 parsed.start = match value()?.as_str() {

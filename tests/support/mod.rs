@@ -115,19 +115,11 @@ impl TestStream {
                 .send()
                 .await
                 .expect("PutRecords");
-            assert_eq!(
-                output.failed_record_count,
-                Some(0),
-                "the emulator never throttles"
-            );
+            assert_eq!(output.failed_record_count, Some(0), "the emulator never throttles");
             for ((key, data), result) in chunk.iter().zip(output.records) {
                 puts.push(Put {
                     shard_id: result.shard_id.expect("shard id"),
-                    sequence_number: result
-                        .sequence_number
-                        .expect("sequence number")
-                        .parse()
-                        .expect("valid"),
+                    sequence_number: result.sequence_number.expect("sequence number").parse().expect("valid"),
                     partition_key: key.clone(),
                     data: data.clone(),
                 });
@@ -155,10 +147,7 @@ impl TestStream {
             .expect("ListShards");
         let mut puts = Vec::new();
         for shard in shards.shards.unwrap_or_default() {
-            let start = shard
-                .hash_key_range
-                .expect("hash key range")
-                .starting_hash_key;
+            let start = shard.hash_key_range.expect("hash key range").starting_hash_key;
             let output = self
                 .client
                 .put_record()
@@ -169,10 +158,7 @@ impl TestStream {
                 .send()
                 .await
                 .expect("PutRecord");
-            assert_eq!(
-                output.shard_id, shard.shard_id,
-                "explicit hash key routes to the shard"
-            );
+            assert_eq!(output.shard_id, shard.shard_id, "explicit hash key routes to the shard");
             puts.push(Put {
                 shard_id: output.shard_id,
                 sequence_number: output.sequence_number.parse().expect("valid"),
@@ -194,11 +180,7 @@ pub fn as_put(record: &Record) -> Put {
 }
 
 /// Reads until `done` holds for what was read, or fails after `limit`.
-pub async fn read_until(
-    consumer: &mut Consumer,
-    limit: Duration,
-    mut done: impl FnMut(&[Put]) -> bool,
-) -> Vec<Put> {
+pub async fn read_until(consumer: &mut Consumer, limit: Duration, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
     let mut read = Vec::new();
     let outcome = tokio::time::timeout(limit, async {
         while !done(&read) {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::*;
-use crate::kinesis::{KinesisApi, RecordsPage, ShardPage};
+use crate::kinesis::{IteratorPosition, KinesisApi, RecordsPage, ShardPage};
 use crate::CheckpointError;
 
 #[derive(Debug)]
@@ -34,7 +34,7 @@ enum Call {
 
 #[derive(Default)]
 struct FakeKinesis {
-    shards: Vec<String>,
+    listing: Mutex<Vec<ShardInfo>>,
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     calls: Mutex<Vec<Call>>,
     list_failures: Mutex<u32>,
@@ -42,16 +42,44 @@ struct FakeKinesis {
 
 impl FakeKinesis {
     fn new(scripts: Vec<(&str, Vec<Step>)>) -> Arc<Self> {
+        Self::with_lineage(
+            scripts
+                .into_iter()
+                .map(|(id, steps)| (id, &[][..], false, steps))
+                .collect(),
+        )
+    }
+
+    /// Shards with their parents and whether they are closed; a closed shard's
+    /// End step reports its children, as GetRecords does.
+    fn with_lineage(shards: Vec<(&str, &[&str], bool, Vec<Step>)>) -> Arc<Self> {
+        let listing = shards
+            .iter()
+            .map(|(id, parents, closed, _)| ShardInfo {
+                shard_id: id.to_string(),
+                parent_shard_id: parents.first().map(|p| p.to_string()),
+                adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
+                ending_sequence_number: closed.then(|| "999999".to_string()),
+            })
+            .collect();
         Arc::new(Self {
-            shards: scripts.iter().map(|(id, _)| id.to_string()).collect(),
+            listing: Mutex::new(listing),
             scripts: Mutex::new(
-                scripts
+                shards
                     .into_iter()
-                    .map(|(id, steps)| (id.to_string(), steps.into()))
+                    .map(|(id, _, _, steps)| (id.to_string(), steps.into()))
                     .collect(),
             ),
             ..Self::default()
         })
+    }
+
+    fn children_of(&self, shard: &str) -> Vec<ShardInfo> {
+        let listing = self.listing.lock().expect("lock");
+        let is_parent = |s: &ShardInfo| {
+            s.parent_shard_id.as_deref() == Some(shard) || s.adjacent_parent_shard_id.as_deref() == Some(shard)
+        };
+        listing.iter().filter(|s| is_parent(s)).cloned().collect()
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -89,16 +117,7 @@ impl KinesisApi for FakeKinesis {
             return Err(transient());
         }
         Ok(ShardPage {
-            shards: self
-                .shards
-                .iter()
-                .map(|id| ShardInfo {
-                    shard_id: id.clone(),
-                    parent_shard_id: None,
-                    adjacent_parent_shard_id: None,
-                    ending_sequence_number: None,
-                })
-                .collect(),
+            shards: self.listing.lock().expect("lock").clone(),
             next_token: None,
         })
     }
@@ -116,12 +135,7 @@ impl KinesisApi for FakeKinesis {
         Ok(shard.to_owned())
     }
 
-    async fn get_records(
-        &self,
-        _: &StreamRef,
-        iterator: &str,
-        _limit: i32,
-    ) -> Result<RecordsPage, ApiError> {
+    async fn get_records(&self, _: &StreamRef, iterator: &str, _limit: i32) -> Result<RecordsPage, ApiError> {
         let shard = iterator.to_owned();
         self.calls
             .lock()
@@ -133,26 +147,24 @@ impl KinesisApi for FakeKinesis {
             .expect("lock")
             .get_mut(&shard)
             .and_then(VecDeque::pop_front);
-        let page =
-            |records: Vec<aws_sdk_kinesis::types::Record>, next: Option<String>| RecordsPage {
-                records,
-                next_iterator: next,
-                millis_behind_latest: Some(0),
-            };
+        let page = |records: Vec<aws_sdk_kinesis::types::Record>, next: Option<String>| RecordsPage {
+            records,
+            next_iterator: next,
+            millis_behind_latest: Some(0),
+            child_shards: Vec::new(),
+        };
         match step {
             None => Ok(page(Vec::new(), Some(shard))),
-            Some(Step::Records(seqs)) => Ok(page(
-                seqs.into_iter().map(sdk_record).collect(),
-                Some(shard),
-            )),
-            Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other(
-                "throttled",
-            )))),
+            Some(Step::Records(seqs)) => Ok(page(seqs.into_iter().map(sdk_record).collect(), Some(shard))),
+            Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other("throttled")))),
             Some(Step::ServerError) => Err(transient()),
             Some(Step::Expired) => Err(ApiError::ExpiredIterator),
             Some(Step::Hang) => futures::future::pending().await,
             Some(Step::Fatal(make)) => Err(ApiError::Fatal(make())),
-            Some(Step::End) => Ok(page(Vec::new(), None)),
+            Some(Step::End) => Ok(RecordsPage {
+                child_shards: self.children_of(&shard),
+                ..page(Vec::new(), None)
+            }),
         }
     }
 }
@@ -190,11 +202,7 @@ impl CheckpointStore for TestStore {
         Ok(self.saved.lock().expect("lock").get(&key.shard_id).cloned())
     }
 
-    async fn save(
-        &self,
-        key: &CheckpointKey,
-        checkpoint: &Checkpoint,
-    ) -> Result<(), CheckpointError> {
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         *self.saves.lock().expect("lock") += 1;
         if let Some(error) = self.failures.lock().expect("lock").pop_front() {
             return Err(error);
@@ -212,12 +220,39 @@ fn builder(api: &Arc<FakeKinesis>) -> ConsumerBuilder {
         .idle_interval(Duration::from_millis(100))
 }
 
+fn number(record: &Record) -> u64 {
+    record.sequence_number.as_str().parse().expect("numeric")
+}
+
+/// Reads until the stream ends (a fatal error or shutdown).
 async fn drain(consumer: &mut Consumer) -> Vec<u64> {
     let mut read = Vec::new();
     while let Some(record) = consumer.next().await {
-        read.push(record.sequence_number.as_str().parse().expect("numeric"));
+        read.push(number(&record));
     }
     read
+}
+
+/// Reads exactly `n` records.
+async fn take(consumer: &mut Consumer, n: usize) -> Vec<u64> {
+    let mut read = Vec::new();
+    while read.len() < n {
+        match consumer.next().await {
+            Some(record) => read.push(number(&record)),
+            None => panic!("ended after {read:?}: {:?}", consumer.error()),
+        }
+    }
+    read
+}
+
+/// Nothing more arrives and the stream does not end, for ten virtual minutes.
+async fn assert_quiet(consumer: &mut Consumer) {
+    let next = tokio::time::timeout(Duration::from_secs(600), consumer.next()).await;
+    assert!(
+        next.is_err(),
+        "expected nothing, got {next:?} (error: {:?})",
+        consumer.error()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -234,7 +269,8 @@ async fn throttling_and_server_errors_are_retried_without_losing_records() {
         ],
     )]);
     let mut consumer = builder(&api).build().await.expect("build");
-    assert_eq!(drain(&mut consumer).await, vec![1, 2, 3]);
+    assert_eq!(take(&mut consumer, 3).await, vec![1, 2, 3]);
+    assert_quiet(&mut consumer).await;
     assert!(consumer.error().is_none(), "{:?}", consumer.error());
     assert_eq!(
         api.record_calls("shard-0").len(),
@@ -255,11 +291,8 @@ async fn an_expired_iterator_is_renewed_right_after_the_last_record_fetched() {
         ],
     )]);
     let mut consumer = builder(&api).build().await.expect("build");
-    assert_eq!(
-        drain(&mut consumer).await,
-        vec![1, 2, 3, 4],
-        "no gap, no repeat"
-    );
+    assert_eq!(take(&mut consumer, 4).await, vec![1, 2, 3, 4], "no gap, no repeat");
+    assert_quiet(&mut consumer).await;
     let positions: Vec<IteratorPosition> = api
         .calls()
         .into_iter()
@@ -270,26 +303,20 @@ async fn an_expired_iterator_is_renewed_right_after_the_last_record_fetched() {
         .collect();
     assert_eq!(
         positions,
-        vec![
-            IteratorPosition::TrimHorizon,
-            IteratorPosition::AfterSequence(seq(3))
-        ]
+        vec![IteratorPosition::TrimHorizon, IteratorPosition::AfterSequence(seq(3))]
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_black_holed_call_times_out_and_the_shard_recovers() {
-    let api = FakeKinesis::new(vec![(
-        "shard-0",
-        vec![Step::Hang, Step::Records(vec![7]), Step::End],
-    )]);
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Hang, Step::Records(vec![7]), Step::End])]);
     let mut consumer = builder(&api)
         .request_timeout(Duration::from_secs(2))
         .build()
         .await
         .expect("build");
     let started = Instant::now();
-    assert_eq!(drain(&mut consumer).await, vec![7]);
+    assert_eq!(take(&mut consumer, 1).await, vec![7]);
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "the hung call was given its full timeout"
@@ -300,10 +327,7 @@ async fn a_black_holed_call_times_out_and_the_shard_recovers() {
 #[tokio::test(start_paused = true)]
 async fn a_fatal_error_ends_the_stream_and_stays_retrievable_with_processed_records_checkpointed() {
     let api = FakeKinesis::new(vec![
-        (
-            "shard-0",
-            vec![Step::Records(vec![1, 2]), Step::Fatal(access_denied)],
-        ),
+        ("shard-0", vec![Step::Records(vec![1, 2]), Step::Fatal(access_denied)]),
         ("shard-1", vec![]),
     ]);
     let store = Arc::new(TestStore::default());
@@ -323,14 +347,8 @@ async fn a_fatal_error_ends_the_stream_and_stays_retrievable_with_processed_reco
         Some(Checkpoint::Sequence(seq(2))),
         "processed records keep their checkpoint"
     );
-    assert!(matches!(
-        consumer.close().await,
-        Err(Error::AccessDenied { .. })
-    ));
-    assert!(
-        consumer.next().await.is_none(),
-        "an ended stream stays ended"
-    );
+    assert!(matches!(consumer.close().await, Err(Error::AccessDenied { .. })));
+    assert!(consumer.next().await.is_none(), "an ended stream stays ended");
 }
 
 #[tokio::test(start_paused = true)]
@@ -341,12 +359,8 @@ async fn no_shard_calls_get_records_more_than_five_times_a_second() {
         .collect();
     let api = FakeKinesis::new(vec![("shard-0", steps)]);
     // Full batches mean the shard is behind, so it re-polls as fast as allowed.
-    let mut consumer = builder(&api)
-        .max_records_per_call(2)
-        .build()
-        .await
-        .expect("build");
-    assert_eq!(drain(&mut consumer).await.len(), 60);
+    let mut consumer = builder(&api).max_records_per_call(2).build().await.expect("build");
+    assert_eq!(take(&mut consumer, 60).await.len(), 60);
     let calls = api.record_calls("shard-0");
     for pair in calls.windows(2) {
         assert!(
@@ -370,10 +384,7 @@ async fn no_shard_calls_get_records_more_than_five_times_a_second() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lower_call_budget_is_respected() {
-    let steps = (0..6)
-        .map(|i| Step::Records(vec![i + 1]))
-        .chain([Step::End])
-        .collect();
+    let steps = (0..6).map(|i| Step::Records(vec![i + 1])).chain([Step::End]).collect();
     let api = FakeKinesis::new(vec![("shard-0", steps)]);
     let mut consumer = builder(&api)
         .max_records_per_call(1)
@@ -381,7 +392,7 @@ async fn a_lower_call_budget_is_respected() {
         .build()
         .await
         .expect("build");
-    drain(&mut consumer).await;
+    take(&mut consumer, 6).await;
     for pair in api.record_calls("shard-0").windows(2) {
         assert!(pair[1] - pair[0] >= Duration::from_millis(500));
     }
@@ -390,10 +401,7 @@ async fn a_lower_call_budget_is_respected() {
 #[tokio::test(start_paused = true)]
 async fn a_throttled_shard_does_not_delay_the_others() {
     let throttled = (0..40).map(|_| Step::Throttle).chain([Step::End]).collect();
-    let flowing = (1..=5)
-        .map(|n| Step::Records(vec![n]))
-        .chain([Step::End])
-        .collect();
+    let flowing = (1..=5).map(|n| Step::Records(vec![n])).chain([Step::End]).collect();
     let api = FakeKinesis::new(vec![("shard-a", throttled), ("shard-b", flowing)]);
     let mut consumer = builder(&api).build().await.expect("build");
     let started = Instant::now();
@@ -409,10 +417,11 @@ async fn a_throttled_shard_does_not_delay_the_others() {
     );
     let throttled_calls = api.record_calls("shard-a");
     assert!(throttled_calls.len() < 40, "shard-a is still backing off");
+    assert_quiet(&mut consumer).await;
     assert_eq!(
-        drain(&mut consumer).await,
-        Vec::<u64>::new(),
-        "shard-a ends after its throttling, with nothing lost"
+        api.record_calls("shard-a").len(),
+        41,
+        "shard-a retried through its throttling to its end"
     );
 }
 
@@ -509,10 +518,7 @@ async fn checkpoint_in_auto_mode_is_a_configuration_error() {
         .await
         .expect("build");
     let record = consumer.next().await.expect("record");
-    assert!(matches!(
-        consumer.checkpoint(&record),
-        Err(Error::InvalidConfig { .. })
-    ));
+    assert!(matches!(consumer.checkpoint(&record), Err(Error::InvalidConfig { .. })));
 }
 
 #[tokio::test(start_paused = true)]
@@ -542,11 +548,7 @@ async fn a_checkpoint_store_that_keeps_failing_ends_the_stream_with_its_error() 
         }
         other => panic!("expected the store's error, got {other:?}"),
     }
-    assert_eq!(
-        *store.saves.lock().expect("lock"),
-        4,
-        "one try and three retries"
-    );
+    assert_eq!(*store.saves.lock().expect("lock"), 4, "one try and three retries");
     assert_eq!(store.get("shard-0"), None, "nothing was claimed saved");
 }
 
@@ -575,25 +577,15 @@ async fn a_checkpoint_that_would_move_backwards_is_fatal_at_once() {
         consumer.error(),
         Some(Error::Checkpoint(CheckpointError::Conflict { .. }))
     ));
-    assert_eq!(
-        *store.saves.lock().expect("lock"),
-        1,
-        "a conflict is not retried"
-    );
+    assert_eq!(*store.saves.lock().expect("lock"), 1, "a conflict is not retried");
 }
 
 #[tokio::test(start_paused = true)]
 async fn build_retries_transient_failures_then_gives_up_with_unavailable() {
     let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1])])]);
     *api.list_failures.lock().expect("lock") = 2;
-    let mut consumer = builder(&api)
-        .build()
-        .await
-        .expect("two failures are retried");
-    assert_eq!(
-        consumer.next().await.map(|r| r.sequence_number),
-        Some(seq(1))
-    );
+    let mut consumer = builder(&api).build().await.expect("two failures are retried");
+    assert_eq!(consumer.next().await.map(|r| r.sequence_number), Some(seq(1)));
 
     *api.list_failures.lock().expect("lock") = 100;
     match builder(&api).startup_retries(3).build().await {
@@ -627,10 +619,7 @@ async fn shutdown_while_idle_ends_the_stream_and_flushes() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         token.cancel();
     });
-    assert!(
-        consumer.next().await.is_none(),
-        "the stream ends on shutdown"
-    );
+    assert!(consumer.next().await.is_none(), "the stream ends on shutdown");
     stopper.await.expect("stopper");
     assert!(consumer.error().is_none());
     assert_eq!(store.get("shard-0"), Some(Checkpoint::Sequence(seq(2))));
@@ -662,10 +651,7 @@ async fn a_hung_store_cannot_stall_shutdown_past_its_deadline() {
     let started = Instant::now();
     assert!(consumer.next().await.is_none());
     assert!(started.elapsed() <= Duration::from_secs(3));
-    assert!(matches!(
-        consumer.error(),
-        Some(Error::ShutdownTimedOut { .. })
-    ));
+    assert!(matches!(consumer.error(), Some(Error::ShutdownTimedOut { .. })));
 }
 
 #[tokio::test(start_paused = true)]
@@ -701,4 +687,220 @@ async fn bad_stream_names_and_arns_are_configuration_errors() {
         .await
         .expect("an ARN");
     assert_eq!(consumer.stream_name(), "orders");
+}
+
+/// Watches the store while reading: per record, the parent's checkpoint as it
+/// stood when the record was handed out.
+async fn take_watching(
+    consumer: &mut Consumer,
+    n: usize,
+    store: &TestStore,
+    parent: &str,
+) -> Vec<(u64, Option<Checkpoint>)> {
+    let mut read = Vec::new();
+    while read.len() < n {
+        let record = consumer.next().await.expect("a record");
+        read.push((number(&record), store.get(parent)));
+    }
+    read
+}
+
+#[tokio::test(start_paused = true)]
+async fn children_are_read_only_after_their_parent_ended_and_its_end_was_checkpointed() {
+    let api = FakeKinesis::with_lineage(vec![
+        (
+            "A",
+            &[],
+            true,
+            vec![Step::Records(vec![1, 2]), Step::Records(vec![3]), Step::End],
+        ),
+        ("B", &["A"], false, vec![Step::Records(vec![10, 11])]),
+        ("C", &["A"], false, vec![Step::Records(vec![20])]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(
+        consumer.shard_ids().collect::<Vec<_>>(),
+        ["A"],
+        "children wait for their parent"
+    );
+    let read = take_watching(&mut consumer, 6, &store, "A").await;
+    let (parent, children) = read.split_at(3);
+    assert_eq!(parent.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+    let mut child_numbers: Vec<u64> = children.iter().map(|(n, _)| *n).collect();
+    child_numbers.sort();
+    assert_eq!(child_numbers, [10, 11, 20]);
+    assert!(
+        children.iter().all(|(_, a)| *a == Some(Checkpoint::ShardEnd)),
+        "no child record before the parent's end is durable: {children:?}"
+    );
+    let positions: Vec<(String, IteratorPosition)> = api
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Iterator(shard, position) => Some((shard, position)),
+            Call::Records(..) => None,
+        })
+        .collect();
+    assert!(positions.contains(&("B".into(), IteratorPosition::TrimHorizon)));
+    assert_quiet(&mut consumer).await;
+    assert!(
+        consumer.error().is_none(),
+        "all shards closed is no reason to end: {:?}",
+        consumer.error()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merged_child_waits_for_both_parents() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1]), Step::End]),
+        (
+            "B",
+            &[],
+            true,
+            vec![
+                Step::Throttle,
+                Step::Throttle,
+                Step::Throttle,
+                Step::Records(vec![2]),
+                Step::End,
+            ],
+        ),
+        ("M", &["A", "B"], false, vec![Step::Records(vec![3])]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("build");
+    let read = take_watching(&mut consumer, 3, &store, "B").await;
+    assert_eq!(read.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        read[2].1,
+        Some(Checkpoint::ShardEnd),
+        "M starts only once B's end is checkpointed"
+    );
+    assert_eq!(store.get("A"), Some(Checkpoint::ShardEnd));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_store_children_follow_their_parents_too() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1, 2]), Step::End]),
+        ("B", &["A"], false, vec![Step::Records(vec![3])]),
+    ]);
+    let mut consumer = builder(&api).build().await.expect("build");
+    assert_eq!(take(&mut consumer, 3).await, [1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_manual_mode_a_shard_ends_only_once_every_record_is_acknowledged() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1, 2]), Step::End]),
+        ("B", &["A"], false, vec![Step::Records(vec![3])]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_mode(CheckpointMode::Manual)
+        .build()
+        .await
+        .expect("build");
+    let first = consumer.next().await.expect("record 1");
+    let second = consumer.next().await.expect("record 2");
+    consumer.checkpoint(&second).expect("ack 2");
+    // Record 1 is unacknowledged: A is not finished, so B must not start.
+    let waited = tokio::time::timeout(Duration::from_secs(120), consumer.next()).await;
+    assert!(waited.is_err(), "B started before A's records were all processed");
+    assert_eq!(store.get("A"), None);
+    consumer.checkpoint(&first).expect("ack 1");
+    let third = consumer.next().await.expect("record 3 once A is done");
+    assert_eq!(number(&third), 3);
+    assert_eq!(store.get("A"), Some(Checkpoint::ShardEnd));
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_shards_are_not_read_again_after_a_restart() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1]), Step::End]),
+        ("B", &["A"], false, vec![Step::Records(vec![2])]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    store
+        .saved
+        .lock()
+        .expect("lock")
+        .insert("A".into(), Checkpoint::ShardEnd);
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .start_position(StartPosition::Latest)
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 1).await, [2], "B from its start, A not at all");
+    assert!(api.record_calls("A").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shards_found_by_the_periodic_listing_are_read_after_their_parent() {
+    let api = FakeKinesis::new(vec![
+        ("A", vec![Step::Records(vec![1]), Step::End]),
+        ("B", vec![Step::Records(vec![2])]),
+    ]);
+    // B is not listed yet, and A's end names no children.
+    let later = api.listing.lock().expect("lock").pop().expect("B");
+    let mut consumer = builder(&api)
+        .shard_sync_interval(Duration::from_secs(30))
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 1).await, [1]);
+    api.listing.lock().expect("lock").push(ShardInfo {
+        parent_shard_id: Some("A".into()),
+        ..later
+    });
+    let started = Instant::now();
+    assert_eq!(take(&mut consumer, 1).await, [2]);
+    assert!(
+        started.elapsed() <= Duration::from_secs(31),
+        "found by the next listing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_stream_found_by_the_listing_ends_the_stream() {
+    struct Gone(Arc<FakeKinesis>);
+    #[async_trait]
+    impl KinesisApi for Gone {
+        async fn list_shards(&self, stream: &StreamRef, token: Option<String>) -> Result<ShardPage, ApiError> {
+            if self.0.calls().len() > 1 {
+                return Err(ApiError::Fatal(Error::StreamNotFound {
+                    stream: "test-stream".into(),
+                    source: Arc::new(std::io::Error::other("ResourceNotFoundException")),
+                }));
+            }
+            self.0.list_shards(stream, token).await
+        }
+        async fn get_shard_iterator(&self, s: &StreamRef, id: &str, p: &IteratorPosition) -> Result<String, ApiError> {
+            self.0.get_shard_iterator(s, id, p).await
+        }
+        async fn get_records(&self, s: &StreamRef, it: &str, limit: i32) -> Result<RecordsPage, ApiError> {
+            self.0.get_records(s, it, limit).await
+        }
+    }
+    let fake = FakeKinesis::new(vec![("A", vec![Step::Records(vec![1])])]);
+    let api: DynKinesis = Arc::new(Gone(fake));
+    let mut consumer = ConsumerBuilder::with_api(api, "test-stream".into())
+        .shard_sync_interval(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(drain(&mut consumer).await, [1]);
+    assert!(matches!(consumer.error(), Some(Error::StreamNotFound { .. })));
 }

@@ -1,0 +1,392 @@
+//! Which shards to read, and when. A shard is read only once every parent it
+//! has (one after a split, two after a merge) was read to its end and that end
+//! was checkpointed, so records of a partition key stay in order across a
+//! reshard. Pure bookkeeping: the consumer feeds it what it learns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use crate::config::StartPosition;
+use crate::kinesis::{IteratorPosition, ShardInfo};
+use crate::{Checkpoint, SequenceNumber};
+
+/// A shard to start reading now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub(crate) shard_id: String,
+    /// Where to read from.
+    pub(crate) position: IteratorPosition,
+    /// Where to renew an expired iterator if nothing was fetched yet.
+    pub(crate) fallback: IteratorPosition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not started: a parent is not finished yet.
+    Waiting,
+    Reading,
+    /// Read to its end and checkpointed (or never to be read).
+    Finished,
+}
+
+#[derive(Debug)]
+struct Node {
+    parents: Vec<String>,
+    closed: bool,
+    state: State,
+    checkpoint: Option<SequenceNumber>,
+    /// Where a child without a checkpoint starts. TRIM_HORIZON — the child
+    /// holds exactly what came after this shard — unless this shard was
+    /// positioned by the configured start (AT_TIMESTAMP, or skipped under
+    /// LATEST), which then carries over.
+    child_start: IteratorPosition,
+}
+
+#[derive(Debug)]
+pub(crate) struct Lineage {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl Lineage {
+    /// The shards of a stream as ListShards gave them at startup, with their
+    /// stored checkpoints; returns what to start reading at once.
+    pub(crate) fn new(
+        shards: Vec<ShardInfo>,
+        checkpoints: &HashMap<String, Checkpoint>,
+        start: StartPosition,
+        now: SystemTime,
+    ) -> (Self, Vec<Start>) {
+        let mut nodes = BTreeMap::new();
+        for shard in shards {
+            let (state, checkpoint) = match checkpoints.get(&shard.shard_id) {
+                Some(Checkpoint::ShardEnd) => (State::Finished, None),
+                Some(Checkpoint::Sequence(seq)) => (State::Waiting, Some(seq.clone())),
+                None => (State::Waiting, None),
+            };
+            nodes.insert(
+                shard.shard_id.clone(),
+                Node {
+                    parents: parents_of(&shard),
+                    closed: shard.ending_sequence_number.is_some(),
+                    state,
+                    checkpoint,
+                    child_start: IteratorPosition::TrimHorizon,
+                },
+            );
+        }
+        let mut lineage = Self { nodes };
+        // Under LATEST a closed shard holds nothing to read, unless a
+        // checkpoint in its lineage says this consumer was reading it.
+        if start == StartPosition::Latest {
+            let skipped: Vec<String> = lineage
+                .nodes
+                .iter()
+                .filter(|(id, node)| node.closed && node.state == State::Waiting && !lineage.has_progress(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in skipped {
+                if let Some(node) = lineage.nodes.get_mut(&id) {
+                    node.state = State::Finished;
+                    node.child_start = IteratorPosition::Latest;
+                }
+            }
+        }
+        let configured = match start {
+            StartPosition::TrimHorizon => IteratorPosition::TrimHorizon,
+            StartPosition::Latest => IteratorPosition::Latest,
+            StartPosition::AtTimestamp(at) => IteratorPosition::AtTimestamp(at),
+        };
+        let starts = lineage.start_ready(&configured, now);
+        (lineage, starts)
+    }
+
+    /// Shards seen later (ListShards, or ChildShards at a shard's end); returns
+    /// what can start now.
+    pub(crate) fn discover(&mut self, shards: Vec<ShardInfo>, now: SystemTime) -> Vec<Start> {
+        let mut added = false;
+        for shard in shards {
+            if self.nodes.contains_key(&shard.shard_id) {
+                continue;
+            }
+            added = true;
+            self.nodes.insert(
+                shard.shard_id.clone(),
+                Node {
+                    parents: parents_of(&shard),
+                    closed: shard.ending_sequence_number.is_some(),
+                    state: State::Waiting,
+                    checkpoint: None,
+                    child_start: IteratorPosition::TrimHorizon,
+                },
+            );
+        }
+        if !added {
+            return Vec::new();
+        }
+        // A shard that appears while the consumer runs was created after
+        // build(): all of it is new, whatever the configured start.
+        self.start_ready(&IteratorPosition::TrimHorizon, now)
+    }
+
+    /// `shard` was read to its end and that end is checkpointed; returns the
+    /// children that can start now.
+    pub(crate) fn finished(&mut self, shard: &str, now: SystemTime) -> Vec<Start> {
+        match self.nodes.get_mut(shard) {
+            Some(node) => node.state = State::Finished,
+            None => return Vec::new(),
+        }
+        self.start_ready(&IteratorPosition::TrimHorizon, now)
+    }
+
+    /// Whether the shard is being read or waits to be.
+    #[cfg(test)]
+    fn is_pending(&self, shard: &str) -> bool {
+        self.nodes.get(shard).is_some_and(|node| node.state != State::Finished)
+    }
+
+    /// Whether this shard or one of its known ancestors has a checkpoint.
+    fn has_progress(&self, id: &str) -> bool {
+        let mut stack = vec![id];
+        let mut seen = 0;
+        while let Some(id) = stack.pop() {
+            seen += 1;
+            if seen > self.nodes.len() {
+                break;
+            }
+            if let Some(node) = self.nodes.get(id) {
+                if node.checkpoint.is_some() {
+                    return true;
+                }
+                stack.extend(node.parents.iter().map(String::as_str));
+            }
+        }
+        false
+    }
+
+    /// Starts every waiting shard whose known parents are all finished.
+    /// `root` positions shards without a checkpoint and without known parents.
+    fn start_ready(&mut self, root: &IteratorPosition, now: SystemTime) -> Vec<Start> {
+        let ready: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| {
+                node.state == State::Waiting
+                    && node
+                        .parents
+                        .iter()
+                        .all(|p| self.nodes.get(p).is_none_or(|parent| parent.state == State::Finished))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut starts = Vec::with_capacity(ready.len());
+        for id in ready {
+            let inherited = self.inherited_start(&id);
+            let Some(node) = self.nodes.get_mut(&id) else { continue };
+            let position = match (&node.checkpoint, inherited) {
+                (Some(seq), _) => IteratorPosition::AfterSequence(seq.clone()),
+                (None, Some(inherited)) => inherited,
+                (None, None) => root.clone(),
+            };
+            node.child_start = match &position {
+                IteratorPosition::AtTimestamp(at) if node.checkpoint.is_none() => IteratorPosition::AtTimestamp(*at),
+                _ => IteratorPosition::TrimHorizon,
+            };
+            node.state = State::Reading;
+            // Renewing a never-used LATEST iterator at LATEST could skip
+            // records written since; renew at the time it was resolved.
+            let fallback = match &position {
+                IteratorPosition::Latest => IteratorPosition::AtTimestamp(now),
+                other => other.clone(),
+            };
+            starts.push(Start {
+                shard_id: id,
+                position,
+                fallback,
+            });
+        }
+        starts
+    }
+
+    /// The start a shard without a checkpoint inherits from its known parents:
+    /// theirs when they all agree, else TRIM_HORIZON. `None` without parents.
+    fn inherited_start(&self, id: &str) -> Option<IteratorPosition> {
+        let node = self.nodes.get(id)?;
+        let mut known = node.parents.iter().filter_map(|p| self.nodes.get(p));
+        let first = known.next()?.child_start.clone();
+        Some(if known.all(|parent| parent.child_start == first) {
+            first
+        } else {
+            IteratorPosition::TrimHorizon
+        })
+    }
+}
+
+fn parents_of(shard: &ShardInfo) -> Vec<String> {
+    shard
+        .parent_shard_id
+        .iter()
+        .chain(&shard.adjacent_parent_shard_id)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parent_shard_id: parents.first().map(|p| p.to_string()),
+            adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
+            ending_sequence_number: closed.then(|| "999".to_string()),
+        }
+    }
+
+    fn seq(n: u32) -> SequenceNumber {
+        SequenceNumber::parse(&n.to_string()).expect("valid")
+    }
+
+    fn ids(starts: &[Start]) -> Vec<&str> {
+        starts.iter().map(|s| s.shard_id.as_str()).collect()
+    }
+
+    fn at(starts: &[Start], id: &str) -> IteratorPosition {
+        starts
+            .iter()
+            .find(|s| s.shard_id == id)
+            .map(|s| s.position.clone())
+            .expect("started")
+    }
+
+    // A split: A -> B, C. A merge: B + C -> D.
+    fn split_then_merge(closed_b_c: bool) -> Vec<ShardInfo> {
+        vec![
+            shard("A", &[], true),
+            shard("B", &["A"], closed_b_c),
+            shard("C", &["A"], closed_b_c),
+            shard("D", &["B", "C"], false),
+        ]
+    }
+
+    #[test]
+    fn parents_are_read_before_their_children_and_both_parents_before_a_merge() {
+        let now = SystemTime::now();
+        let (mut lineage, starts) =
+            Lineage::new(split_then_merge(true), &HashMap::new(), StartPosition::TrimHorizon, now);
+        assert_eq!(ids(&starts), ["A"]);
+        let starts = lineage.finished("A", now);
+        assert_eq!(ids(&starts), ["B", "C"]);
+        assert_eq!(at(&starts, "B"), IteratorPosition::TrimHorizon);
+        assert!(lineage.finished("B", now).is_empty(), "D also waits for C");
+        let starts = lineage.finished("C", now);
+        assert_eq!(ids(&starts), ["D"]);
+        assert_eq!(at(&starts, "D"), IteratorPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn finished_shards_are_not_read_again_and_checkpoints_resume() {
+        let checkpoints = HashMap::from([
+            ("A".to_string(), Checkpoint::ShardEnd),
+            ("B".to_string(), Checkpoint::ShardEnd),
+            ("C".to_string(), Checkpoint::Sequence(seq(42))),
+        ]);
+        let (lineage, starts) = Lineage::new(
+            split_then_merge(true),
+            &checkpoints,
+            StartPosition::TrimHorizon,
+            SystemTime::now(),
+        );
+        assert_eq!(ids(&starts), ["C"]);
+        assert_eq!(at(&starts, "C"), IteratorPosition::AfterSequence(seq(42)));
+        assert!(!lineage.is_pending("A"));
+        assert!(lineage.is_pending("D"));
+    }
+
+    #[test]
+    fn children_of_finished_parents_start_at_trim_horizon_even_under_latest() {
+        let checkpoints = HashMap::from([("A".to_string(), Checkpoint::ShardEnd)]);
+        let (_, starts) = Lineage::new(
+            split_then_merge(false),
+            &checkpoints,
+            StartPosition::Latest,
+            SystemTime::now(),
+        );
+        assert_eq!(ids(&starts), ["B", "C"]);
+        assert_eq!(at(&starts, "B"), IteratorPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn a_closed_parent_with_unread_data_is_drained_before_its_children_under_latest() {
+        let checkpoints = HashMap::from([("A".to_string(), Checkpoint::Sequence(seq(7)))]);
+        let (mut lineage, starts) = Lineage::new(
+            split_then_merge(false),
+            &checkpoints,
+            StartPosition::Latest,
+            SystemTime::now(),
+        );
+        assert_eq!(ids(&starts), ["A"]);
+        assert_eq!(at(&starts, "A"), IteratorPosition::AfterSequence(seq(7)));
+        let starts = lineage.finished("A", SystemTime::now());
+        assert_eq!(at(&starts, "B"), IteratorPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn a_fresh_latest_consumer_skips_closed_shards_and_starts_open_ones_at_latest() {
+        let now = SystemTime::now();
+        let (_, starts) = Lineage::new(split_then_merge(false), &HashMap::new(), StartPosition::Latest, now);
+        assert_eq!(ids(&starts), ["B", "C"]);
+        assert_eq!(at(&starts, "B"), IteratorPosition::Latest);
+        assert_eq!(starts[0].fallback, IteratorPosition::AtTimestamp(now));
+    }
+
+    #[test]
+    fn at_timestamp_carries_over_to_children_without_checkpoints() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let (mut lineage, starts) = Lineage::new(
+            split_then_merge(true),
+            &HashMap::new(),
+            StartPosition::AtTimestamp(t),
+            t,
+        );
+        assert_eq!(at(&starts, "A"), IteratorPosition::AtTimestamp(t));
+        let starts = lineage.finished("A", t);
+        assert_eq!(at(&starts, "B"), IteratorPosition::AtTimestamp(t));
+    }
+
+    #[test]
+    fn parents_missing_from_the_listing_do_not_block_their_children() {
+        let (_, starts) = Lineage::new(
+            vec![shard("B", &["gone"], false), shard("C", &["gone"], false)],
+            &HashMap::new(),
+            StartPosition::TrimHorizon,
+            SystemTime::now(),
+        );
+        assert_eq!(ids(&starts), ["B", "C"]);
+    }
+
+    #[test]
+    fn shards_found_later_wait_for_their_parents_and_start_at_trim_horizon() {
+        let now = SystemTime::now();
+        let (mut lineage, starts) = Lineage::new(
+            vec![shard("A", &[], false)],
+            &HashMap::new(),
+            StartPosition::Latest,
+            now,
+        );
+        assert_eq!(at(&starts, "A"), IteratorPosition::Latest);
+        let children = vec![shard("B", &["A"], false), shard("C", &["A"], false)];
+        assert!(
+            lineage.discover(children.clone(), now).is_empty(),
+            "A is still being read"
+        );
+        assert!(
+            lineage.discover(children, now).is_empty(),
+            "known shards are not added twice"
+        );
+        let starts = lineage.finished("A", now);
+        assert_eq!(ids(&starts), ["B", "C"]);
+        assert_eq!(at(&starts, "C"), IteratorPosition::TrimHorizon);
+        assert!(lineage.finished("A", now).is_empty(), "children start once");
+    }
+}
