@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kcpy::{Checkpoint, CheckpointKey, CheckpointStore, SequenceNumber, SqliteCheckpointStore};
-use support::{by_shard, Put, TestStream};
+use support::{assert_ordered_across_reshards, by_shard, Producer, Put, TestStream};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -127,5 +127,49 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
             "{shard}: the restart resumes right after its checkpoint, in order"
         );
     }
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_during_a_reshard_loses_nothing_after_a_restart() {
+    let stream = TestStream::create("crash-reshard", 2).await;
+    let producer = Producer::start(&stream, 48);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = dir.path().join("kcpy.db").display().to_string();
+
+    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let mut run1 = read_lines(&mut lines, |read| read.len() >= 300).await;
+    let parent = stream.open_shards().await.remove(0);
+    stream.split(&parent).await;
+    let more = read_lines(&mut lines, |read| read.len() >= 150).await;
+    run1.extend(more);
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reap");
+    while let Ok(Some(line)) = lines.next_line().await {
+        run1.push(parse(&line));
+    }
+
+    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let puts = producer.stop().await;
+    let markers = stream.put_marker_on_every_shard("end").await;
+    let mut run2 = read_lines(&mut lines, |read| markers.iter().all(|m| read.contains(m))).await;
+    child.start_kill().expect("stop the second run");
+    run2.retain(|r| !markers.contains(r));
+
+    let shards = stream.shards().await;
+    assert_ordered_across_reshards(&run1, &shards);
+    assert_ordered_across_reshards(&run2, &shards);
+    let all: HashSet<&Put> = run1.iter().chain(&run2).collect();
+    let missing = puts.iter().filter(|p| !all.contains(p)).count();
+    assert_eq!(missing, 0, "{missing} records were lost across the crash");
+    let children: Vec<&str> = shards
+        .iter()
+        .filter(|s| s.parent_shard_id.as_deref() == Some(&parent.shard_id))
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    assert!(
+        children.iter().all(|c| all.iter().any(|r| r.shard_id == *c)),
+        "both children were read"
+    );
     stream.delete().await;
 }

@@ -19,9 +19,9 @@ use tracing::Instrument;
 use crate::config::{Backoff, Settings};
 use crate::kinesis::{ApiError, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
 use crate::lineage::{Lineage, Start};
-use crate::StartPosition;
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Progress, Writer};
+use crate::StartPosition;
 use crate::{Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record, SequenceNumber};
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_kinesis::client::Waiters;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard};
 use aws_sdk_kinesis::Client;
 use futures::StreamExt;
 use kcpy::{Consumer, Record, SequenceNumber};
@@ -136,17 +136,73 @@ impl TestStream {
         self.put(&records).await
     }
 
-    /// One record on every shard (by explicit hash key), tagged `marker`.
-    pub async fn put_marker_on_every_shard(&self, marker: &str) -> Vec<Put> {
-        let shards = self
+    /// Every shard, open or closed.
+    pub async fn shards(&self) -> Vec<Shard> {
+        let output = self
             .client
             .list_shards()
             .stream_name(&self.name)
             .send()
             .await
             .expect("ListShards");
+        output.shards.unwrap_or_default()
+    }
+
+    pub async fn open_shards(&self) -> Vec<Shard> {
+        let mut shards = self.shards().await;
+        shards.retain(|s| {
+            s.sequence_number_range
+                .as_ref()
+                .is_some_and(|r| r.ending_sequence_number.is_none())
+        });
+        shards
+    }
+
+    /// Waits until a reshard took effect: the stream is ACTIVE, `closed` are
+    /// closed and `open` shards are open. The emulator applies reshards in the
+    /// background, so this polls the listing.
+    pub async fn wait_resharded(&self, closed: &[&str], open: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.client
+                .wait_until_stream_exists()
+                .stream_name(&self.name)
+                .wait(Duration::from_secs(60))
+                .await
+                .expect("stream becomes active");
+            let now_open = self.open_shards().await;
+            if now_open.len() == open && now_open.iter().all(|s| !closed.contains(&s.shard_id.as_str())) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reshard did not take effect"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Splits an open shard in the middle of its hash key range.
+    pub async fn split(&self, shard: &Shard) {
+        let open = self.open_shards().await.len() + 1;
+        let range = shard.hash_key_range.as_ref().expect("hash key range");
+        let start: u128 = range.starting_hash_key.parse().expect("hash key");
+        let end: u128 = range.ending_hash_key.parse().expect("hash key");
+        self.client
+            .split_shard()
+            .stream_name(&self.name)
+            .shard_to_split(&shard.shard_id)
+            .new_starting_hash_key((start + (end - start) / 2 + 1).to_string())
+            .send()
+            .await
+            .expect("SplitShard");
+        self.wait_resharded(&[&shard.shard_id], open).await;
+    }
+
+    /// One record on every open shard (by explicit hash key), tagged `marker`.
+    pub async fn put_marker_on_every_shard(&self, marker: &str) -> Vec<Put> {
         let mut puts = Vec::new();
-        for shard in shards.shards.unwrap_or_default() {
+        for shard in self.open_shards().await {
             let start = shard.hash_key_range.expect("hash key range").starting_hash_key;
             let output = self
                 .client
@@ -222,4 +278,90 @@ pub fn counts(puts: &[Put]) -> HashMap<&Put, usize> {
         *counts.entry(put).or_default() += 1;
     }
     counts
+}
+
+/// Puts records continuously over `keys` partition keys until stopped; each
+/// record's data is `key#n`, with n counting up per key.
+pub struct Producer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Put>>,
+}
+
+impl Producer {
+    pub fn start(stream: &TestStream, keys: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = TestStream {
+            client: stream.client.clone(),
+            name: stream.name.clone(),
+        };
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut counters = vec![0u64; keys];
+            let mut puts = Vec::new();
+            let mut next_key = 0;
+            // A steady trickle, like a live stream: 20 records every 10 ms.
+            let mut pace = tokio::time::interval(Duration::from_millis(10));
+            while !flag.load(Ordering::Relaxed) {
+                pace.tick().await;
+                let batch: Vec<(String, String)> = (0..20)
+                    .map(|_| {
+                        let key = next_key % keys;
+                        next_key += 1;
+                        counters[key] += 1;
+                        (format!("key-{key}"), format!("key-{key}#{}", counters[key]))
+                    })
+                    .collect();
+                puts.extend(target.put(&batch).await);
+            }
+            puts
+        });
+        Self { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Put> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("producer task")
+    }
+}
+
+/// The per-key counter of a producer record.
+pub fn counter(put: &Put) -> u64 {
+    put.data
+        .rsplit('#')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("producer data")
+}
+
+/// Checks one run's deliveries across a reshard: per partition key in order
+/// without repeats, and no record of a child shard before the last record of
+/// any of its parents.
+pub fn assert_ordered_across_reshards(delivered: &[Put], shards: &[Shard]) {
+    let mut last_per_key: HashMap<&str, u64> = HashMap::new();
+    for put in delivered {
+        let n = counter(put);
+        if let Some(previous) = last_per_key.insert(&put.partition_key, n) {
+            assert!(n > previous, "{}: #{n} delivered after #{previous}", put.partition_key);
+        }
+    }
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, put) in delivered.iter().enumerate() {
+        first.entry(&put.shard_id).or_insert(i);
+        last.insert(&put.shard_id, i);
+    }
+    for shard in shards {
+        let parents = shard.parent_shard_id.iter().chain(&shard.adjacent_parent_shard_id);
+        for parent in parents {
+            if let (Some(&child_first), Some(&parent_last)) =
+                (first.get(shard.shard_id.as_str()), last.get(parent.as_str()))
+            {
+                assert!(
+                    parent_last < child_first,
+                    "{} delivered a record (#{child_first}) before its parent {parent} finished (#{parent_last})",
+                    shard.shard_id
+                );
+            }
+        }
+    }
 }
