@@ -2,7 +2,8 @@
 //! with checkpoints kept where you choose.
 //!
 //! This crate gathers the pieces: the consumer from `kcpy-core`, the bundled
-//! checkpoint stores (features `memory` and `sqlite`, both on by default),
+//! checkpoint stores (features `memory` and `sqlite`, on by default; `redis`
+//! and `mysql`, off by default),
 //! and the AWS crates needed to make a client.
 //!
 //! ```no_run
@@ -30,6 +31,10 @@ pub use kcpy_core::*;
 
 #[cfg(feature = "memory")]
 pub use kcpy_checkpoint_memory::MemoryCheckpointStore;
+#[cfg(feature = "mysql")]
+pub use kcpy_checkpoint_mysql::MySqlCheckpointStore;
+#[cfg(feature = "redis")]
+pub use kcpy_checkpoint_redis::RedisCheckpointStore;
 #[cfg(feature = "sqlite")]
 pub use kcpy_checkpoint_sqlite::SqliteCheckpointStore;
 

@@ -7,17 +7,22 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use kcpy::{Checkpoint, CheckpointKey, CheckpointStore, SequenceNumber, SqliteCheckpointStore};
+use std::future::Future;
+
+use kcpy::{
+    Checkpoint, CheckpointKey, CheckpointStore, MySqlCheckpointStore, RedisCheckpointStore, SequenceNumber,
+    SqliteCheckpointStore,
+};
 use support::{assert_ordered_across_reshards, by_shard, Producer, Put, TestStream};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-fn spawn(stream: &str, sqlite: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+fn spawn(stream: &str, store: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
         .args([
             stream,
-            "--sqlite",
-            sqlite,
+            "--store",
+            store,
             "--consumer-name",
             "crash-test",
             "--checkpoint-every",
@@ -61,14 +66,13 @@ async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl Fn
     read
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_its_checkpoint() {
+/// Runs a consumer process against `store`, kills it with SIGKILL mid-stream
+/// and restarts it; `open` opens the same store from the test.
+async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Output = S>) {
     let stream = TestStream::create("crash", 4).await;
     let puts = stream.put_many("rec", 2000, 211).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = dir.path().join("kcpy.db").display().to_string();
 
-    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let (mut child, mut lines) = spawn(&stream.name, store);
     let mut run1 = read_lines(&mut lines, |read| read.len() >= 700).await;
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reap");
@@ -77,12 +81,12 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
         run1.push(parse(&line));
     }
 
-    let store = SqliteCheckpointStore::connect(&sqlite).await.expect("open after crash");
+    let store_handle = open.await;
     let delivered1 = by_shard(&run1);
     let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
     for shard in by_shard(&puts).keys() {
         let key = CheckpointKey::new("crash-test", &stream.name, shard);
-        let stored = match store.load(&key).await.expect("load") {
+        let stored = match store_handle.load(&key).await.expect("load") {
             Some(Checkpoint::Sequence(seq)) => Some(seq),
             None => None,
             Some(other) => panic!("unexpected checkpoint {other:?}"),
@@ -105,7 +109,7 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
     );
 
     let markers = stream.put_marker_on_every_shard("end").await;
-    let (mut child, mut lines) = spawn(&stream.name, &sqlite);
+    let (mut child, mut lines) = spawn(&stream.name, store);
     let mut run2 = read_lines(&mut lines, |read| markers.iter().all(|m| read.contains(m))).await;
     child.start_kill().expect("stop the second run");
     run2.retain(|r| !markers.contains(r));
@@ -131,11 +135,39 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_its_sqlite_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("kcpy.db").display());
+    crash_and_restart(&url, async {
+        SqliteCheckpointStore::connect(&url).await.expect("open sqlite")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_with_sigkill_loses_nothing_with_redis_checkpoints() {
+    let url = support::redis_url();
+    crash_and_restart(&url, async {
+        RedisCheckpointStore::connect(&url).await.expect("open redis")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_with_sigkill_loses_nothing_with_mysql_checkpoints() {
+    let url = support::mysql_url();
+    crash_and_restart(&url, async {
+        MySqlCheckpointStore::connect(&url).await.expect("open mysql")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_during_a_reshard_loses_nothing_after_a_restart() {
     let stream = TestStream::create("crash-reshard", 2).await;
     let producer = Producer::start(&stream, 48);
     let dir = tempfile::tempdir().expect("temp dir");
-    let sqlite = dir.path().join("kcpy.db").display().to_string();
+    let sqlite = format!("sqlite://{}", dir.path().join("kcpy.db").display());
 
     let (mut child, mut lines) = spawn(&stream.name, &sqlite);
     let mut run1 = read_lines(&mut lines, |read| read.len() >= 300).await;

@@ -1,10 +1,13 @@
 //! `kcpy-tail`: print a stream's records as JSON lines, one per record,
-//! optionally checkpointed in SQLite so the next run resumes.
+//! optionally checkpointed so the next run resumes.
 //!
 //! ```text
-//! kcpy-tail STREAM [--sqlite URL] [--consumer-name NAME] [--start trim-horizon|latest]
+//! kcpy-tail STREAM [--store URL] [--consumer-name NAME] [--start trim-horizon|latest]
 //!                  [--checkpoint-every N] [--endpoint URL]
 //! ```
+//!
+//! The store is picked by the URL's scheme: `sqlite://`, and with the crate's
+//! features `redis` and `mysql`, `redis://` / `rediss://` and `mysql://`.
 //!
 //! `--endpoint` (or `KCPY_KINESIS_ENDPOINT`) points it at an emulator; without
 //! one it uses the usual AWS credentials and region.
@@ -15,14 +18,14 @@ use std::process::ExitCode;
 use futures::StreamExt;
 use kcpy::aws_config::{self, BehaviorVersion, Region};
 use kcpy::aws_sdk_kinesis::config::Credentials;
-use kcpy::{Consumer, SqliteCheckpointStore, StartPosition};
+use kcpy::{Consumer, ConsumerBuilder, StartPosition};
 
-const USAGE: &str = "usage: kcpy-tail STREAM [--sqlite URL] [--consumer-name NAME] \
+const USAGE: &str = "usage: kcpy-tail STREAM [--store URL] [--consumer-name NAME] \
                      [--start trim-horizon|latest] [--checkpoint-every N] [--endpoint URL]";
 
 struct Args {
     stream: String,
-    sqlite: Option<String>,
+    store: Option<String>,
     consumer_name: String,
     start: StartPosition,
     checkpoint_every: u64,
@@ -32,7 +35,7 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut parsed = Args {
         stream: String::new(),
-        sqlite: None,
+        store: None,
         consumer_name: "kcpy-tail".into(),
         start: StartPosition::TrimHorizon,
         checkpoint_every: 1000,
@@ -41,7 +44,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
-            "--sqlite" => parsed.sqlite = Some(value()?),
+            "--store" => parsed.store = Some(value()?),
             "--consumer-name" => parsed.consumer_name = value()?,
             "--endpoint" => parsed.endpoint = Some(value()?),
             "--checkpoint-every" => {
@@ -107,8 +110,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .start_position(args.start)
         .checkpoint_every(args.checkpoint_every)
         .idle_interval(std::time::Duration::from_millis(200));
-    if let Some(url) = &args.sqlite {
-        builder = builder.checkpoint_store(SqliteCheckpointStore::connect(url).await?);
+    if let Some(url) = &args.store {
+        builder = with_store(builder, url).await?;
     }
     let mut consumer = builder.build().await?;
     let shutdown = consumer.shutdown_handle();
@@ -131,4 +134,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     consumer.close().await?;
     Ok(())
+}
+
+/// The checkpoint store named by `url`'s scheme.
+async fn with_store(builder: ConsumerBuilder, url: &str) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(builder.checkpoint_store(kcpy::SqliteCheckpointStore::connect(url).await?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(builder.checkpoint_store(kcpy::RedisCheckpointStore::connect(url).await?)),
+        #[cfg(feature = "mysql")]
+        "mysql" => Ok(builder.checkpoint_store(kcpy::MySqlCheckpointStore::connect(url).await?)),
+        _ => Err(
+            format!("no checkpoint store for {scheme:?} URLs in this build (features: sqlite, redis, mysql)").into(),
+        ),
+    }
 }

@@ -24,6 +24,16 @@ pub fn endpoint() -> String {
     })
 }
 
+/// The Redis server for store tests (`KCPY_REDIS_URL`, else the local one).
+pub fn redis_url() -> String {
+    std::env::var("KCPY_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The MySQL/MariaDB database for store tests (`KCPY_MYSQL_URL`, else the local one).
+pub fn mysql_url() -> String {
+    std::env::var("KCPY_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
 pub fn client() -> Client {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
