@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use std::future::Future;
 
-use kcpy::{
-    Checkpoint, CheckpointKey, CheckpointStore, MySqlCheckpointStore, RedisCheckpointStore, SequenceNumber,
-    SqliteCheckpointStore,
-};
+use kcpy::{Checkpoint, CheckpointKey, CheckpointStore, SequenceNumber, SqliteCheckpointStore};
 use support::{assert_ordered_across_reshards, by_shard, Producer, Put, TestStream};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -144,20 +141,22 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
     .await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_with_sigkill_loses_nothing_with_redis_checkpoints() {
     let url = support::redis_url();
     crash_and_restart(&url, async {
-        RedisCheckpointStore::connect(&url).await.expect("open redis")
+        kcpy::RedisCheckpointStore::connect(&url).await.expect("open redis")
     })
     .await;
 }
 
+#[cfg(feature = "mysql")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_with_sigkill_loses_nothing_with_mysql_checkpoints() {
     let url = support::mysql_url();
     crash_and_restart(&url, async {
-        MySqlCheckpointStore::connect(&url).await.expect("open mysql")
+        kcpy::MySqlCheckpointStore::connect(&url).await.expect("open mysql")
     })
     .await;
 }
@@ -203,5 +202,82 @@ async fn a_consumer_killed_during_a_reshard_loses_nothing_after_a_restart() {
         children.iter().all(|c| all.iter().any(|r| r.shard_id == *c)),
         "both children were read"
     );
+    stream.delete().await;
+}
+
+/// Per shard, the stored checkpoint.
+async fn checkpoints_of(
+    store: &SqliteCheckpointStore,
+    stream: &str,
+    shards: impl Iterator<Item = &String>,
+) -> BTreeMap<String, Option<SequenceNumber>> {
+    let mut checkpoints = BTreeMap::new();
+    for shard in shards {
+        let key = CheckpointKey::new("crash-test", stream, shard);
+        let stored = match store.load(&key).await.expect("load") {
+            Some(Checkpoint::Sequence(seq)) => Some(seq),
+            None => None,
+            Some(other) => panic!("unexpected checkpoint {other:?}"),
+        };
+        checkpoints.insert(shard.clone(), stored);
+    }
+    checkpoints
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_at_seeded_random_points_lose_nothing() {
+    // Reproduce a failure with KCPY_CRASH_SEED=<the seed it printed>.
+    let seed: u64 = std::env::var("KCPY_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_125);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let stream = TestStream::create("kills", 4).await;
+    let puts = stream.put_many("rec", 3000, 173).await;
+    let per_shard = by_shard(&puts);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("kcpy.db").display());
+    let store = SqliteCheckpointStore::connect(&url).await.expect("sqlite");
+
+    let mut delivered: HashSet<Put> = HashSet::new();
+    for kill in 0..10 {
+        let before = checkpoints_of(&store, &stream.name, per_shard.keys()).await;
+        let (mut child, mut lines) = spawn(&stream.name, &url);
+        let at = rng.usize(1..=250);
+        let mut run = read_lines(&mut lines, |read| read.len() >= at).await;
+        child.start_kill().expect("SIGKILL");
+        child.wait().await.expect("reap");
+        while let Ok(Some(line)) = lines.next_line().await {
+            run.push(parse(&line));
+        }
+        // Each run starts right after the checkpoints left by the one before.
+        for (shard, seqs) in by_shard(&run) {
+            let all = &per_shard[&shard];
+            let expected_first = match &before[&shard] {
+                Some(checkpoint) => all.iter().find(|seq| *seq > checkpoint),
+                None => all.first(),
+            };
+            assert_eq!(
+                seqs.first(),
+                expected_first,
+                "seed {seed}, run {kill}, {shard}: resumes right after its checkpoint"
+            );
+            let position = all.iter().position(|s| Some(s) == seqs.first()).expect("a put record");
+            assert_eq!(
+                seqs,
+                all[position..position + seqs.len()],
+                "seed {seed}, run {kill}, {shard}: in order"
+            );
+        }
+        delivered.extend(run);
+    }
+
+    let markers = stream.put_marker_on_every_shard("end").await;
+    let (mut child, mut lines) = spawn(&stream.name, &url);
+    let last = read_lines(&mut lines, |read| markers.iter().all(|m| read.contains(m))).await;
+    child.start_kill().expect("stop the last run");
+    delivered.extend(last);
+    let missing = puts.iter().filter(|p| !delivered.contains(p)).count();
+    assert_eq!(missing, 0, "seed {seed}: records lost across ten kills");
     stream.delete().await;
 }

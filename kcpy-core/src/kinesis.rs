@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
@@ -131,6 +132,12 @@ pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
 /// The real thing.
 pub(crate) struct SdkKinesis(pub(crate) aws_sdk_kinesis::Client);
 
+/// The consumer retries failed calls itself, within each shard's call budget;
+/// retries inside the SDK would spend that budget behind its back.
+fn no_sdk_retries() -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::config::Builder::default().retry_config(RetryConfig::disabled())
+}
+
 #[async_trait]
 impl KinesisApi for SdkKinesis {
     async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError> {
@@ -143,7 +150,12 @@ impl KinesisApi for SdkKinesis {
             }
             .max_results(1000),
         };
-        let output = request.send().await.map_err(|e| classify(e, "ListShards", stream))?;
+        let output = request
+            .customize()
+            .config_override(no_sdk_retries())
+            .send()
+            .await
+            .map_err(|e| classify(e, "ListShards", stream))?;
         let shards = output
             .shards
             .unwrap_or_default()
@@ -185,6 +197,8 @@ impl KinesisApi for SdkKinesis {
                 .starting_sequence_number(seq.as_str()),
         };
         let output = request
+            .customize()
+            .config_override(no_sdk_retries())
             .send()
             .await
             .map_err(|e| classify(e, "GetShardIterator", stream))?;
@@ -202,6 +216,8 @@ impl KinesisApi for SdkKinesis {
             .get_records()
             .shard_iterator(iterator)
             .limit(limit)
+            .customize()
+            .config_override(no_sdk_retries())
             .send()
             .await
             .map_err(|e| classify(e, "GetRecords", stream))?;

@@ -392,4 +392,36 @@ mod tests {
         assert_eq!(tracker.ack(&seq(15)), None);
         assert_eq!(tracker.ack(&seq(30)), None);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever the order of acknowledgements, the watermark is the
+            /// end of the longest run of acknowledged records from the start.
+            #[test]
+            fn the_watermark_is_the_contiguous_acknowledged_prefix(
+                order in (1usize..60).prop_flat_map(|n| Just((1..=n as u32).collect::<Vec<_>>()).prop_shuffle())
+            ) {
+                let mut tracker = AckTracker::default();
+                tracker.entries.extend((1..=order.len() as u32).map(|n| (seq(n), false)));
+                let mut acked = std::collections::BTreeSet::new();
+                let mut committed = 0u32;
+                for n in order {
+                    acked.insert(n);
+                    let prefix = (1..).take_while(|k| acked.contains(k)).last().unwrap_or(0);
+                    let moved = tracker.ack(&seq(n)).expect("a delivered record");
+                    if prefix > committed {
+                        prop_assert_eq!(moved, Some((seq(prefix), u64::from(prefix - committed))));
+                        committed = prefix;
+                    } else {
+                        prop_assert_eq!(moved, None);
+                    }
+                }
+                prop_assert!(tracker.entries.is_empty());
+            }
+        }
+    }
 }

@@ -227,4 +227,42 @@ mod tests {
         a.assign(&seq("12345"));
         assert_eq!(a, seq("12345"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn canonical(text: &str) -> bool {
+            let digits = text.bytes().all(|b| b.is_ascii_digit());
+            digits && (1..=129).contains(&text.len()) && (text == "0" || !text.starts_with('0'))
+        }
+
+        proptest! {
+            #[test]
+            fn parsing_accepts_exactly_canonical_digit_strings(text in "[0-9a.e+ -]{0,140}|[0-9]{0,140}") {
+                let parsed = SequenceNumber::parse(&text);
+                prop_assert_eq!(parsed.is_ok(), canonical(&text), "{:?}", text);
+                if let Ok(seq) = parsed {
+                    prop_assert_eq!(seq.to_string(), text.clone());
+                    let json = serde_json::to_string(&seq).expect("serialize");
+                    prop_assert_eq!(serde_json::from_str::<SequenceNumber>(&json).expect("deserialize"), seq);
+                }
+            }
+
+            #[test]
+            fn order_is_numeric_order(a in 0u128..=u128::MAX / 4, b in 0u128..=u128::MAX / 4) {
+                let (x, y) = (seq(&a.to_string()), seq(&b.to_string()));
+                prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+                prop_assert_eq!(x == y, a == b);
+            }
+
+            #[test]
+            fn order_is_length_then_digits_up_to_129_digits(a in "0|[1-9][0-9]{0,128}", b in "0|[1-9][0-9]{0,128}") {
+                let (x, y) = (seq(&a), seq(&b));
+                prop_assert_eq!(x.cmp(&y), (a.len(), &a).cmp(&(b.len(), &b)));
+                prop_assert_eq!(y.cmp(&x), x.cmp(&y).reverse());
+            }
+        }
+    }
 }

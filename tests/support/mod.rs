@@ -2,6 +2,8 @@
 //! `scripts/test`, uniquely named streams, a producer and collectors.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod fault_proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,7 +77,10 @@ pub struct TestStream {
 
 impl TestStream {
     pub async fn create(prefix: &str, shards: i32) -> Self {
-        let client = client();
+        Self::create_with(client(), prefix, shards).await
+    }
+
+    pub async fn create_with(client: Client, prefix: &str, shards: i32) -> Self {
         let name = unique_name(prefix);
         client
             .create_stream()

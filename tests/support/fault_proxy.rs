@@ -1,0 +1,310 @@
+//! A fault-injecting HTTP proxy between the SDK and the emulator: it answers
+//! chosen calls with real Kinesis error responses, 5xx, latency, a connection
+//! reset mid-response, or never at all, and records every call per shard.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// What to do to a call instead of (or besides) forwarding it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// HTTP 400 with a Kinesis JSON error of this type.
+    Kinesis(&'static str),
+    /// This HTTP status with an empty JSON body.
+    Status(u16),
+    /// Forward after waiting this long.
+    Latency(Duration),
+    /// Forward, then cut the connection halfway through the response body.
+    Reset,
+    /// Accept and never answer.
+    BlackHole,
+}
+
+/// Which calls get a fault, how often.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    operation: Option<&'static str>,
+    shard: Option<String>,
+    fault: Fault,
+    probability: f64,
+    times: Option<u32>,
+    after: u32,
+}
+
+impl Rule {
+    pub fn new(fault: Fault) -> Self {
+        Self {
+            operation: None,
+            shard: None,
+            fault,
+            probability: 1.0,
+            times: None,
+            after: 0,
+        }
+    }
+
+    /// Only this API operation, e.g. `GetRecords`.
+    pub fn on(mut self, operation: &'static str) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    /// Only calls for this shard.
+    pub fn shard(mut self, shard: impl Into<String>) -> Self {
+        self.shard = Some(shard.into());
+        self
+    }
+
+    /// Each matching call gets the fault with this probability (seeded).
+    pub fn probability(mut self, p: f64) -> Self {
+        self.probability = p;
+        self
+    }
+
+    /// At most this many times.
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    /// Not before this many matching calls went through untouched.
+    pub fn after(mut self, n: u32) -> Self {
+        self.after = n;
+        self
+    }
+}
+
+/// One call as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub operation: String,
+    pub shard: Option<String>,
+    pub at: Instant,
+    pub fault: Option<Fault>,
+    /// The request body, for GetShardIterator calls.
+    pub request: Option<serde_json::Value>,
+}
+
+struct State {
+    upstream: Mutex<String>,
+    rules: Mutex<Vec<(Rule, u32)>>,
+    /// Shard iterator -> shard, learnt from the responses passing through.
+    iterators: Mutex<HashMap<String, String>>,
+    calls: Mutex<Vec<Call>>,
+    rng: Mutex<fastrand::Rng>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream`; the
+    /// random choices of rules follow `seed`.
+    pub async fn start(upstream: &str, seed: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let state = Arc::new(State {
+            upstream: Mutex::new(upstream.to_owned()),
+            rules: Mutex::new(Vec::new()),
+            iterators: Mutex::new(HashMap::new()),
+            calls: Mutex::new(Vec::new()),
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        });
+        let serving = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = Arc::clone(&serving);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| handle(Arc::clone(&state), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self { endpoint, state, task }
+    }
+
+    pub fn add(&self, rule: Rule) {
+        self.state.rules.lock().expect("lock").push((rule, 0));
+    }
+
+    pub fn clear(&self) {
+        self.state.rules.lock().expect("lock").clear();
+    }
+
+    pub fn set_upstream(&self, upstream: &str) {
+        *self.state.upstream.lock().expect("lock") = upstream.to_owned();
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().expect("lock").clone()
+    }
+
+    /// When GetRecords was called for `shard`, in order.
+    pub fn get_records_times(&self, shard: &str) -> Vec<Instant> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.operation == "GetRecords" && c.shard.as_deref() == Some(shard))
+            .map(|c| c.at)
+            .collect()
+    }
+
+    /// How many calls got `fault`.
+    pub fn injected(&self, fault: &Fault) -> usize {
+        self.calls().iter().filter(|c| c.fault.as_ref() == Some(fault)).count()
+    }
+
+    /// A Kinesis client that goes through the proxy.
+    pub fn client(&self) -> aws_sdk_kinesis::Client {
+        let config = aws_sdk_kinesis::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new("test", "test", None, None, "fault-proxy"))
+            .build();
+        aws_sdk_kinesis::Client::from_conf(config)
+    }
+}
+
+impl State {
+    fn pick(&self, operation: &str, shard: Option<&str>) -> Option<Fault> {
+        let mut rules = self.rules.lock().expect("lock");
+        let mut rng = self.rng.lock().expect("lock");
+        for (rule, seen) in rules.iter_mut() {
+            if rule.operation.is_some_and(|op| op != operation)
+                || rule.shard.as_deref().is_some_and(|s| Some(s) != shard)
+            {
+                continue;
+            }
+            *seen += 1;
+            if *seen <= rule.after || rule.times == Some(0) || rng.f64() >= rule.probability {
+                continue;
+            }
+            if let Some(times) = &mut rule.times {
+                *times -= 1;
+            }
+            return Some(rule.fault.clone());
+        }
+        None
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    response
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default()
+        .to_owned();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let shard = match operation.as_str() {
+        "GetShardIterator" => json["ShardId"].as_str().map(str::to_owned),
+        "GetRecords" => json["ShardIterator"]
+            .as_str()
+            .and_then(|it| state.iterators.lock().expect("lock").get(it).cloned()),
+        _ => None,
+    };
+    let fault = state.pick(&operation, shard.as_deref());
+    state.calls.lock().expect("lock").push(Call {
+        operation: operation.clone(),
+        shard: shard.clone(),
+        at: Instant::now(),
+        fault: fault.clone(),
+        request: (operation == "GetShardIterator").then(|| json.clone()),
+    });
+    match &fault {
+        Some(Fault::Kinesis(code)) => {
+            let body = serde_json::json!({"__type": code, "message": format!("injected {code}")}).to_string();
+            return Ok(full(StatusCode::BAD_REQUEST, body));
+        }
+        Some(Fault::Status(status)) => {
+            return Ok(full(StatusCode::from_u16(*status).expect("status"), "{}"));
+        }
+        Some(Fault::BlackHole) => futures::future::pending::<()>().await,
+        Some(Fault::Latency(delay)) => tokio::time::sleep(*delay).await,
+        Some(Fault::Reset) | None => {}
+    }
+
+    let upstream = state.upstream.lock().expect("lock").clone();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut forward = Request::builder()
+        .method(parts.method.clone())
+        .uri(format!("{upstream}{path}"));
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let forward = forward.body(Full::new(body)).expect("request");
+    let response = match state.client.request(forward).await {
+        Ok(response) => response,
+        // The emulator is down: what a load balancer in front of it would say.
+        Err(_) => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "{}")),
+    };
+    let (parts, body) = response.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "{}"));
+    };
+    if let Some(shard) = &shard {
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        for field in ["ShardIterator", "NextShardIterator"] {
+            if let Some(iterator) = answer[field].as_str() {
+                state
+                    .iterators
+                    .lock()
+                    .expect("lock")
+                    .insert(iterator.to_owned(), shard.clone());
+            }
+        }
+    }
+    let body: Body = if fault == Some(Fault::Reset) {
+        // Half the body, then an error: hyper drops the connection mid-response.
+        let half = body.slice(..body.len() / 2);
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(half)), Err("injected connection reset".into())];
+        StreamBody::new(futures::stream::iter(chunks)).boxed()
+    } else {
+        Full::new(body).map_err(|never| match never {}).boxed()
+    };
+    Ok(Response::from_parts(parts, body))
+}
