@@ -245,39 +245,37 @@ mod tests {
     #[tokio::test]
     async fn malformed_stored_values_are_reported_and_never_overwritten() {
         let store = store().await;
-        let unique = format!("malformed-{}-{:?}", std::process::id(), std::time::SystemTime::now());
-        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"].into_iter().enumerate() {
-            let key = CheckpointKey::new(&unique, "stream", format!("shard-{n}"));
-            sqlx::query(
-                "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&key.consumer_name)
-            .bind(&key.stream_name)
-            .bind(&key.shard_id)
-            .bind(bad)
-            .execute(store.pool())
-            .await
-            .expect("plant");
-            assert!(
-                matches!(store.load(&key).await, Err(CheckpointError::Malformed { .. })),
-                "{bad:?}"
-            );
-            let good: Checkpoint = format!("9{}", "0".repeat(60)).parse().expect("valid");
-            assert!(
-                matches!(store.save(&key, &good).await, Err(CheckpointError::Malformed { .. })),
-                "{bad:?}"
-            );
-            let left: String = sqlx::query_scalar(&format!(
-                "SELECT {CHECKPOINT_TEXT} FROM kcpy_checkpoints WHERE {WHERE_KEY}"
-            ))
-            .bind(&key.consumer_name)
-            .bind(&key.stream_name)
-            .bind(&key.shard_id)
-            .fetch_one(store.pool())
-            .await
-            .expect("read back");
-            assert_eq!(left, bad);
-        }
+        let pool = store.pool().clone();
+        let plant = |key: CheckpointKey, value: String| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES (?, ?, ?, ?)",
+                )
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .bind(value)
+                .execute(&pool)
+                .await
+                .expect("plant");
+            }
+        };
+        let read_raw = |key: CheckpointKey| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar(&format!(
+                    "SELECT {CHECKPOINT_TEXT} FROM kcpy_checkpoints WHERE {WHERE_KEY}"
+                ))
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .fetch_one(&pool)
+                .await
+                .expect("read back")
+            }
+        };
+        kcpy_core::test_util::malformed_value_conformance(&store, plant, read_raw).await;
     }
 
     /// A scratch database, dropped at the end.

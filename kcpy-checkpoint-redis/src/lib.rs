@@ -239,26 +239,20 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_stored_values_are_reported_and_never_overwritten() {
-        let prefix = unique_prefix();
-        let store = RedisCheckpointStore::connect_with_prefix(&url(), prefix)
+        let store = RedisCheckpointStore::connect_with_prefix(&url(), unique_prefix())
             .await
             .expect("connect");
-        let mut raw = store.connection.clone();
-        for (n, bad) in ["", "abc", "4.95e+55", &"1".repeat(130), "007"].into_iter().enumerate() {
-            let key = CheckpointKey::new("app", "stream", format!("shard-{n}"));
-            let _: () = raw.hset(store.hash_key(&key), &key.shard_id, bad).await.expect("plant");
-            assert!(
-                matches!(store.load(&key).await, Err(CheckpointError::Malformed { .. })),
-                "{bad:?}"
-            );
-            let good: Checkpoint = format!("9{}", "0".repeat(60)).parse().expect("valid");
-            assert!(
-                matches!(store.save(&key, &good).await, Err(CheckpointError::Malformed { .. })),
-                "{bad:?}"
-            );
-            let left: String = raw.hget(store.hash_key(&key), &key.shard_id).await.expect("read back");
-            assert_eq!(left, bad);
-        }
+        let plant = |key: CheckpointKey, value: String| {
+            let (mut raw, hash) = (store.connection.clone(), store.hash_key(&key));
+            async move {
+                let _: () = raw.hset(hash, &key.shard_id, value).await.expect("plant");
+            }
+        };
+        let read_raw = |key: CheckpointKey| {
+            let (mut raw, hash) = (store.connection.clone(), store.hash_key(&key));
+            async move { raw.hget(hash, &key.shard_id).await.expect("read back") }
+        };
+        kcpy_core::test_util::malformed_value_conformance(&store, plant, read_raw).await;
     }
 
     #[tokio::test]

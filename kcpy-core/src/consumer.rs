@@ -171,7 +171,7 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     /// Starts configuring a consumer of `stream` (a name or an ARN).
     pub fn builder(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder::with_api(Arc::new(SdkKinesis(client)), stream.into())
+        ConsumerBuilder::with_api(Arc::new(SdkKinesis::new(&client)), stream.into())
     }
 
     /// The fatal error that ended the stream, if one did.

@@ -130,12 +130,20 @@ pub(crate) trait KinesisApi: Send + Sync + 'static {
 pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
 
 /// The real thing.
-pub(crate) struct SdkKinesis(pub(crate) aws_sdk_kinesis::Client);
+pub(crate) struct SdkKinesis(aws_sdk_kinesis::Client);
 
-/// The consumer retries failed calls itself, within each shard's call budget;
-/// retries inside the SDK would spend that budget behind its back.
-fn no_sdk_retries() -> aws_sdk_kinesis::config::Builder {
-    aws_sdk_kinesis::config::Builder::default().retry_config(RetryConfig::disabled())
+impl SdkKinesis {
+    /// The consumer retries failed calls itself, within each shard's call
+    /// budget; retries inside the SDK would spend that budget behind its back.
+    /// So the user's client is cloned once with the SDK's retries off.
+    pub(crate) fn new(client: &aws_sdk_kinesis::Client) -> Self {
+        let config = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
+        Self(aws_sdk_kinesis::Client::from_conf(config))
+    }
 }
 
 #[async_trait]
@@ -150,12 +158,7 @@ impl KinesisApi for SdkKinesis {
             }
             .max_results(1000),
         };
-        let output = request
-            .customize()
-            .config_override(no_sdk_retries())
-            .send()
-            .await
-            .map_err(|e| classify(e, "ListShards", stream))?;
+        let output = request.send().await.map_err(|e| classify(e, "ListShards", stream))?;
         let shards = output
             .shards
             .unwrap_or_default()
@@ -197,8 +200,6 @@ impl KinesisApi for SdkKinesis {
                 .starting_sequence_number(seq.as_str()),
         };
         let output = request
-            .customize()
-            .config_override(no_sdk_retries())
             .send()
             .await
             .map_err(|e| classify(e, "GetShardIterator", stream))?;
@@ -216,8 +217,6 @@ impl KinesisApi for SdkKinesis {
             .get_records()
             .shard_iterator(iterator)
             .limit(limit)
-            .customize()
-            .config_override(no_sdk_retries())
             .send()
             .await
             .map_err(|e| classify(e, "GetRecords", stream))?;

@@ -161,3 +161,48 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
         "concurrent saves must keep the highest"
     );
 }
+
+/// Stored texts that are not checkpoints: a float (as Python kcpy once
+/// wrote), junk, too many digits, a leading zero, whitespace, nothing.
+pub const MALFORMED_VALUES: [&str; 7] = [
+    "",
+    "abc",
+    "4.95e+55",
+    "1111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111",
+    "007",
+    " 42",
+    "SHARD_END ",
+];
+
+/// Checks that a stored value which is not a checkpoint loads as
+/// [`CheckpointError::Malformed`] and is never overwritten by a save.
+///
+/// `plant` writes a raw text for a key the way the backend stores values;
+/// `read_raw` reads the raw text back.
+pub async fn malformed_value_conformance<P, PF, R, RF>(store: &dyn CheckpointStore, mut plant: P, mut read_raw: R)
+where
+    P: FnMut(CheckpointKey, String) -> PF,
+    PF: std::future::Future<Output = ()>,
+    R: FnMut(CheckpointKey) -> RF,
+    RF: std::future::Future<Output = String>,
+{
+    let prefix = unique_prefix();
+    let good = seq(&format!("9{}", "0".repeat(60)));
+    for (n, bad) in MALFORMED_VALUES.into_iter().enumerate() {
+        let key = CheckpointKey::new(
+            format!("{prefix}-app"),
+            format!("{prefix}-stream"),
+            format!("shard-{n}"),
+        );
+        plant(key.clone(), bad.to_owned()).await;
+        match store.load(&key).await {
+            Err(CheckpointError::Malformed { key: reported, .. }) => assert_eq!(*reported, key),
+            other => panic!("{bad:?} must load as Malformed, got {other:?}"),
+        }
+        assert!(
+            matches!(store.save(&key, &good).await, Err(CheckpointError::Malformed { .. })),
+            "a save over {bad:?} must fail as Malformed"
+        );
+        assert_eq!(read_raw(key).await, bad, "a malformed value must be left as it was");
+    }
+}

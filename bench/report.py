@@ -1,0 +1,151 @@
+"""Turns the raw measurements of bench/run into bench/results/latest.json and
+latest.md: medians of the runs with min and max, ratios against each peer,
+the targets, and the machine it ran on.
+
+    python3 report.py RAW_DIR OUT_DIR
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+def load(raw, name):
+    path = os.path.join(raw, name + ".jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summary(runs, key):
+    values = [r[key] for r in runs if key in r]
+    if not values:
+        return None
+    return dict(median=statistics.median(values), min=min(values), max=max(values), runs=len(values))
+
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return dict(cpu=cpu, cores=os.cpu_count(), memory_gb=round(mem_gb, 1), os=platform.platform(), rustc=rustc,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d"))
+
+
+def main():
+    raw, out = sys.argv[1], sys.argv[2]
+    kcpy, boto, pk = load(raw, "kcpy"), load(raw, "boto3_loop"), load(raw, "python_kcpy")
+    stream, latency, idle = load(raw, "python_kcpy_stream"), load(raw, "latency"), load(raw, "idle")
+    shards, ceiling, checkpoints = load(raw, "shards_1000"), load(raw, "ceiling"), load(raw, "checkpoints")
+
+    def med(runs, key):
+        s = summary(runs, key)
+        return s["median"] if s else None
+
+    result = {
+        "machine": machine(),
+        "workload": "200,000 records of 100 bytes over 4 shards on kinesis-mock, from TRIM_HORIZON",
+        "kcpy": {"cpu_us_per_record": med(kcpy, "cpu_us_per_record"), "peak_rss_mb": med(kcpy, "peak_rss_mb"),
+                 "cpu_us_per_record_after_startup": med(kcpy, "cpu_us_per_record_after_startup"),
+                 "cpu_s_startup": med(kcpy, "cpu_s_startup"),
+                 "runs": {k: summary(kcpy, k) for k in ("cpu_us_per_record", "peak_rss_mb", "wall_s",
+                                                          "cpu_us_per_record_after_startup")}},
+        "boto3_loop": {"cpu_us_per_record": med(boto, "cpu_us_per_record"), "peak_rss_mb": med(boto, "peak_rss_mb"),
+                       "runs": {k: summary(boto, k) for k in ("cpu_us_per_record", "peak_rss_mb", "wall_s")}},
+        "python_kcpy": {"api": "ShardConsumer, one thread per shard",
+                        "cpu_us_per_record": med(pk, "cpu_us_per_record"), "peak_rss_mb": med(pk, "peak_rss_mb"),
+                        "runs": {k: summary(pk, k) for k in ("cpu_us_per_record", "peak_rss_mb", "wall_s")}},
+        "python_kcpy_stream_consumer": {"api": "StreamConsumer, time-boxed",
+                                        "cpu_us_per_record": med(stream, "cpu_us_per_record"),
+                                        "records_per_s": med(stream, "records_per_s"),
+                                        "peak_rss_mb": med(stream, "peak_rss_mb")},
+        "latency_ms": {"p50": med(latency, "p50"), "p99": med(latency, "p99"),
+                       "runs": {k: summary(latency, k) for k in ("p50", "p99")}},
+        "idle_ms_per_empty_poll": med(idle, "ms_per_empty_poll"),
+        "ceiling_records_per_s_per_core": med(ceiling, "records_per_s_per_core"),
+        "ceiling_cpu_us_per_record": med(ceiling, "cpu_us_per_record"),
+        "shards_1000": {"peak_rss_mb": med(shards, "peak_rss_mb"),
+                        "peak_rss_mb_at_half": med(shards, "peak_rss_mb_at_half"),
+                        "cpu_s": med(shards, "cpu_s"), "cpu_s_second_half": med(shards, "cpu_s_second_half"),
+                        "build_s": med(shards, "build_s")},
+        "checkpoints": checkpoints[-1] if checkpoints else None,
+    }
+    ratios = {}
+    k = result["kcpy"]["cpu_us_per_record"]
+    for peer in ("boto3_loop", "python_kcpy", "python_kcpy_stream_consumer"):
+        p = result[peer]["cpu_us_per_record"]
+        if k and p:
+            ratios[peer] = round(p / k, 1)
+    result["kcpy_cpu_advantage"] = ratios
+    targets = [
+        ("CPU per record ≤ 1 µs", k is not None and k <= 1.0, f"{k:.2f} µs" if k else "n/a"),
+        ("≥ 20× less CPU than the boto3 loop", ratios.get("boto3_loop", 0) >= 20, f"{ratios.get('boto3_loop')}×"),
+        ("peak RSS ≤ 32 MB", (result["kcpy"]["peak_rss_mb"] or 1e9) <= 32, f"{result['kcpy']['peak_rss_mb']:.1f} MB" if result["kcpy"]["peak_rss_mb"] else "n/a"),
+        ("latency p50 ≤ 110 ms", (result["latency_ms"]["p50"] or 1e9) <= 110, f"{result['latency_ms']['p50']}"),
+        ("latency p99 ≤ 215 ms", (result["latency_ms"]["p99"] or 1e9) <= 215, f"{result['latency_ms']['p99']}"),
+        ("idle ≤ 0.1 ms CPU per empty poll", (result["idle_ms_per_empty_poll"] or 1e9) <= 0.1, f"{result['idle_ms_per_empty_poll']}"),
+        ("ceiling ≥ 1,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 1e6, f"{result['ceiling_records_per_s_per_core']}"),
+    ]
+    result["targets"] = [dict(target=t, met=bool(m), measured=v) for t, m, v in targets]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "latest.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+    def fmt(x, digits=2):
+        return "n/a" if x is None else f"{x:,.{digits}f}"
+
+    lines = [
+        "# kcpy benchmark results",
+        "",
+        f"{result['workload']}; medians of {len(kcpy)} runs (min–max in brackets).",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+        f"{result['machine']['memory_gb']} GB, {result['machine']['os']}, {result['machine']['rustc']}, "
+        f"Python {result['machine']['python']}, {result['machine']['date']}.",
+        "",
+        "| client | CPU per record (µs) | peak RSS (MB) | kcpy uses less CPU by |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, label in (("kcpy", "kcpy"), ("boto3_loop", "boto3 hand loop (1 thread, Limit 10000)"),
+                        ("python_kcpy", "Python kcpy 0.1.7 `ShardConsumer` × 4 threads")):
+        runs = result[name]["runs"]
+        cpu, rss = runs["cpu_us_per_record"], runs["peak_rss_mb"]
+        span = lambda s: f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})" if s else "n/a"
+        ratio = "—" if name == "kcpy" else f"{ratios.get(name, 'n/a')}×"
+        lines.append(f"| {label} | {span(cpu)} | {span(rss)} | {ratio} |")
+    s = result["python_kcpy_stream_consumer"]
+    lines.append(f"| Python kcpy 0.1.7 `StreamConsumer` (time-boxed) | {fmt(s['cpu_us_per_record'])} | "
+                 f"{fmt(s['peak_rss_mb'])} | {ratios.get('python_kcpy_stream_consumer', 'n/a')}× "
+                 f"(it reads {fmt(s['records_per_s'], 1)} records/s) |")
+    c = result["checkpoints"] or {}
+    lines += [
+        "",
+        "| measure | result |",
+        "| --- | --- |",
+        f"| kcpy without its start-up (client set-up, ListShards, iterators: {fmt(result['kcpy']['cpu_s_startup'], 3)} s CPU) | {fmt(result['kcpy']['cpu_us_per_record_after_startup'])} µs CPU per record |",
+        f"| latency put → delivery at 5 GetRecords/s per shard | p50 {fmt(result['latency_ms']['p50'], 1)} ms, p99 {fmt(result['latency_ms']['p99'], 1)} ms |",
+        f"| idle cost | {fmt(result['idle_ms_per_empty_poll'], 4)} ms CPU per empty poll |",
+        f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
+        f"| 1,000 shards, one process | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last half |",
+        f"| memory store | {fmt(c.get('memory_saves_per_s'), 0)} saves/s; {fmt(c.get('memory_records_per_s_with_batching'), 0)} records/s checkpointed with batches of {fmt(c.get('batch_records'), 0)} |",
+        f"| SQLite store (WAL, synchronous=FULL) | {fmt(c.get('sqlite_saves_per_s'), 0)} saves/s; {fmt(c.get('sqlite_records_per_s_with_batching'), 0)} records/s checkpointed with batches of {fmt(c.get('batch_records'), 0)} |",
+        "",
+        "| target | met | measured |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {t['target']} | {'yes' if t['met'] else 'no'} | {t['measured']} |" for t in result["targets"]]
+    with open(os.path.join(out, "latest.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

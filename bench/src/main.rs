@@ -1,0 +1,408 @@
+//! `kcpy-bench MODE [ARGS]`: one measurement per run, printed as one JSON
+//! object on stdout. `bench/run` drives it; see README "Performance".
+//!
+//! Modes:
+//! - `consume ENDPOINT STREAM RECORDS`: read RECORDS records from TRIM_HORIZON
+//!   (with checkpoint bookkeeping in the memory store); CPU per record, peak RSS.
+//! - `latency ENDPOINT STREAM SAMPLES`: put one record every 100 ms, read it at
+//!   5 GetRecords/s per shard; put-to-delivery latency.
+//! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll.
+//! - `shards ENDPOINT STREAM SECONDS`: a stream with many shards; RSS and CPU.
+//! - `serve-canned PORT SHARDS`: answer ListShards, GetShardIterator and
+//!   GetRecords with canned responses of 10,000 records, as fast as asked.
+//! - `ceiling ENDPOINT SHARDS RECORDS`: read from `serve-canned`; the
+//!   consumer's own CPU per record.
+//! - `checkpoints`: saves per second of the memory and SQLite stores.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_kinesis::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_kinesis::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region};
+use aws_sdk_kinesis::primitives::Blob;
+use futures::StreamExt;
+use kcpy::{
+    Checkpoint, CheckpointKey, CheckpointStore, Consumer, MemoryCheckpointStore, SequenceNumber, SqliteCheckpointStore,
+};
+use serde_json::json;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// CPU seconds (user + system) and peak RSS (MiB) of this process so far.
+fn usage() -> (f64, f64) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return (0.0, 0.0);
+    };
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let cpu = seconds(usage.user_time()) + seconds(usage.system_time());
+    (cpu, usage.max_rss() as f64 / 1024.0)
+}
+
+/// Counts the Kinesis calls a client makes.
+#[derive(Debug, Default)]
+struct CountCalls(Arc<AtomicU64>);
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        _: &BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn client(endpoint: &str, calls: Option<Arc<AtomicU64>>) -> aws_sdk_kinesis::Client {
+    let mut config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"));
+    if let Some(calls) = calls {
+        config = config.interceptor(CountCalls(calls));
+    }
+    aws_sdk_kinesis::Client::from_conf(config.build())
+}
+
+/// Creates `stream` with `shards` shards unless it exists, and waits for it.
+async fn ensure_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str, shards: i32) -> Result<()> {
+    use aws_sdk_kinesis::client::Waiters;
+    if kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .is_err()
+    {
+        kinesis
+            .create_stream()
+            .stream_name(stream)
+            .shard_count(shards)
+            .send()
+            .await?;
+    }
+    kinesis
+        .wait_until_stream_exists()
+        .stream_name(stream)
+        .wait(Duration::from_secs(300))
+        .await?;
+    Ok(())
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T> {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("argument {i} ({what}) is missing or invalid").into())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or_default();
+    let result = match mode {
+        "consume" => {
+            consume(
+                &arg::<String>(&args, 1, "endpoint")?,
+                &arg::<String>(&args, 2, "stream")?,
+                arg(&args, 3, "records")?,
+            )
+            .await?
+        }
+        "latency" => {
+            latency(
+                &arg::<String>(&args, 1, "endpoint")?,
+                &arg::<String>(&args, 2, "stream")?,
+                arg(&args, 3, "samples")?,
+            )
+            .await?
+        }
+        "idle" => {
+            idle(
+                &arg::<String>(&args, 1, "endpoint")?,
+                &arg::<String>(&args, 2, "stream")?,
+                arg(&args, 3, "seconds")?,
+            )
+            .await?
+        }
+        "shards" => {
+            shards(
+                &arg::<String>(&args, 1, "endpoint")?,
+                &arg::<String>(&args, 2, "stream")?,
+                arg(&args, 3, "seconds")?,
+            )
+            .await?
+        }
+        "serve-canned" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?).await,
+        "ceiling" => {
+            ceiling(
+                &arg::<String>(&args, 1, "endpoint")?,
+                arg(&args, 2, "shards")?,
+                arg(&args, 3, "records")?,
+            )
+            .await?
+        }
+        "checkpoints" => checkpoints().await?,
+        other => return Err(format!("unknown mode {other:?}; see the source's header").into()),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+async fn consume(endpoint: &str, stream: &str, records: u64) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let mut consumer = Consumer::builder(client(endpoint, None), stream)
+        .checkpoint_store(MemoryCheckpointStore::new())
+        .idle_interval(Duration::from_millis(200))
+        .build()
+        .await?;
+    let (cpu_startup, _) = usage();
+    let mut read = 0u64;
+    let mut bytes = 0usize;
+    while read < records {
+        let Some(record) = consumer.next().await else {
+            return Err(format!("the consumer stopped after {read} records: {:?}", consumer.error()).into());
+        };
+        bytes += record.data.len();
+        read += 1;
+    }
+    let (cpu, rss) = usage();
+    Ok(json!({
+        "records": read,
+        "bytes": bytes,
+        "wall_s": started.elapsed().as_secs_f64(),
+        "cpu_s": cpu,
+        "cpu_us_per_record": cpu * 1e6 / read as f64,
+        "cpu_s_startup": cpu_startup,
+        "cpu_us_per_record_after_startup": (cpu - cpu_startup) * 1e6 / read as f64,
+        "peak_rss_mb": rss,
+    }))
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default()
+}
+
+async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_json::Value> {
+    let kinesis = client(endpoint, None);
+    ensure_stream(&kinesis, stream, 4).await?;
+    let mut consumer = Consumer::builder(kinesis.clone(), stream)
+        .start_position(kcpy::StartPosition::Latest)
+        .idle_interval(Duration::from_millis(200))
+        .build()
+        .await?;
+    let target = stream.to_owned();
+    let producer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for i in 0..samples {
+            tick.tick().await;
+            let put = kinesis
+                .put_record()
+                .stream_name(&target)
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(now_micros().to_string()));
+            let _ = put.send().await;
+        }
+    });
+    let mut latencies = Vec::with_capacity(samples);
+    while latencies.len() < samples {
+        let record = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await?
+            .ok_or("ended")?;
+        let put_at: u128 = std::str::from_utf8(&record.data)?.parse()?;
+        latencies.push((now_micros().saturating_sub(put_at)) as f64 / 1000.0);
+    }
+    producer.await?;
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    Ok(json!({"samples": samples, "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}))
+}
+
+async fn idle(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::Value> {
+    ensure_stream(&client(endpoint, None), stream, 4).await?;
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut consumer = Consumer::builder(client(endpoint, Some(Arc::clone(&calls))), stream)
+        .idle_interval(Duration::from_millis(200))
+        .build()
+        .await?;
+    let (cpu_before, _) = usage();
+    let calls_before = calls.load(Ordering::Relaxed);
+    let waited = tokio::time::timeout(Duration::from_secs(seconds), consumer.next()).await;
+    if let Ok(record) = waited {
+        return Err(format!("the stream was meant to be empty, got {record:?}").into());
+    }
+    let (cpu_after, rss) = usage();
+    let polls = calls.load(Ordering::Relaxed) - calls_before;
+    Ok(json!({
+        "seconds": seconds,
+        "empty_polls": polls,
+        "cpu_ms": (cpu_after - cpu_before) * 1e3,
+        "ms_per_empty_poll": (cpu_after - cpu_before) * 1e3 / polls.max(1) as f64,
+        "peak_rss_mb": rss,
+    }))
+}
+
+async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::Value> {
+    ensure_stream(&client(endpoint, None), stream, 1000).await?;
+    let started = Instant::now();
+    let mut consumer = Consumer::builder(client(endpoint, None), stream).build().await?;
+    let shards = consumer.shard_ids().count();
+    let built = started.elapsed().as_secs_f64();
+    let (_, rss_built) = usage();
+    let half = Duration::from_secs(seconds / 2);
+    let _ = tokio::time::timeout(half, consumer.next()).await;
+    let (cpu_half, rss_half) = usage();
+    let _ = tokio::time::timeout(half, consumer.next()).await;
+    let (cpu, rss) = usage();
+    consumer.close().await?;
+    Ok(json!({
+        "shards": shards,
+        "build_s": built,
+        "peak_rss_mb_after_build": rss_built,
+        "peak_rss_mb_at_half": rss_half,
+        "peak_rss_mb": rss,
+        "cpu_s": cpu,
+        "cpu_s_second_half": cpu - cpu_half,
+    }))
+}
+
+/// A canned Kinesis that hands out 10,000 records per GetRecords call.
+async fn serve_canned(port: u16, shards: usize) -> Result<()> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    // Sequence numbers must grow from batch to batch (checkpoints never move
+    // back), so each response gets a fresh 31-digit prefix, spliced into a
+    // body serialised once.
+    const MARK: &str = "PREFIXPREFIXPREFIXPREFIXPREFIXP";
+    let records: Vec<serde_json::Value> = (0..10_000u64)
+        .map(|i| {
+            json!({
+                "Data": "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ==",
+                "PartitionKey": format!("partition-key-{}", i % 1000),
+                "SequenceNumber": format!("{MARK}{:025}", i + 1),
+                "ApproximateArrivalTimestamp": 1_795_643_499.676,
+            })
+        })
+        .collect();
+    let template =
+        json!({"Records": records, "NextShardIterator": "canned-iterator", "MillisBehindLatest": 1000}).to_string();
+    let segments: Arc<Vec<String>> = Arc::new(template.split(MARK).map(str::to_owned).collect());
+    let batches = Arc::new(AtomicU64::new(1_000_000_000));
+    let shard_list: Vec<serde_json::Value> = (0..shards)
+        .map(|i| {
+            json!({
+                "ShardId": format!("shardId-{i:012}"),
+                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+                "SequenceNumberRange": {"StartingSequenceNumber": "1"},
+            })
+        })
+        .collect();
+    let list_shards = Bytes::from(json!({"Shards": shard_list}).to_string());
+    let iterator = Bytes::from(json!({"ShardIterator": "canned-iterator"}).to_string());
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    loop {
+        let (socket, _) = listener.accept().await?;
+        let (segments, batches) = (Arc::clone(&segments), Arc::clone(&batches));
+        let (list_shards, iterator) = (list_shards.clone(), iterator.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let target = request
+                    .headers()
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = if target.ends_with("GetRecords") {
+                    let prefix = format!("4968{:027}", batches.fetch_add(1, Ordering::Relaxed));
+                    Bytes::from(segments.join(prefix.as_str()))
+                } else if target.ends_with("ListShards") {
+                    list_shards.clone()
+                } else {
+                    iterator.clone()
+                };
+                async move {
+                    let mut response = hyper::Response::new(Full::new(body));
+                    response.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+        });
+    }
+}
+
+async fn ceiling(endpoint: &str, shards: usize, records: u64) -> Result<serde_json::Value> {
+    let mut consumer = Consumer::builder(client(endpoint, None), "canned")
+        .checkpoint_store(MemoryCheckpointStore::new())
+        .build()
+        .await?;
+    if consumer.shard_ids().count() != shards {
+        return Err("the canned server lists another number of shards".into());
+    }
+    // Warm up (connections, first batches), then measure.
+    for _ in 0..100_000 {
+        if consumer.next().await.is_none() {
+            return Err(format!("the consumer stopped: {:?}", consumer.error()).into());
+        }
+    }
+    let (cpu_before, _) = usage();
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    for _ in 0..records {
+        bytes += consumer.next().await.ok_or("ended")?.data.len();
+    }
+    let (cpu_after, rss) = usage();
+    let cpu = cpu_after - cpu_before;
+    Ok(json!({
+        "records": records,
+        "bytes": bytes,
+        "wall_s": started.elapsed().as_secs_f64(),
+        "cpu_s": cpu,
+        "cpu_us_per_record": cpu * 1e6 / records as f64,
+        "records_per_s_per_core": records as f64 / cpu,
+        "peak_rss_mb": rss,
+    }))
+}
+
+async fn save_rate(store: &dyn CheckpointStore, saves: u64) -> Result<f64> {
+    let key = CheckpointKey::new("bench", "stream", "shardId-000000000000");
+    let started = Instant::now();
+    for i in 1..=saves {
+        let seq = SequenceNumber::parse(&format!("4968056431792599511221138597909{i:025}"))?;
+        store.save(&key, &Checkpoint::Sequence(seq)).await?;
+    }
+    Ok(saves as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn checkpoints() -> Result<serde_json::Value> {
+    let memory = save_rate(&MemoryCheckpointStore::new(), 200_000).await?;
+    let dir = tempfile::tempdir()?;
+    let sqlite = SqliteCheckpointStore::connect(&format!("sqlite://{}", dir.path().join("bench.db").display())).await?;
+    let sqlite = save_rate(&sqlite, 2_000).await?;
+    // The consumer writes one save per shard per batch of `checkpoint_every`
+    // (default 1000) processed records.
+    let batch = 1000.0;
+    Ok(json!({
+        "memory_saves_per_s": memory,
+        "sqlite_saves_per_s": sqlite,
+        "memory_records_per_s_with_batching": memory * batch,
+        "sqlite_records_per_s_with_batching": sqlite * batch,
+        "batch_records": batch,
+    }))
+}
