@@ -148,12 +148,7 @@ fn store_error(error: RedisError, key: &str) -> CheckpointError {
             error.code(),
             Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
         );
-    let source = Arc::new(error);
-    if transient {
-        CheckpointError::Unavailable { source }
-    } else {
-        CheckpointError::Backend { source }
-    }
+    CheckpointError::backend(error, transient)
 }
 
 #[async_trait]

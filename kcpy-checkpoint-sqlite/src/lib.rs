@@ -168,12 +168,7 @@ fn store_error(error: sqlx::Error) -> CheckpointError {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         _ => false,
     };
-    let source = Arc::new(error);
-    if transient {
-        CheckpointError::Unavailable { source }
-    } else {
-        CheckpointError::Backend { source }
-    }
+    CheckpointError::backend(error, transient)
 }
 
 #[async_trait]

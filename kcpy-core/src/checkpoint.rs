@@ -164,6 +164,17 @@ impl CheckpointError {
         matches!(self, CheckpointError::Unavailable { .. })
     }
 
+    /// Wraps a backend's own error: [`CheckpointError::Unavailable`] when
+    /// `retryable`, else [`CheckpointError::Backend`].
+    pub fn backend(error: impl std::error::Error + Send + Sync + 'static, retryable: bool) -> Self {
+        let source = Arc::new(error);
+        if retryable {
+            CheckpointError::Unavailable { source }
+        } else {
+            CheckpointError::Backend { source }
+        }
+    }
+
     /// A [`CheckpointError::Malformed`] for a stored text that does not parse.
     pub fn malformed(key: &CheckpointKey, value: &str, source: ParseSequenceNumberError) -> Self {
         CheckpointError::Malformed {
