@@ -71,6 +71,24 @@ async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Ou
 
     let (mut child, mut lines) = spawn(&stream.name, store);
     let mut run1 = read_lines(&mut lines, |read| read.len() >= 700).await;
+    // Kill it once a checkpoint is durable, so the restart has one to honour.
+    let store_handle = open.await;
+    let keys: Vec<CheckpointKey> = by_shard(&puts)
+        .keys()
+        .map(|shard| CheckpointKey::new("crash-test", &stream.name, shard))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            for key in &keys {
+                if store_handle.load(key).await.expect("load").is_some() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a checkpoint becomes durable");
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reap");
     // Whatever it printed before dying was delivered too.
@@ -78,7 +96,6 @@ async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Ou
         run1.push(parse(&line));
     }
 
-    let store_handle = open.await;
     let delivered1 = by_shard(&run1);
     let mut checkpoints: BTreeMap<String, Option<SequenceNumber>> = BTreeMap::new();
     for shard in by_shard(&puts).keys() {
