@@ -431,6 +431,16 @@ async fn an_sqlite_file_locked_by_another_process_is_waited_for_then_a_typed_err
     stream.delete().await;
 }
 
+/// Stops the emulator started in `.0` when dropped, also when a test fails.
+struct StopEmulator(std::path::PathBuf);
+
+impl Drop for StopEmulator {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kinesis-mock");
+        let _ = std::process::Command::new(script).arg("stop").arg(&self.0).status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_emulator_is_ridden_through() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -457,6 +467,7 @@ async fn a_restarted_emulator_is_ridden_through() {
     };
 
     let endpoint = start().await;
+    let _stop_on_panic = StopEmulator(state.clone());
     let proxy = FaultProxy::start(&endpoint, 6).await;
     let stream = TestStream::create_with(proxy.client(), "restart", 2).await;
     let before = stream.put_many("before", 600, 29).await;

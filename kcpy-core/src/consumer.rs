@@ -35,9 +35,11 @@ use crate::{Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpoi
 ///
 /// In [`CheckpointMode::Auto`] (the default) a record counts as processed
 /// when you ask for the next one; see the crate docs for what that means for
-/// at-least-once delivery. Dropping the consumer stops its tasks at once and
-/// saves the checkpoints of processed records in the background; prefer
-/// [`Consumer::close`] or a [`ShutdownHandle`] to wait for that.
+/// at-least-once delivery. Dropping the consumer stops its pollers at once and
+/// leaves the checkpoints of processed records to be saved in the background,
+/// without waiting; prefer [`Consumer::close`] or a [`ShutdownHandle`] to
+/// wait for that. Shutdown progresses while the consumer is polled (by
+/// `next()` or `close()`).
 #[must_use = "a Consumer does nothing unless polled"]
 pub struct Consumer {
     shards: SelectAll<ShardStream>,
@@ -281,6 +283,7 @@ impl Consumer {
                 self.start(starts);
             }
             Control::Fatal(error) => {
+                tracing::error!(parent: &self.spawner.span, error = %error, source = ?std::error::Error::source(&error), "consumer stopping");
                 self.error.get_or_insert(error);
                 self.begin_closing();
             }
@@ -566,8 +569,9 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Batches fetched ahead per shard (default 2). Memory use is bounded by
-    /// this times the batch size, whatever the backlog.
+    /// Batches fetched ahead per shard (default 2). Per shard at most this
+    /// many batches wait, plus the one being handed out and the one being
+    /// fetched: memory is bounded by that, whatever the backlog.
     pub fn prefetch_batches(mut self, batches: usize) -> Self {
         self.settings.prefetch_batches = batches;
         self

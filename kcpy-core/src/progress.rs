@@ -235,8 +235,9 @@ impl Checkpointer {
     ///
     /// Without a checkpoint store this does nothing. It fails with
     /// [`Error::InvalidConfig`] in [`CheckpointMode::Auto`] (where asking for
-    /// the next record does this) and with [`Error::UnknownRecord`] for a
-    /// record this consumer did not deliver.
+    /// the next record does this), with [`Error::UnknownRecord`] for a record
+    /// this consumer did not deliver, and with [`Error::Closed`] (or the
+    /// fatal error) once the consumer has stopped writing checkpoints.
     pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
         let Some(progress) = &self.progress else {
             return Ok(());
@@ -245,6 +246,10 @@ impl Checkpointer {
             return Err(Error::config(
                 "checkpoint() needs CheckpointMode::Manual; in Auto mode asking for the next record marks the last one processed",
             ));
+        }
+        // The writer is gone: nothing marked now would ever be written.
+        if progress.commands.is_closed() {
+            return Err(progress.fatal().unwrap_or(Error::Closed));
         }
         progress.acknowledge(record)
     }
@@ -256,11 +261,11 @@ impl Checkpointer {
         };
         let (reply, answer) = oneshot::channel();
         if progress.commands.send(Command::Flush(Some(reply))).is_err() {
-            return Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped")));
+            return Err(progress.fatal().unwrap_or(Error::Closed));
         }
         match answer.await {
             Ok(result) => result,
-            Err(_) => Err(progress.fatal().unwrap_or(Error::config("the consumer has stopped"))),
+            Err(_) => Err(progress.fatal().unwrap_or(Error::Closed)),
         }
     }
 }

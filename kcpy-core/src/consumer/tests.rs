@@ -495,18 +495,22 @@ async fn manual_acks_out_of_order_commit_only_the_contiguous_prefix() {
     checkpointer.flush().await.expect("flush");
     assert_eq!(store.get("shard-0"), Some(Checkpoint::Sequence(seq(3))));
     consumer.checkpoint(&records[4]).expect("ack 5");
+    let stranger = crate::Record::new("shard-0", seq(99), "k", &b"x"[..]);
+    assert!(matches!(
+        checkpointer.checkpoint(&stranger),
+        Err(Error::UnknownRecord { .. })
+    ));
     consumer.close().await.expect("close");
     assert_eq!(
         store.get("shard-0"),
         Some(Checkpoint::Sequence(seq(3))),
         "record 4 was never processed"
     );
-
-    let stranger = crate::Record::new("shard-0", seq(99), "k", &b"x"[..]);
-    assert!(matches!(
-        checkpointer.checkpoint(&stranger),
-        Err(Error::UnknownRecord { .. })
-    ));
+    assert!(
+        matches!(checkpointer.checkpoint(&records[3]), Err(Error::Closed)),
+        "after close nothing marked could be written"
+    );
+    assert!(matches!(checkpointer.flush().await, Err(Error::Closed)));
 }
 
 #[tokio::test(start_paused = true)]
