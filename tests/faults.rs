@@ -178,6 +178,34 @@ async fn server_errors_and_connection_resets_on_a_fifth_of_calls_lose_nothing() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_throttling_answers_and_slow_calls_are_retried_without_loss() {
+    let stream = TestStream::create("slow", 2).await;
+    let puts = stream.put_many("rec", 1000, 61).await;
+    let proxy = proxy_for_emulator(7).await;
+    let faults = [
+        Fault::Kinesis("KMSThrottlingException"),
+        Fault::Kinesis("LimitExceededException"),
+        Fault::Latency(Duration::from_millis(300)),
+    ];
+    for fault in &faults {
+        proxy.add(Rule::new(fault.clone()).on("GetRecords").probability(0.15));
+    }
+    let mut consumer = builder(&proxy, &stream)
+        .max_records_per_call(50)
+        .build()
+        .await
+        .expect("build");
+    let read = read_through_markers(&mut consumer, &stream).await;
+    consumer.close().await.expect("close");
+
+    assert_exactly_once_in_order(&read, &puts);
+    for fault in &faults {
+        assert!(proxy.injected(fault) > 0, "{fault:?} was exercised");
+    }
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_call_times_out_and_a_shutdown_meanwhile_meets_its_deadline() {
     let stream = TestStream::create("black-hole", 2).await;
     let puts = stream.put_many("rec", 600, 31).await;
