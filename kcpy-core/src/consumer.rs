@@ -829,11 +829,7 @@ where
 {
     let mut backoff = Backoff::new(settings);
     loop {
-        let result = match tokio::time::timeout(settings.request_timeout, call()).await {
-            Ok(result) => result,
-            Err(_) => Err(ApiError::Transient(Arc::new(crate::poller::RequestTimedOut))),
-        };
-        match result {
+        match crate::kinesis::within(settings.request_timeout, call()).await {
             Ok(value) => return Ok(value),
             Err(ApiError::Fatal(error)) => return Err(error),
             Err(ApiError::ExpiredIterator) => {

@@ -129,6 +129,21 @@ pub(crate) trait KinesisApi: Send + Sync + 'static {
 
 pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
 
+/// A Kinesis call took longer than `request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request timed out")]
+pub(crate) struct RequestTimedOut;
+
+/// Runs a call within `limit`; running over it is a transient failure.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_elapsed| Err(ApiError::Transient(Arc::new(RequestTimedOut))))
+}
+
 /// The real thing.
 pub(crate) struct SdkKinesis(aws_sdk_kinesis::Client);
 

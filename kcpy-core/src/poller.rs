@@ -7,11 +7,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Settings};
-use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
+use crate::kinesis::{within, ApiError, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::{Error, Record, SequenceNumber};
 
 /// What a poller hands to the consumer.
@@ -84,10 +84,8 @@ impl Poller {
             let started = Instant::now();
             next_call = started + spacing;
             let call = self.api.get_records(&self.stream, &iterator, limit);
-            let result = match self.until_cancelled(timeout(self.settings.request_timeout, call)).await {
-                None => return Ok(()),
-                Some(Ok(result)) => result,
-                Some(Err(_elapsed)) => Err(ApiError::Transient(Arc::new(RequestTimedOut))),
+            let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
+                return Ok(());
             };
             match result {
                 Ok(page) => {
@@ -156,10 +154,8 @@ impl Poller {
         };
         loop {
             let call = self.api.get_shard_iterator(&self.stream, &self.shard_id, &position);
-            let result = match self.until_cancelled(timeout(self.settings.request_timeout, call)).await {
-                None => return Ok(None),
-                Some(Ok(result)) => result,
-                Some(Err(_elapsed)) => Err(ApiError::Transient(Arc::new(RequestTimedOut))),
+            let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
+                return Ok(None);
             };
             match result {
                 Ok(iterator) => return Ok(Some(iterator)),
@@ -209,8 +205,3 @@ impl Poller {
             .collect()
     }
 }
-
-/// A Kinesis call took longer than `request_timeout`.
-#[derive(Debug, thiserror::Error)]
-#[error("the request timed out")]
-pub(crate) struct RequestTimedOut;
