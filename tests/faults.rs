@@ -42,6 +42,19 @@ async fn read_through_markers(consumer: &mut Consumer, stream: &TestStream) -> V
     read
 }
 
+/// Reads everything through the proxy with batches of `limit` records, then
+/// closes the consumer cleanly.
+async fn consume_all(proxy: &FaultProxy, stream: &TestStream, limit: i32) -> Vec<Put> {
+    let mut consumer = builder(proxy, stream)
+        .max_records_per_call(limit)
+        .build()
+        .await
+        .expect("build");
+    let read = read_through_markers(&mut consumer, stream).await;
+    consumer.close().await.expect("close");
+    read
+}
+
 fn assert_exactly_once_in_order(read: &[Put], puts: &[Put]) {
     let seen = counts(read);
     let missing = puts.iter().filter(|p| !seen.contains_key(p)).count();
@@ -76,13 +89,7 @@ async fn a_throttled_shard_backs_off_alone_and_no_shard_exceeds_five_calls_a_sec
             .probability(0.3),
     );
     // Small batches keep every shard behind, polling as fast as allowed.
-    let mut consumer = builder(&proxy, &stream)
-        .max_records_per_call(50)
-        .build()
-        .await
-        .expect("build");
-    let read = read_through_markers(&mut consumer, &stream).await;
-    consumer.close().await.expect("close");
+    let read = consume_all(&proxy, &stream, 50).await;
 
     assert_exactly_once_in_order(&read, &puts);
     let throttled = proxy.injected(&Fault::Kinesis("ProvisionedThroughputExceededException"));
@@ -119,13 +126,7 @@ async fn an_expired_iterator_mid_stream_resumes_after_the_last_record_without_ga
             .after(3)
             .times(1),
     );
-    let mut consumer = builder(&proxy, &stream)
-        .max_records_per_call(100)
-        .build()
-        .await
-        .expect("build");
-    let read = read_through_markers(&mut consumer, &stream).await;
-    consumer.close().await.expect("close");
+    let read = consume_all(&proxy, &stream, 100).await;
 
     assert_exactly_once_in_order(&read, &puts);
     assert_eq!(proxy.injected(&Fault::Kinesis("ExpiredIteratorException")), 1);
@@ -157,13 +158,7 @@ async fn server_errors_and_connection_resets_on_a_fifth_of_calls_lose_nothing() 
     for fault in [Fault::Status(500), Fault::Status(503), Fault::Reset] {
         proxy.add(Rule::new(fault).probability(0.072));
     }
-    let mut consumer = builder(&proxy, &stream)
-        .max_records_per_call(50)
-        .build()
-        .await
-        .expect("build");
-    let read = read_through_markers(&mut consumer, &stream).await;
-    consumer.close().await.expect("close");
+    let read = consume_all(&proxy, &stream, 50).await;
 
     assert_exactly_once_in_order(&read, &puts);
     for fault in [Fault::Status(500), Fault::Status(503), Fault::Reset] {
@@ -190,13 +185,7 @@ async fn other_throttling_answers_and_slow_calls_are_retried_without_loss() {
     for fault in &faults {
         proxy.add(Rule::new(fault.clone()).on("GetRecords").probability(0.15));
     }
-    let mut consumer = builder(&proxy, &stream)
-        .max_records_per_call(50)
-        .build()
-        .await
-        .expect("build");
-    let read = read_through_markers(&mut consumer, &stream).await;
-    consumer.close().await.expect("close");
+    let read = consume_all(&proxy, &stream, 50).await;
 
     assert_exactly_once_in_order(&read, &puts);
     for fault in &faults {
@@ -230,10 +219,9 @@ async fn a_black_holed_call_times_out_and_a_shutdown_meanwhile_meets_its_deadlin
     // Now every GetRecords disappears; shutdown must not wait for them.
     proxy.add(Rule::new(Fault::BlackHole).on("GetRecords"));
     let blackholed = proxy.injected(&Fault::BlackHole);
-    while proxy.injected(&Fault::BlackHole) < blackholed + 2 {
-        tokio::task::yield_now().await;
-        let _ = futures::FutureExt::now_or_never(consumer.next());
-    }
+    proxy
+        .until(|calls| calls.iter().filter(|c| c.fault == Some(Fault::BlackHole)).count() >= blackholed + 2)
+        .await;
     let deadline = Duration::from_secs(3);
     let started = Instant::now();
     consumer.shutdown_handle().shutdown();
@@ -525,9 +513,7 @@ async fn a_restarted_emulator_is_ridden_through() {
         let next = consumer.next().await;
         (consumer, next)
     });
-    while proxy.calls().len() < down + 3 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    proxy.until(|calls| calls.len() >= down + 3).await;
     let endpoint = start().await;
     proxy.set_upstream(&endpoint);
     let (mut consumer, next) = pending.await.expect("reader");

@@ -108,6 +108,8 @@ struct State {
     /// Shard iterator -> shard, learnt from the responses passing through.
     iterators: Mutex<HashMap<String, String>>,
     calls: Mutex<Vec<Call>>,
+    /// Bumped on every call, so tests can wait for calls instead of sleeping.
+    seen: tokio::sync::watch::Sender<usize>,
     rng: Mutex<fastrand::Rng>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -135,6 +137,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             iterators: Mutex::new(HashMap::new()),
             calls: Mutex::new(Vec::new()),
+            seen: tokio::sync::watch::channel(0).0,
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
@@ -167,6 +170,14 @@ impl FaultProxy {
 
     pub fn calls(&self) -> Vec<Call> {
         self.state.calls.lock().expect("lock").clone()
+    }
+
+    /// Waits until the calls seen so far satisfy `done`.
+    pub async fn until(&self, mut done: impl FnMut(&[Call]) -> bool) {
+        let mut seen = self.state.seen.subscribe();
+        while !done(&self.calls()) {
+            seen.changed().await.expect("the proxy is running");
+        }
     }
 
     /// When GetRecords was called for `shard`, in order.
@@ -254,6 +265,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         fault: fault.clone(),
         request: (operation == "GetShardIterator").then(|| json.clone()),
     });
+    state.seen.send_modify(|n| *n += 1);
     match &fault {
         Some(Fault::Kinesis(code)) => {
             let body = serde_json::json!({"__type": code, "message": format!("injected {code}")}).to_string();
