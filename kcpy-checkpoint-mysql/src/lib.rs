@@ -273,26 +273,41 @@ mod tests {
         kcpy_core::test_util::malformed_value_conformance(&store, plant, read_raw).await;
     }
 
-    /// A scratch database, dropped at the end.
-    async fn scratch_database(name: &str) -> (MySqlPool, String) {
-        let admin = MySqlPool::connect(&url()).await.expect("connect");
-        let database = format!("kcpy_{name}_{}", std::process::id());
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {database}"))
-            .execute(&admin)
-            .await
-            .expect("drop");
-        sqlx::query(&format!("CREATE DATABASE {database}"))
-            .execute(&admin)
-            .await
-            .expect("create");
-        let base = url();
-        let at = base.rfind('/').expect("a database in the URL");
-        (admin, format!("{}/{database}", &base[..at]))
+    /// A scratch database: its URL, and the admin pool that drops it.
+    struct Scratch {
+        admin: MySqlPool,
+        name: String,
+        url: String,
+    }
+
+    impl Scratch {
+        async fn create(name: &str) -> Self {
+            let admin = MySqlPool::connect(&url()).await.expect("connect");
+            let name = format!("kcpy_{name}_{}", std::process::id());
+            for statement in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                sqlx::query(&statement).execute(&admin).await.expect("scratch database");
+            }
+            let base = url();
+            let at = base.rfind('/').expect("a database in the URL");
+            let url = format!("{}/{name}", &base[..at]);
+            Self { admin, name, url }
+        }
+
+        async fn drop(self) {
+            sqlx::query(&format!("DROP DATABASE {}", self.name))
+                .execute(&self.admin)
+                .await
+                .expect("drop");
+        }
     }
 
     #[tokio::test]
     async fn a_foreign_table_of_the_same_name_is_refused_and_left_alone() {
-        let (admin, url) = scratch_database("foreign").await;
+        let scratch = Scratch::create("foreign").await;
+        let url = scratch.url.clone();
         let foreign = MySqlPool::connect(&url).await.expect("connect");
         sqlx::query("CREATE TABLE kcpy_checkpoints (id INT PRIMARY KEY, value DOUBLE)")
             .execute(&foreign)
@@ -305,26 +320,19 @@ mod tests {
         let columns = table_columns(&foreign).await.expect("columns");
         assert_eq!(columns, ["id", "value"]);
         foreign.close().await;
-        let database = url.rsplit('/').next().expect("name");
-        sqlx::query(&format!("DROP DATABASE {database}"))
-            .execute(&admin)
-            .await
-            .expect("drop");
+        scratch.drop().await;
     }
 
     #[tokio::test]
     async fn a_fresh_database_gets_the_table_on_connect() {
-        let (admin, url) = scratch_database("fresh").await;
+        let scratch = Scratch::create("fresh").await;
+        let url = scratch.url.clone();
         let store = MySqlCheckpointStore::connect(&url).await.expect("connect");
         assert_eq!(table_columns(store.pool()).await.expect("columns"), COLUMNS);
         let again = MySqlCheckpointStore::connect(&url).await.expect("connect again");
         again.pool().close().await;
         store.pool().close().await;
-        let database = url.rsplit('/').next().expect("name");
-        sqlx::query(&format!("DROP DATABASE {database}"))
-            .execute(&admin)
-            .await
-            .expect("drop");
+        scratch.drop().await;
     }
 
     #[tokio::test]
