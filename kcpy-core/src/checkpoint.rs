@@ -120,6 +120,13 @@ pub enum CheckpointError {
         /// What the save tried to write.
         attempted: Checkpoint,
     },
+    /// The lease is no longer held as the caller knew it: another worker took
+    /// it over (or it was released). Nothing was written.
+    #[error("lease {key} is held by another worker now")]
+    LeaseLost {
+        /// The lease's key.
+        key: Box<CheckpointKey>,
+    },
     /// The stored value is not a checkpoint; the store refuses to guess.
     #[error("stored checkpoint {key} is malformed: {value:?}")]
     Malformed {
@@ -190,6 +197,13 @@ impl CheckpointError {
             key: Box::new(key.clone()),
             stored,
             attempted,
+        }
+    }
+
+    /// A [`CheckpointError::LeaseLost`] for `key`.
+    pub fn lease_lost(key: &CheckpointKey) -> Self {
+        CheckpointError::LeaseLost {
+            key: Box::new(key.clone()),
         }
     }
 

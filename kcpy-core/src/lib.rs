@@ -35,6 +35,7 @@ mod config;
 mod consumer;
 mod error;
 mod kinesis;
+mod lease;
 mod lineage;
 mod poller;
 mod progress;
@@ -47,6 +48,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};
+pub use lease::{Lease, LeaseStore};
 pub use progress::Checkpointer;
 pub use record::Record;
 pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};

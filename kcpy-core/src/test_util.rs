@@ -1,4 +1,4 @@
-//! A conformance suite for [`CheckpointStore`] implementations.
+//! Conformance suites for [`CheckpointStore`] and [`LeaseStore`] implementations.
 //!
 //! Every bundled backend runs it; run it against your own:
 //!
@@ -14,7 +14,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, SequenceNumber};
+use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore, SequenceNumber};
 
 fn seq(text: &str) -> Checkpoint {
     Checkpoint::Sequence(SequenceNumber::parse(text).expect("test sequence numbers are valid"))
@@ -205,4 +205,221 @@ where
         );
         assert_eq!(read_raw(key).await, bad, "a malformed value must be left as it was");
     }
+}
+
+fn assert_lost<T: std::fmt::Debug>(result: Result<T, CheckpointError>, what: &str) {
+    match result {
+        Err(CheckpointError::LeaseLost { .. }) => {}
+        other => panic!("{what} must fail with LeaseLost, got {other:?}"),
+    }
+}
+
+/// Runs every check of the [`LeaseStore`] contract, and that checkpoints
+/// written through it are those of the [`CheckpointStore`]; panics on the
+/// first violation, naming it.
+pub async fn lease_store_conformance<S: LeaseStore + CheckpointStore>(store: &S) {
+    let prefix = unique_prefix();
+    let (app, stream) = (format!("{prefix}-app"), format!("{prefix}-stream"));
+    let key = |shard: &str| CheckpointKey::new(&app, &stream, shard);
+    let find = |leases: &[Lease], shard: &str| {
+        leases
+            .iter()
+            .find(|l| l.key.shard_id == shard)
+            .cloned()
+            .unwrap_or_else(|| panic!("lease {shard} must be listed"))
+    };
+
+    // A fresh group has no leases; create adds free ones, once.
+    assert!(
+        store.list_leases(&app, &stream).await.expect("list").is_empty(),
+        "a new group has no leases"
+    );
+    let parents = vec!["shardId-p1".to_owned(), "shardId-p2".to_owned()];
+    assert!(
+        store.create_lease(&key("shardId-a"), &parents).await.expect("create"),
+        "create must add a lease"
+    );
+    assert!(store.create_lease(&key("shardId-b"), &[]).await.expect("create"));
+    assert!(
+        !store.create_lease(&key("shardId-a"), &[]).await.expect("create again"),
+        "create must not replace"
+    );
+    let leases = store.list_leases(&app, &stream).await.expect("list");
+    assert_eq!(leases.len(), 2, "both leases are listed: {leases:?}");
+    let a = find(&leases, "shardId-a");
+    assert_eq!(a.key, key("shardId-a"));
+    assert_eq!(a.parents, parents, "parents must round-trip");
+    assert_eq!(
+        (a.owner.as_deref(), a.epoch, a.heartbeat, a.checkpoint.as_ref()),
+        (None, 0, 0, None),
+        "a new lease is free"
+    );
+    assert_eq!(a.handoff_to, None);
+
+    // Taking: one winner among concurrent takers of the same observation.
+    let takers = ["worker-1", "worker-2", "worker-3", "worker-4"];
+    let results = futures::future::join_all(takers.iter().map(|w| store.take_lease(&a, w))).await;
+    let winners: Vec<Lease> = results
+        .into_iter()
+        .filter_map(|result| match result {
+            Ok(lease) => Some(lease),
+            Err(CheckpointError::LeaseLost { .. }) => None,
+            Err(other) => panic!("a concurrent take failed with {other:?}"),
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one concurrent take must win: {winners:?}");
+    let held = winners[0].clone();
+    let owner = held.owner.clone().expect("a taken lease has an owner");
+    assert_eq!(
+        (held.epoch, held.heartbeat),
+        (1, 1),
+        "take raises epoch and heartbeat by one"
+    );
+    assert_eq!(
+        find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a"),
+        held,
+        "take returns the stored lease"
+    );
+    assert_lost(
+        store.take_lease(&a, "worker-9").await,
+        "a take from a stale observation",
+    );
+
+    // Renewing raises the heartbeat only; fenced by owner and epoch.
+    let renewed = store.renew_lease(&held).await.expect("renew");
+    assert_eq!(
+        (renewed.epoch, renewed.heartbeat, renewed.owner.as_deref()),
+        (1, 2, Some(owner.as_str()))
+    );
+    let renewed = store
+        .renew_lease(&held)
+        .await
+        .expect("renewing with an older heartbeat");
+    assert_eq!(renewed.heartbeat, 3);
+    let mut impostor = held.clone();
+    impostor.owner = Some("worker-9".into());
+    assert_lost(store.renew_lease(&impostor).await, "a renew by another owner");
+
+    // Leased checkpoints: fenced, never backwards, shared with CheckpointStore.
+    let (low, high) = (
+        seq("41"),
+        seq("49590338271490256608559692538361571095921575989136588898"),
+    );
+    store.save_leased(&held, &low).await.expect("save under the lease");
+    assert_eq!(
+        store.load(&key("shardId-a")).await.expect("load"),
+        Some(low.clone()),
+        "load sees leased saves"
+    );
+    store.save_leased(&held, &high).await.expect("save forward");
+    assert!(
+        matches!(
+            store.save_leased(&held, &low).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "a leased save backwards must be a Conflict"
+    );
+    assert_lost(
+        store.save_leased(&impostor, &Checkpoint::ShardEnd).await,
+        "a save by another owner",
+    );
+    assert_eq!(
+        find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a").checkpoint,
+        Some(high.clone())
+    );
+
+    // Taking over an expired lease fences the old owner out of everything.
+    let observed = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");
+    let taken = store.take_lease(&observed, "worker-9").await.expect("take over");
+    assert_eq!((taken.epoch, taken.heartbeat), (2, 4));
+    assert_eq!(
+        taken.checkpoint,
+        Some(high.clone()),
+        "a taken lease keeps its checkpoint"
+    );
+    assert_lost(
+        store.save_leased(&held, &Checkpoint::ShardEnd).await,
+        "a save by the old owner",
+    );
+    assert_lost(store.renew_lease(&held).await, "a renew by the old owner");
+    assert_lost(store.release_lease(&held, None).await, "a release by the old owner");
+    assert_lost(
+        store.request_handoff(&held, "worker-1").await,
+        "a handoff request on a stale observation",
+    );
+    assert_eq!(
+        store.load(&key("shardId-a")).await.expect("load"),
+        Some(high.clone()),
+        "fenced saves change nothing"
+    );
+
+    // Cooperative handoff: request, then release to the requester.
+    store
+        .request_handoff(&taken, "worker-1")
+        .await
+        .expect("request a handoff");
+    let requested = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");
+    assert_eq!(requested.handoff_to.as_deref(), Some("worker-1"));
+    assert_eq!(
+        (requested.epoch, requested.heartbeat, requested.owner.as_deref()),
+        (2, 4, Some("worker-9")),
+        "a request changes nothing else"
+    );
+    store
+        .release_lease(&requested, Some("worker-1"))
+        .await
+        .expect("hand over");
+    let handed = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");
+    assert_eq!(
+        (handed.owner.as_deref(), handed.epoch, handed.heartbeat),
+        (Some("worker-1"), 3, 5)
+    );
+    assert_eq!(handed.handoff_to, None, "a handoff clears the request");
+    assert_lost(
+        store.save_leased(&taken, &Checkpoint::ShardEnd).await,
+        "a save after handing over",
+    );
+    store
+        .save_leased(&handed, &Checkpoint::ShardEnd)
+        .await
+        .expect("the new owner saves");
+
+    // Releasing frees the lease for anyone.
+    store.release_lease(&handed, None).await.expect("release");
+    let free = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");
+    assert_eq!(
+        (free.owner.as_deref(), free.epoch, free.checkpoint.as_ref()),
+        (None, 4, Some(&Checkpoint::ShardEnd))
+    );
+    assert_lost(
+        store.save_leased(&handed, &Checkpoint::ShardEnd).await,
+        "a save after releasing",
+    );
+    let again = store.take_lease(&free, "worker-2").await.expect("take a free lease");
+    assert_eq!(again.epoch, 5);
+
+    // The other lease was untouched; groups are separate.
+    let b = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-b");
+    assert_eq!((b.owner.as_deref(), b.epoch, b.heartbeat), (None, 0, 0));
+    assert!(
+        store
+            .list_leases(&format!("{prefix}-other"), &stream)
+            .await
+            .expect("list")
+            .is_empty(),
+        "consumer names separate groups"
+    );
+    assert!(
+        store
+            .list_leases(&app, &format!("{prefix}-other"))
+            .await
+            .expect("list")
+            .is_empty(),
+        "streams separate groups"
+    );
+
+    // Checkpoints saved without a lease are those the leases carry.
+    store.save(&key("shardId-b"), &low).await.expect("save without a lease");
+    let b = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-b");
+    assert_eq!(b.checkpoint, Some(low), "a lease carries its shard's checkpoint");
 }
