@@ -50,6 +50,10 @@ pub(crate) struct Settings {
     pub(crate) startup_retries: u32,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) shard_sync_interval: Duration,
+    /// This process in a consumer group (with a lease store).
+    pub(crate) worker_id: String,
+    pub(crate) lease_duration: Duration,
+    pub(crate) lease_renew_interval: Duration,
 }
 
 impl Default for Settings {
@@ -71,6 +75,9 @@ impl Default for Settings {
             startup_retries: 8,
             shutdown_timeout: Duration::from_secs(10),
             shard_sync_interval: Duration::from_secs(60),
+            worker_id: default_worker_id(),
+            lease_duration: Duration::from_secs(20),
+            lease_renew_interval: Duration::from_secs(5),
         }
     }
 }
@@ -107,10 +114,22 @@ impl Settings {
             ("backoff_base", self.backoff_base),
             ("shutdown_timeout", self.shutdown_timeout),
             ("shard_sync_interval", self.shard_sync_interval),
+            ("lease_renew_interval", self.lease_renew_interval),
         ] {
             if value.is_zero() {
                 return Err(Error::config(format!("{what} must be more than zero")));
             }
+        }
+        if self.lease_renew_interval.saturating_mul(2) > self.lease_duration {
+            return Err(Error::config(
+                "lease_duration must be at least twice lease_renew_interval, so one failed renewal does not lose a lease",
+            ));
+        }
+        let worker = &self.worker_id;
+        if worker.trim().is_empty() || worker.len() > 255 || worker.chars().any(char::is_control) {
+            return Err(Error::config(
+                "the worker id must be 1 to 255 bytes without control characters",
+            ));
         }
         if self.backoff_max < self.backoff_base {
             return Err(Error::config("backoff_max must not be below backoff_base"));
@@ -122,6 +141,18 @@ impl Settings {
     pub(crate) fn min_call_spacing(&self) -> Duration {
         Duration::from_secs(1) / self.max_get_records_per_second
     }
+}
+
+/// Host name, process id and a random suffix: unique per process, readable
+/// in the lease store.
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Jittered exponential backoff ("full jitter").
@@ -209,6 +240,15 @@ mod tests {
             },
             Settings {
                 checkpoint_every: 0,
+                ..Settings::default()
+            },
+            Settings {
+                lease_duration: Duration::from_secs(5),
+                lease_renew_interval: Duration::from_secs(3),
+                ..Settings::default()
+            },
+            Settings {
+                worker_id: String::new(),
                 ..Settings::default()
             },
         ];

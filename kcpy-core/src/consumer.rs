@@ -17,12 +17,16 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::config::{Backoff, Settings};
+use crate::coordinator::{Coordinator, Membership};
 use crate::kinesis::{ApiError, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
 use crate::lineage::{Lineage, Start};
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Progress, Writer};
 use crate::StartPosition;
-use crate::{Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Record, SequenceNumber};
+use crate::{
+    Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Lease, LeaseStore, Record,
+    SequenceNumber,
+};
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
 ///
@@ -68,6 +72,9 @@ pub struct Consumer {
     /// writer and the shard sync task.
     control: mpsc::UnboundedReceiver<Control>,
     _sync: AbortOnDropHandle<()>,
+    /// With a lease store: the leases held, and the task that keeps them.
+    membership: Option<Arc<Membership>>,
+    _coordinator: Option<AbortOnDropHandle<()>>,
     settings: Arc<Settings>,
     stream: Arc<StreamRef>,
 }
@@ -81,6 +88,13 @@ pub(crate) enum Control {
     Shards(Vec<ShardInfo>),
     /// Something the consumer cannot go on after.
     Fatal(Error),
+    /// This worker took (or was handed) the lease.
+    Acquired(Lease),
+    /// The shard's lease is gone: stop the shard now, drop what was fetched.
+    Lost(Arc<str>),
+    /// Another worker asked for the shard: stop it, save what was processed,
+    /// then hand the lease to `to`.
+    Release { shard: Arc<str>, to: String },
 }
 
 /// Starts a poller task per shard.
@@ -96,6 +110,8 @@ impl Spawner {
     fn spawn(&self, slot: usize, start: Start, iterator: Option<String>) -> (ShardStream, ShardSlot) {
         let (tx, events) = mpsc::channel(self.settings.prefetch_batches);
         let shard_id: Arc<str> = start.shard_id.into();
+        let cancel = self.cancel.child_token();
+        let gone = Arc::new(AtomicBool::new(false));
         let poller = Poller {
             api: Arc::clone(&self.api),
             stream: Arc::clone(&self.stream),
@@ -105,13 +121,14 @@ impl Spawner {
             fallback: start.fallback,
             iterator,
             tx,
-            cancel: self.cancel.clone(),
+            cancel: cancel.clone(),
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
         let task = tokio::spawn(poller.run().instrument(span));
         let stream = ShardStream {
             slot,
             events,
+            gone: Arc::clone(&gone),
             _task: AbortOnDropHandle::new(task),
         };
         let slot = ShardSlot {
@@ -119,6 +136,8 @@ impl Spawner {
             processed: None,
             dirty: false,
             ended: false,
+            cancel,
+            gone,
         };
         (stream, slot)
     }
@@ -128,8 +147,11 @@ struct ShardSlot {
     id: Arc<str>,
     processed: Option<SequenceNumber>,
     dirty: bool,
-    /// Every record of the shard was handed out.
+    /// Every record of the shard was handed out, or the shard was stopped.
     ended: bool,
+    cancel: CancellationToken,
+    /// Stopped: whatever its poller fetched is never handed out.
+    gone: Arc<AtomicBool>,
 }
 
 struct Batch {
@@ -147,6 +169,7 @@ enum Phase {
 struct ShardStream {
     slot: usize,
     events: mpsc::Receiver<ShardEvent>,
+    gone: Arc<AtomicBool>,
     _task: AbortOnDropHandle<()>,
 }
 
@@ -154,6 +177,9 @@ impl Stream for ShardStream {
     type Item = (usize, ShardEvent);
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.gone.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
         let slot = self.slot;
         self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
     }
@@ -190,6 +216,12 @@ impl Consumer {
     /// parents to finish).
     pub fn shard_ids(&self) -> impl Iterator<Item = &str> {
         self.slots.iter().filter(|slot| !slot.ended).map(|slot| &*slot.id)
+    }
+
+    /// This process's id in its consumer group (see
+    /// [`ConsumerBuilder::worker_id`]), when it has a lease store.
+    pub fn worker_id(&self) -> Option<&str> {
+        self.membership.as_ref().map(|m| m.worker.as_str())
     }
 
     /// A handle that stops this consumer from anywhere.
@@ -279,13 +311,66 @@ impl Consumer {
                 self.start(starts);
             }
             Control::Shards(shards) => {
+                if let Some(membership) = &self.membership {
+                    membership.learn(&shards);
+                }
                 let starts = self.lineage.discover(shards, SystemTime::now());
                 self.start(starts);
+            }
+            Control::Acquired(lease) => {
+                let shard = lease.key.shard_id.as_str();
+                tracing::info!(parent: &self.spawner.span, %shard, epoch = lease.epoch, "lease acquired");
+                let (starts, skipped) =
+                    self.lineage
+                        .acquire(shard, &lease.parents, lease.checkpoint.as_ref(), SystemTime::now());
+                self.start(starts);
+                if let (true, Some(progress)) = (skipped, &self.progress) {
+                    // Closed and skipped under LATEST: nothing to read here.
+                    progress.end_shard(&Arc::from(shard));
+                }
+            }
+            Control::Lost(shard) => {
+                self.stop_shard(&shard);
+                self.lineage.release(&shard);
+                if let Some(progress) = &self.progress {
+                    progress.forget(&shard);
+                }
+            }
+            Control::Release { shard, to } => {
+                // Processed positions first, so the handoff saves them.
+                self.hand_over();
+                self.stop_shard(&shard);
+                self.lineage.release(&shard);
+                if let Some(progress) = &self.progress {
+                    progress.release(&shard, to);
+                }
             }
             Control::Fatal(error) => {
                 tracing::error!(parent: &self.spawner.span, error = %error, source = ?std::error::Error::source(&error), "consumer stopping");
                 self.error.get_or_insert(error);
                 self.begin_closing();
+            }
+        }
+    }
+
+    /// Stops reading `shard` at once: its poller ends, and records it fetched
+    /// but did not hand out are dropped.
+    fn stop_shard(&mut self, shard: &str) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if &*slot.id != shard || slot.ended {
+                continue;
+            }
+            slot.ended = true;
+            slot.gone.store(true, Ordering::Release);
+            slot.cancel.cancel();
+            if std::mem::take(&mut slot.dirty) {
+                self.dirty.retain(|&dirty| dirty != index);
+            }
+            if self.current.as_ref().is_some_and(|batch| batch.slot == index) {
+                self.current = None;
+            }
+            if self.in_flight == Some(index) {
+                self.in_flight = None;
             }
         }
     }
@@ -301,6 +386,9 @@ impl Consumer {
         }
         let shard = Arc::clone(&entry.id);
         tracing::debug!(parent: &self.spawner.span, %shard, children = children.len(), "reached the end of a shard");
+        if let Some(membership) = &self.membership {
+            membership.learn(&children);
+        }
         let now = SystemTime::now();
         let starts = self.lineage.discover(children, now);
         self.start(starts);
@@ -371,6 +459,17 @@ impl Stream for Consumer {
                 this.begin_closing();
                 continue;
             }
+            // A lease lost or asked for: act before the next record.
+            if this
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.alert.swap(false, Ordering::AcqRel))
+            {
+                while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
+                    this.on_control(control);
+                }
+                continue;
+            }
             if this.track
                 && (this.since_flush >= this.settings.checkpoint_every
                     || this
@@ -399,6 +498,13 @@ impl Stream for Consumer {
             }
             match this.shards.poll_next_unpin(cx) {
                 Poll::Ready(Some((slot, ShardEvent::Records(records)))) => {
+                    if let Some(membership) = &this.membership {
+                        // Paused past the lease (or asked to hand it over):
+                        // these may be another worker's records by now.
+                        if !membership.may_deliver(&this.slots[slot].id) {
+                            continue;
+                        }
+                    }
                     if let Some(progress) = this.progress.as_ref().filter(|_| !this.track) {
                         progress.register(&this.slots[slot].id, &records);
                     }
@@ -476,6 +582,7 @@ pub struct ConsumerBuilder {
     api: DynKinesis,
     stream: String,
     store: Option<Arc<dyn CheckpointStore>>,
+    leases: Option<Arc<dyn LeaseStore>>,
     shutdown: Option<CancellationToken>,
     settings: Settings,
 }
@@ -485,6 +592,7 @@ impl std::fmt::Debug for ConsumerBuilder {
         f.debug_struct("ConsumerBuilder")
             .field("stream", &self.stream)
             .field("store", &self.store)
+            .field("lease_store", &self.leases)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
@@ -496,6 +604,7 @@ impl ConsumerBuilder {
             api,
             stream,
             store: None,
+            leases: None,
             shutdown: None,
             settings: Settings::default(),
         }
@@ -509,9 +618,48 @@ impl ConsumerBuilder {
     }
 
     /// Where checkpoints are kept. Without a store nothing is checkpointed and
-    /// every run starts at the start position.
+    /// every run starts at the start position. Replaces a
+    /// [`lease_store`](Self::lease_store) set before.
     pub fn checkpoint_store(mut self, store: impl CheckpointStore) -> Self {
         self.store = Some(Arc::new(store));
+        self.leases = None;
+        self
+    }
+
+    /// Joins a consumer group: this process reads only the shards it holds a
+    /// lease for in `store`, which also keeps the checkpoints (replacing a
+    /// [`checkpoint_store`](Self::checkpoint_store) set before). Processes
+    /// with the same consumer name and store split the stream's shards
+    /// between them, and take over those of a process that stops.
+    ///
+    /// Without a lease store this process reads every shard.
+    pub fn lease_store<S: LeaseStore + CheckpointStore>(mut self, store: S) -> Self {
+        let store = Arc::new(store);
+        self.store = Some(Arc::clone(&store) as Arc<dyn CheckpointStore>);
+        self.leases = Some(store);
+        self
+    }
+
+    /// This process's id in its consumer group; it must be unique among the
+    /// group's live processes (default: host name, process id and a random
+    /// suffix).
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.settings.worker_id = id.into();
+        self
+    }
+
+    /// How long a lease lasts without renewal (default 20 s): a stopped
+    /// process's shards are taken over within this plus two renew intervals,
+    /// and a process that cannot renew stops reading a shard after this long.
+    pub fn lease_duration(mut self, duration: Duration) -> Self {
+        self.settings.lease_duration = duration;
+        self
+    }
+
+    /// How often leases are renewed and the group balanced (default 5 s; at
+    /// most half the lease duration).
+    pub fn lease_renew_interval(mut self, interval: Duration) -> Self {
+        self.settings.lease_renew_interval = interval;
         self
     }
 
@@ -629,6 +777,7 @@ impl ConsumerBuilder {
         let settings = Arc::new(self.settings);
         let api = self.api;
         let store = self.store;
+        let leases = self.leases;
         let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
 
         let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
@@ -640,7 +789,15 @@ impl ConsumerBuilder {
             }
             None => HashMap::new(),
         };
-        let (lineage, starts) = Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now());
+        let known = leases.is_some().then(|| shards.clone());
+        let (lineage, starts) = match leases {
+            // Nothing starts before its lease is taken.
+            Some(_) => (
+                Lineage::leased(shards, &checkpoints, settings.start_position, SystemTime::now()),
+                Vec::new(),
+            ),
+            None => Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now()),
+        };
         // Resolve the first iterators now: LATEST then means the tip as of
         // build() returning, and errors such as AccessDenied surface here.
         let mut resolved: Vec<(Start, String)> = futures::stream::iter(starts)
@@ -662,6 +819,11 @@ impl ConsumerBuilder {
 
         let shutdown = self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token());
         let (control_tx, control) = mpsc::unbounded_channel();
+        let membership = leases.map(|leases| {
+            let membership = Membership::new(leases, &settings, &stream.name, control_tx.clone());
+            membership.learn(known.as_deref().unwrap_or_default());
+            membership
+        });
         let (progress, writer) = match store {
             Some(store) => {
                 let (progress, commands) = Progress::new(&settings, control_tx.clone());
@@ -672,6 +834,7 @@ impl ConsumerBuilder {
                     settings: Arc::clone(&settings),
                     stream_name: stream.name.clone(),
                     cancel: shutdown.clone(),
+                    membership: membership.clone(),
                 };
                 let task = tokio::spawn(writer.run().instrument(span.clone()));
                 (Some(progress), Some(task))
@@ -703,6 +866,10 @@ impl ConsumerBuilder {
             streams.push(stream);
             slots.push(slot);
         }
+        let coordinator = membership.as_ref().map(|membership| {
+            let coordinator = Coordinator::new(Arc::clone(membership), Arc::clone(&settings), shutdown.clone());
+            AbortOnDropHandle::new(tokio::spawn(coordinator.run().instrument(span.clone())))
+        });
         let stopping = Arc::new(AtomicBool::new(false));
         let (token, flag) = (shutdown.clone(), Arc::clone(&stopping));
         tokio::spawn(async move {
@@ -731,6 +898,8 @@ impl ConsumerBuilder {
             spawner,
             control,
             _sync: AbortOnDropHandle::new(sync),
+            membership,
+            _coordinator: coordinator,
             settings,
             stream,
         })

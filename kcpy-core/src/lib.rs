@@ -33,6 +33,7 @@
 mod checkpoint;
 mod config;
 mod consumer;
+mod coordinator;
 mod error;
 mod kinesis;
 mod lease;

@@ -40,11 +40,20 @@ struct Node {
     /// positioned by the configured start (AT_TIMESTAMP, or skipped under
     /// LATEST), which then carries over.
     child_start: IteratorPosition,
+    /// Where the shard starts without a checkpoint or known parents: the
+    /// configured start for shards listed at startup, TRIM_HORIZON for shards
+    /// created later.
+    root: IteratorPosition,
+    /// This process may read the shard: always without leases, else while it
+    /// holds the shard's lease.
+    owned: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Lineage {
     nodes: BTreeMap<String, Node>,
+    /// Shards are read only while their lease is held.
+    leased: bool,
 }
 
 impl Lineage {
@@ -56,6 +65,32 @@ impl Lineage {
         start: StartPosition,
         now: SystemTime,
     ) -> (Self, Vec<Start>) {
+        Self::build(shards, checkpoints, start, now, false)
+    }
+
+    /// As [`Lineage::new`], but a shard is read only once [`Lineage::acquire`]
+    /// says its lease is held; so nothing starts yet.
+    pub(crate) fn leased(
+        shards: Vec<ShardInfo>,
+        checkpoints: &HashMap<String, Checkpoint>,
+        start: StartPosition,
+        now: SystemTime,
+    ) -> Self {
+        Self::build(shards, checkpoints, start, now, true).0
+    }
+
+    fn build(
+        shards: Vec<ShardInfo>,
+        checkpoints: &HashMap<String, Checkpoint>,
+        start: StartPosition,
+        now: SystemTime,
+        leased: bool,
+    ) -> (Self, Vec<Start>) {
+        let configured = match start {
+            StartPosition::TrimHorizon => IteratorPosition::TrimHorizon,
+            StartPosition::Latest => IteratorPosition::Latest,
+            StartPosition::AtTimestamp(at) => IteratorPosition::AtTimestamp(at),
+        };
         let mut nodes = BTreeMap::new();
         for shard in shards {
             let (state, checkpoint) = match checkpoints.get(&shard.shard_id) {
@@ -71,10 +106,12 @@ impl Lineage {
                     state,
                     checkpoint,
                     child_start: IteratorPosition::TrimHorizon,
+                    root: configured.clone(),
+                    owned: !leased,
                 },
             );
         }
-        let mut lineage = Self { nodes };
+        let mut lineage = Self { nodes, leased };
         // Under LATEST a closed shard holds nothing to read, unless a
         // checkpoint in its lineage says this consumer was reading it.
         if start == StartPosition::Latest {
@@ -91,12 +128,7 @@ impl Lineage {
                 }
             }
         }
-        let configured = match start {
-            StartPosition::TrimHorizon => IteratorPosition::TrimHorizon,
-            StartPosition::Latest => IteratorPosition::Latest,
-            StartPosition::AtTimestamp(at) => IteratorPosition::AtTimestamp(at),
-        };
-        let starts = lineage.start_ready(&configured, now);
+        let starts = lineage.start_ready(now);
         (lineage, starts)
     }
 
@@ -117,15 +149,17 @@ impl Lineage {
                     state: State::Waiting,
                     checkpoint: None,
                     child_start: IteratorPosition::TrimHorizon,
+                    // Created after build(): all of it is new, whatever the
+                    // configured start.
+                    root: IteratorPosition::TrimHorizon,
+                    owned: !self.leased,
                 },
             );
         }
         if !added {
             return Vec::new();
         }
-        // A shard that appears while the consumer runs was created after
-        // build(): all of it is new, whatever the configured start.
-        self.start_ready(&IteratorPosition::TrimHorizon, now)
+        self.start_ready(now)
     }
 
     /// `shard` was read to its end and that end is checkpointed; returns the
@@ -135,7 +169,60 @@ impl Lineage {
             Some(node) => node.state = State::Finished,
             None => return Vec::new(),
         }
-        self.start_ready(&IteratorPosition::TrimHorizon, now)
+        self.start_ready(now)
+    }
+
+    /// This process now holds `shard`'s lease; `checkpoint` is the one the
+    /// lease carries, and its parents are finished (the lease is taken only
+    /// then). Returns what can start now, and whether the shard has nothing
+    /// to read for this consumer (closed and skipped under LATEST), so its
+    /// end should be checkpointed at once.
+    pub(crate) fn acquire(
+        &mut self,
+        shard: &str,
+        parents: &[String],
+        checkpoint: Option<&Checkpoint>,
+        now: SystemTime,
+    ) -> (Vec<Start>, bool) {
+        let node = self.nodes.entry(shard.to_owned()).or_insert_with(|| Node {
+            parents: parents.to_vec(),
+            closed: false,
+            state: State::Waiting,
+            checkpoint: None,
+            child_start: IteratorPosition::TrimHorizon,
+            root: IteratorPosition::TrimHorizon,
+            owned: false,
+        });
+        node.owned = true;
+        let skipped = match checkpoint {
+            Some(Checkpoint::Sequence(seq)) => {
+                node.checkpoint = Some(seq.clone());
+                node.state = State::Waiting;
+                false
+            }
+            Some(Checkpoint::ShardEnd) => {
+                node.state = State::Finished;
+                false
+            }
+            None => node.state == State::Finished,
+        };
+        let parents = node.parents.clone();
+        for parent in parents {
+            if let Some(parent) = self.nodes.get_mut(&parent) {
+                parent.state = State::Finished;
+            }
+        }
+        (self.start_ready(now), skipped)
+    }
+
+    /// This process no longer holds `shard`'s lease.
+    pub(crate) fn release(&mut self, shard: &str) {
+        if let Some(node) = self.nodes.get_mut(shard) {
+            node.owned = false;
+            if node.state == State::Reading {
+                node.state = State::Waiting;
+            }
+        }
     }
 
     /// Whether the shard is being read or waits to be.
@@ -163,14 +250,14 @@ impl Lineage {
         false
     }
 
-    /// Starts every waiting shard whose known parents are all finished.
-    /// `root` positions shards without a checkpoint and without known parents.
-    fn start_ready(&mut self, root: &IteratorPosition, now: SystemTime) -> Vec<Start> {
+    /// Starts every waiting, owned shard whose known parents are all finished.
+    fn start_ready(&mut self, now: SystemTime) -> Vec<Start> {
         let ready: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, node)| {
                 node.state == State::Waiting
+                    && node.owned
                     && node
                         .parents
                         .iter()
@@ -185,7 +272,7 @@ impl Lineage {
             let position = match (&node.checkpoint, inherited) {
                 (Some(seq), _) => IteratorPosition::AfterSequence(seq.clone()),
                 (None, Some(inherited)) => inherited,
-                (None, None) => root.clone(),
+                (None, None) => node.root.clone(),
             };
             node.child_start = match &position {
                 IteratorPosition::AtTimestamp(at) if node.checkpoint.is_none() => IteratorPosition::AtTimestamp(*at),
@@ -221,7 +308,7 @@ impl Lineage {
     }
 }
 
-fn parents_of(shard: &ShardInfo) -> Vec<String> {
+pub(crate) fn parents_of(shard: &ShardInfo) -> Vec<String> {
     shard
         .parent_shard_id
         .iter()

@@ -1,6 +1,6 @@
 //! Processed-record bookkeeping and the task that writes checkpoints.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,11 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, CheckpointMode, Settings};
 use crate::consumer::Control;
-use crate::{Checkpoint, CheckpointKey, CheckpointStore, Error, Record, SequenceNumber};
+use crate::coordinator::Membership;
+use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Error, Record, SequenceNumber};
 
 pub(crate) enum Command {
     /// Save what is pending; answer when it is durable (or failed).
     Flush(Option<oneshot::Sender<Result<(), Error>>>),
+    /// Save what is pending, then hand `shard`'s lease to the worker `to`.
+    Release { shard: Arc<str>, to: String },
     /// Save what is pending, then stop.
     Stop,
 }
@@ -43,6 +46,9 @@ struct Inner {
     pending: HashMap<Arc<str>, Checkpoint>,
     /// Manual mode: per shard, delivered records awaiting acknowledgement.
     trackers: HashMap<Arc<str>, AckTracker>,
+    /// Shards whose lease was given up: late acknowledgements of their
+    /// records are ignored, not errors.
+    dropped: HashSet<Arc<str>>,
     acked_since_flush: u64,
 }
 
@@ -50,6 +56,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::Flush(_) => "Flush",
+            Command::Release { .. } => "Release",
             Command::Stop => "Stop",
         })
     }
@@ -116,9 +123,30 @@ impl Progress {
         }
     }
 
+    /// The shard's lease is gone: nothing of it is saved any more.
+    pub(crate) fn forget(&self, shard: &Arc<str>) {
+        let mut inner = self.lock();
+        inner.pending.remove(shard);
+        inner.trackers.remove(shard);
+        inner.dropped.insert(Arc::clone(shard));
+    }
+
+    /// Saves what is pending, then hands `shard`'s lease to `to`.
+    pub(crate) fn release(&self, shard: &Arc<str>, to: String) {
+        let mut inner = self.lock();
+        inner.trackers.remove(shard);
+        inner.dropped.insert(Arc::clone(shard));
+        drop(inner);
+        let _ = self.commands.send(Command::Release {
+            shard: Arc::clone(shard),
+            to,
+        });
+    }
+
     /// Manual mode: records of `shard` that were delivered, in order.
     pub(crate) fn register(&self, shard: &Arc<str>, records: &[Record]) {
         let mut inner = self.lock();
+        inner.dropped.remove(shard);
         let tracker = inner.trackers.entry(Arc::clone(shard)).or_default();
         tracker
             .entries
@@ -131,6 +159,9 @@ impl Progress {
             shard_id: record.shard_id.to_string(),
             sequence_number: record.sequence_number.to_string(),
         };
+        if inner.dropped.contains(&record.shard_id) && !inner.trackers.contains_key(&record.shard_id) {
+            return Ok(());
+        }
         let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
         let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)? else {
             return Ok(());
@@ -279,6 +310,16 @@ pub(crate) struct Writer {
     pub(crate) stream_name: String,
     /// Cancelled on a fatal store error, which stops the consumer.
     pub(crate) cancel: CancellationToken,
+    /// With a lease store: every save is fenced by the shard's lease.
+    pub(crate) membership: Option<Arc<Membership>>,
+}
+
+/// How a save ended, short of an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Saved {
+    Yes,
+    /// The shard's lease is held by another worker now: nothing was written.
+    Fenced,
 }
 
 impl Writer {
@@ -311,7 +352,20 @@ impl Writer {
                         }
                         result?;
                     }
-                    Some(Command::Stop) | None => return self.save_pending().await,
+                    Some(Command::Release { shard, to }) => {
+                        self.save_pending().await?;
+                        if let Some(membership) = &self.membership {
+                            membership.release(&shard, Some(&to)).await;
+                        }
+                    }
+                    Some(Command::Stop) | None => {
+                        let result = self.save_pending().await;
+                        // Let other workers take over at once, not after expiry.
+                        if let Some(membership) = &self.membership {
+                            membership.release_all().await;
+                        }
+                        return result;
+                    }
                 },
             }
         }
@@ -334,10 +388,20 @@ impl Writer {
         let mut unsaved = Vec::new();
         for (shard, checkpoint, result) in results {
             match result {
-                Ok(()) if checkpoint == Checkpoint::ShardEnd => {
+                Ok(Saved::Yes) if checkpoint == Checkpoint::ShardEnd => {
+                    if let Some(membership) = &self.membership {
+                        membership.release(&shard, None).await;
+                    }
                     let _ = self.progress.control.send(Control::Finished(shard));
                 }
-                Ok(()) => {}
+                Ok(Saved::Yes) => {}
+                Ok(Saved::Fenced) => {
+                    tracing::warn!(%shard, %checkpoint, "checkpoint rejected: the shard's lease was taken over");
+                    self.progress.forget(&shard);
+                    if let Some(membership) = &self.membership {
+                        membership.lose(&shard);
+                    }
+                }
                 Err(error) => {
                     first_error.get_or_insert(error);
                     unsaved.push((shard, checkpoint));
@@ -348,15 +412,27 @@ impl Writer {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn save(&self, shard: &str, checkpoint: &Checkpoint) -> Result<(), Error> {
+    async fn save(&self, shard: &str, checkpoint: &Checkpoint) -> Result<Saved, Error> {
         let key = CheckpointKey::new(&self.settings.consumer_name, &self.stream_name, shard);
+        let lease = match &self.membership {
+            Some(membership) => match membership.lease(shard) {
+                Some(lease) => Some(lease),
+                None => return Ok(Saved::Fenced),
+            },
+            None => None,
+        };
         let mut backoff = Backoff::new(&self.settings);
         loop {
-            match self.store.save(&key, checkpoint).await {
+            let result = match (&lease, &self.membership) {
+                (Some(lease), Some(membership)) => membership.store.save_leased(lease, checkpoint).await,
+                _ => self.store.save(&key, checkpoint).await,
+            };
+            match result {
                 Ok(()) => {
                     tracing::debug!(shard, %checkpoint, "checkpoint saved");
-                    return Ok(());
+                    return Ok(Saved::Yes);
                 }
+                Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced),
                 Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");

@@ -1,0 +1,594 @@
+//! Sharing shards with other workers through a [`LeaseStore`]: which leases
+//! this process holds, the task that renews, takes and balances them, and the
+//! plan it follows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::consumer::Control;
+use crate::kinesis::ShardInfo;
+use crate::lineage::parents_of;
+use crate::{Checkpoint, CheckpointError, CheckpointKey, Lease, LeaseStore};
+
+/// The leases this process holds, shared by the coordinator task, the
+/// checkpoint writer and the consumer.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) worker: String,
+    consumer_name: String,
+    stream_name: String,
+    lease_duration: Duration,
+    held: Mutex<HashMap<Arc<str>, Held>>,
+    /// Every shard this process has heard of, for creating their leases.
+    known: Mutex<HashMap<String, ShardInfo>>,
+    /// Wakes the coordinator early: shards appeared or one finished.
+    pub(crate) nudge: Notify,
+    /// Tells the consumer, between two records, that a Lost or Release
+    /// message waits for it.
+    pub(crate) alert: Arc<AtomicBool>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+#[derive(Debug)]
+struct Held {
+    lease: Lease,
+    /// When the store last confirmed the lease.
+    renewed: Instant,
+    /// Being handed to another worker: no longer counted, not renewed.
+    releasing: bool,
+}
+
+impl Membership {
+    pub(crate) fn new(
+        store: Arc<dyn LeaseStore>,
+        settings: &Settings,
+        stream_name: &str,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            worker: settings.worker_id.clone(),
+            consumer_name: settings.consumer_name.clone(),
+            stream_name: stream_name.to_owned(),
+            lease_duration: settings.lease_duration,
+            held: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            nudge: Notify::new(),
+            alert: Arc::new(AtomicBool::new(false)),
+            control,
+        })
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<Arc<str>, Held>> {
+        // Updates replace whole entries, so a poisoned map is still consistent.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn known(&self) -> MutexGuard<'_, HashMap<String, ShardInfo>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shards listed or announced; their leases are created on the next round.
+    pub(crate) fn learn(&self, shards: &[ShardInfo]) {
+        let mut known = self.known();
+        let mut added = false;
+        for shard in shards {
+            if !known.contains_key(&shard.shard_id) {
+                known.insert(shard.shard_id.clone(), shard.clone());
+                added = true;
+            }
+        }
+        drop(known);
+        if added {
+            self.nudge.notify_one();
+        }
+    }
+
+    /// The lease held for `shard`, to fence a checkpoint write with.
+    pub(crate) fn lease(&self, shard: &str) -> Option<Lease> {
+        self.held().get(shard).map(|held| held.lease.clone())
+    }
+
+    /// Whether the lease for `shard` is held and was confirmed within the
+    /// lease duration: past that, another worker may have taken it.
+    pub(crate) fn is_valid(&self, shard: &str) -> bool {
+        self.held()
+            .get(shard)
+            .is_some_and(|held| !held.releasing && held.renewed.elapsed() < self.lease_duration)
+    }
+
+    /// Whether records of `shard` may be handed out now. A lease unconfirmed
+    /// for the lease duration counts as lost from here on: another worker
+    /// may hold it already.
+    pub(crate) fn may_deliver(&self, shard: &str) -> bool {
+        let held = self.held();
+        match held.get(shard) {
+            Some(held) if held.releasing => false,
+            Some(held) if held.renewed.elapsed() < self.lease_duration => true,
+            Some(_) => {
+                drop(held);
+                self.lose(shard);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets `shard`'s lease and tells the consumer to stop it at once.
+    pub(crate) fn lose(&self, shard: &str) {
+        if let Some((shard, _)) = self.held().remove_entry(shard) {
+            tracing::warn!(%shard, "lease lost; stopping the shard");
+            self.tell(Control::Lost(shard));
+        }
+    }
+
+    fn tell(&self, control: Control) {
+        let _ = self.control.send(control);
+        self.alert.store(true, Ordering::Release);
+    }
+
+    /// Gives up `shard`'s lease: to `to` (a handoff) or free for anyone.
+    pub(crate) async fn release(&self, shard: &str, to: Option<&str>) {
+        let Some(held) = self.held().remove(shard) else { return };
+        match self.store.release_lease(&held.lease, to).await {
+            Ok(()) => tracing::info!(shard, to, "lease released"),
+            Err(error) => tracing::warn!(shard, error = %error, "releasing a lease failed; it will expire"),
+        }
+        self.nudge.notify_one();
+    }
+
+    /// Releases every lease held, so other workers take over at once.
+    pub(crate) async fn release_all(&self) {
+        let shards: Vec<Arc<str>> = self.held().keys().cloned().collect();
+        futures::stream::iter(shards)
+            .for_each_concurrent(16, |shard| async move { self.release(&shard, None).await })
+            .await;
+    }
+}
+
+/// What one worker saw of a lease, and since when it has not changed.
+#[derive(Debug)]
+struct Seen {
+    owner: Option<String>,
+    epoch: u64,
+    heartbeat: u64,
+    since: Instant,
+}
+
+/// The task that renews held leases, creates leases for new shards, takes
+/// free and expired ones and asks busier workers to hand some over.
+pub(crate) struct Coordinator {
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) cancel: CancellationToken,
+    seen: HashMap<String, Seen>,
+    listed: HashSet<String>,
+    /// The handoff this worker asked for, and when.
+    requested: Option<(String, Instant)>,
+}
+
+impl Coordinator {
+    pub(crate) fn new(membership: Arc<Membership>, settings: Arc<Settings>, cancel: CancellationToken) -> Self {
+        Self {
+            membership,
+            settings,
+            cancel,
+            seen: HashMap::new(),
+            listed: HashSet::new(),
+            requested: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let worker = self.membership.worker.clone();
+        tracing::info!(%worker, "joining the consumer group");
+        let cancel = self.cancel.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                () = self.round() => {}
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.lease_renew_interval) => {}
+                _ = self.membership.nudge.notified() => {}
+            }
+        }
+    }
+
+    async fn round(&mut self) {
+        self.renew().await;
+        if let Err(error) = self.balance().await {
+            tracing::warn!(error = %error, "lease round failed; trying again");
+        }
+    }
+
+    /// Renews every held lease; a lease that cannot be confirmed within the
+    /// lease duration counts as lost.
+    async fn renew(&self) {
+        let held: Vec<Lease> = self
+            .membership
+            .held()
+            .values()
+            .filter(|held| !held.releasing)
+            .map(|held| held.lease.clone())
+            .collect();
+        let store = &self.membership.store;
+        let results: Vec<(Lease, Result<Lease, CheckpointError>)> = futures::stream::iter(held)
+            .map(|lease| async move {
+                let result = store.renew_lease(&lease).await;
+                (lease, result)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (lease, result) in results {
+            let shard = lease.key.shard_id.as_str();
+            match result {
+                Ok(renewed) => {
+                    if let Some(held) = self.membership.held().get_mut(shard) {
+                        if held.lease.epoch == renewed.epoch {
+                            held.lease = renewed;
+                            held.renewed = Instant::now();
+                        }
+                    }
+                }
+                Err(CheckpointError::LeaseLost { .. }) => self.membership.lose(shard),
+                Err(error) => {
+                    tracing::warn!(shard, error = %error, "renewing a lease failed");
+                    if !self.membership.is_valid(shard) {
+                        self.membership.lose(shard);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn balance(&mut self) -> Result<(), CheckpointError> {
+        let membership = Arc::clone(&self.membership);
+        let store = &membership.store;
+        let me = membership.worker.as_str();
+        let known: HashMap<String, ShardInfo> = membership.known().clone();
+        let mut missing: Vec<&ShardInfo> = known.values().filter(|s| !self.listed.contains(&s.shard_id)).collect();
+        missing.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        for shard in missing {
+            let key = CheckpointKey::new(&membership.consumer_name, &membership.stream_name, &shard.shard_id);
+            store.create_lease(&key, &parents_of(shard)).await?;
+        }
+        let leases = store
+            .list_leases(&membership.consumer_name, &membership.stream_name)
+            .await?;
+        let now = Instant::now();
+        self.listed = leases.iter().map(|l| l.key.shard_id.clone()).collect();
+        for lease in &leases {
+            let seen = self.seen.entry(lease.key.shard_id.clone()).or_insert_with(|| Seen {
+                owner: None,
+                epoch: u64::MAX,
+                heartbeat: u64::MAX,
+                since: now,
+            });
+            if (seen.owner.as_ref(), seen.epoch, seen.heartbeat) != (lease.owner.as_ref(), lease.epoch, lease.heartbeat)
+            {
+                *seen = Seen {
+                    owner: lease.owner.clone(),
+                    epoch: lease.epoch,
+                    heartbeat: lease.heartbeat,
+                    since: now,
+                };
+            }
+        }
+        let view = View::new(&leases, &known, me);
+
+        // What the store says about leases this worker holds or was given.
+        for lease in &leases {
+            let shard = lease.key.shard_id.as_str();
+            let held = membership.held().get(shard).map(|h| (h.lease.epoch, h.releasing));
+            match held {
+                Some((epoch, _)) if !lease.is_owned_by(me) || lease.epoch != epoch => membership.lose(shard),
+                Some((_, false)) => {
+                    if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me) {
+                        if let Some(held) = membership.held().get_mut(shard) {
+                            held.releasing = true;
+                        }
+                        tracing::info!(shard, to, "handing a lease over");
+                        membership.tell(Control::Release {
+                            shard: Arc::from(shard),
+                            to: to.to_owned(),
+                        });
+                    }
+                }
+                Some((_, true)) => {}
+                None if lease.is_owned_by(me) => {
+                    if view.finished(lease) {
+                        let _ = store.release_lease(lease, None).await;
+                    } else if view.eligible(lease) {
+                        // Handed over to this worker.
+                        self.hold(lease.clone());
+                    }
+                }
+                None => {}
+            }
+        }
+        if self.requested.as_ref().is_some_and(|(shard, at)| {
+            membership.held().contains_key(shard.as_str()) || at.elapsed() >= self.settings.lease_duration
+        }) {
+            self.requested = None;
+        }
+
+        let plan = view.plan(
+            |lease| {
+                self.seen
+                    .get(&lease.key.shard_id)
+                    .is_some_and(|seen| now.duration_since(seen.since) >= self.settings.lease_duration)
+            },
+            self.requested.is_some(),
+        );
+        for lease in plan.take {
+            match store.take_lease(lease, me).await {
+                Ok(taken) => {
+                    tracing::info!(shard = %taken.key.shard_id, from = ?lease.owner, "lease taken");
+                    self.hold(taken);
+                }
+                Err(CheckpointError::LeaseLost { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if let Some(lease) = plan.steal {
+            match store.request_handoff(lease, me).await {
+                Ok(()) => {
+                    tracing::info!(shard = %lease.key.shard_id, from = ?lease.owner, "asked for a lease");
+                    self.requested = Some((lease.key.shard_id.clone(), Instant::now()));
+                }
+                Err(CheckpointError::LeaseLost { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(&self, lease: Lease) {
+        let shard: Arc<str> = Arc::from(lease.key.shard_id.as_str());
+        self.membership.held().insert(
+            Arc::clone(&shard),
+            Held {
+                lease: lease.clone(),
+                renewed: Instant::now(),
+                releasing: false,
+            },
+        );
+        self.membership.tell(Control::Acquired(lease));
+    }
+}
+
+/// The leases of a group as one worker sees them in one round.
+struct View<'a> {
+    by_shard: HashMap<&'a str, &'a Lease>,
+    known: &'a HashMap<String, ShardInfo>,
+    me: &'a str,
+}
+
+/// What to do this round.
+#[derive(Debug, Default)]
+struct Plan<'a> {
+    take: Vec<&'a Lease>,
+    steal: Option<&'a Lease>,
+}
+
+impl<'a> View<'a> {
+    fn new(leases: &'a [Lease], known: &'a HashMap<String, ShardInfo>, me: &'a str) -> Self {
+        Self {
+            by_shard: leases.iter().map(|l| (l.key.shard_id.as_str(), l)).collect(),
+            known,
+            me,
+        }
+    }
+
+    fn finished(&self, lease: &Lease) -> bool {
+        lease.checkpoint == Some(Checkpoint::ShardEnd)
+    }
+
+    /// Not finished, and every parent finished: parents are read first.
+    fn eligible(&self, lease: &Lease) -> bool {
+        if self.finished(lease) {
+            return false;
+        }
+        let listed_parents;
+        let parents = match self.known.get(&lease.key.shard_id) {
+            Some(info) => {
+                listed_parents = parents_of(info);
+                &listed_parents
+            }
+            None => &lease.parents,
+        };
+        parents.iter().all(|parent| match self.by_shard.get(parent.as_str()) {
+            Some(parent) => self.finished(parent),
+            // A parent without a lease is past retention, unless it is listed
+            // and its lease not created yet.
+            None => !self.known.contains_key(parent),
+        })
+    }
+
+    /// Takes free and expired eligible leases up to this worker's fair share;
+    /// below it and with none free, asks the busiest worker for one lease if
+    /// it holds at least two more than this one (hysteresis: shares settle
+    /// within one of even and then stay put).
+    fn plan(&self, expired: impl Fn(&Lease) -> bool, asked: bool) -> Plan<'a> {
+        let me = self.me;
+        let eligible: Vec<&'a Lease> = self.by_shard.values().copied().filter(|l| self.eligible(l)).collect();
+        let live = |lease: &Lease| lease.owner.is_some() && !expired(lease);
+        let mut counts: HashMap<&str, usize> = HashMap::from([(me, 0)]);
+        for lease in eligible.iter().filter(|l| live(l)) {
+            if let Some(owner) = lease.owner.as_deref() {
+                *counts.entry(owner).or_default() += 1;
+            }
+        }
+        let mine = counts[me];
+        let target = eligible.len().div_ceil(counts.len());
+        let mut plan = Plan::default();
+        if mine >= target {
+            return plan;
+        }
+        let mut free: Vec<&'a Lease> = eligible.iter().copied().filter(|l| !live(l)).collect();
+        fastrand::shuffle(&mut free);
+        // Never-owned and released leases before expired ones.
+        free.sort_by_key(|l| l.owner.is_some());
+        plan.take = free.into_iter().take(target - mine).collect();
+        if !plan.take.is_empty() || asked {
+            return plan;
+        }
+        let busiest = counts
+            .iter()
+            .filter(|(owner, _)| **owner != me)
+            .max_by_key(|(owner, count)| (**count, std::cmp::Reverse(**owner)));
+        if let Some((&owner, &count)) = busiest {
+            if count >= mine + 2 {
+                let mut theirs: Vec<&'a Lease> = eligible
+                    .iter()
+                    .copied()
+                    .filter(|l| l.owner.as_deref() == Some(owner) && l.handoff_to.is_none() && live(l))
+                    .collect();
+                theirs.sort_by(|a, b| a.key.shard_id.cmp(&b.key.shard_id));
+                plan.steal = theirs.pop();
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(shard: &str, owner: Option<&str>, parents: &[&str]) -> Lease {
+        let mut lease = Lease::new(
+            CheckpointKey::new("app", "stream", shard),
+            parents.iter().map(|p| p.to_string()).collect(),
+        );
+        lease.owner = owner.map(str::to_owned);
+        lease
+    }
+
+    fn group(owners: &[Option<&str>]) -> Vec<Lease> {
+        owners
+            .iter()
+            .enumerate()
+            .map(|(n, owner)| lease(&format!("shard-{n}"), *owner, &[]))
+            .collect()
+    }
+
+    fn shards(plan: &[&Lease]) -> Vec<String> {
+        let mut ids: Vec<String> = plan.iter().map(|l| l.key.shard_id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_lone_worker_takes_every_free_lease() {
+        let leases = group(&[None; 6]);
+        let known = HashMap::new();
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(plan.take.len(), 6);
+        assert!(plan.steal.is_none());
+    }
+
+    #[test]
+    fn a_worker_takes_only_its_fair_share_of_free_leases() {
+        let leases = group(&[Some("w2"), None, None, None, None, None]);
+        let known = HashMap::new();
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(plan.take.len(), 3, "six leases, two live workers");
+    }
+
+    #[test]
+    fn expired_leases_are_taken_but_live_ones_are_not() {
+        let leases = group(&[Some("dead"), Some("dead"), Some("w2"), Some("w2")]);
+        let known = HashMap::new();
+        let plan = View::new(&leases, &known, "w1").plan(|l| l.owner.as_deref() == Some("dead"), false);
+        assert_eq!(shards(&plan.take), ["shard-0", "shard-1"]);
+    }
+
+    #[test]
+    fn a_new_worker_asks_the_busiest_for_one_lease_at_a_time() {
+        let leases = group(&[Some("w2"), Some("w2"), Some("w2"), Some("w2"), Some("w3"), Some("w3")]);
+        let known = HashMap::new();
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert!(plan.take.is_empty());
+        assert_eq!(plan.steal.and_then(|l| l.owner.as_deref()), Some("w2"));
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, true);
+        assert!(plan.steal.is_none(), "one request at a time");
+    }
+
+    #[test]
+    fn shares_within_one_of_even_stay_put() {
+        // 7 leases over 3 workers: 3, 2, 2 is balanced.
+        let leases = group(&[
+            Some("w2"),
+            Some("w2"),
+            Some("w2"),
+            Some("w3"),
+            Some("w3"),
+            Some("w1"),
+            Some("w1"),
+        ]);
+        let known = HashMap::new();
+        for me in ["w1", "w2", "w3"] {
+            let plan = View::new(&leases, &known, me).plan(|_| false, false);
+            assert!(
+                plan.take.is_empty() && plan.steal.is_none(),
+                "{me} must not move leases: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn children_are_taken_only_once_every_parent_is_finished() {
+        let mut parent = lease("A", Some("w2"), &[]);
+        let b = lease("B", None, &["A"]);
+        let d = lease("D", None, &["B", "C"]);
+        let mut c = lease("C", None, &["A"]);
+        let known = HashMap::new();
+        let leases = vec![parent.clone(), b.clone(), c.clone(), d.clone()];
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert!(plan.take.is_empty(), "A is still read: {plan:?}");
+        parent.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![parent.clone(), b.clone(), c.clone(), d.clone()];
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(shards(&plan.take), ["B", "C"]);
+        c.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![parent, b, c, d];
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(shards(&plan.take), ["B"], "D waits for B too");
+    }
+
+    #[test]
+    fn a_listed_parent_without_a_lease_yet_blocks_its_child() {
+        let leases = vec![lease("B", None, &["A"])];
+        let known = HashMap::from([(
+            "A".to_owned(),
+            ShardInfo {
+                shard_id: "A".into(),
+                parent_shard_id: None,
+                adjacent_parent_shard_id: None,
+                ending_sequence_number: None,
+            },
+        )]);
+        assert!(View::new(&leases, &known, "w1").plan(|_| false, false).take.is_empty());
+        let known = HashMap::new();
+        assert_eq!(
+            View::new(&leases, &known, "w1").plan(|_| false, false).take.len(),
+            1,
+            "a trimmed parent does not block"
+        );
+    }
+}
