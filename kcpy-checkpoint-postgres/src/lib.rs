@@ -1,0 +1,515 @@
+//! A PostgreSQL [`CheckpointStore`] and [`LeaseStore`] for kcpy, on sqlx.
+//!
+//! One table, `kcpy_checkpoints`, keyed by (consumer name, stream, shard),
+//! holds each shard's checkpoint as text and its lease (owner, epoch,
+//! heartbeat, handoff request, parents). Every lease change is one
+//! conditional `UPDATE`; a checkpoint write locks its row, checks the lease
+//! and the order, and writes in one transaction, so a fenced-out worker
+//! changes nothing. Writes are durable on return with the default
+//! `synchronous_commit = on`. The table is created on connect; a table of that
+//! name with another shape is refused, never altered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kcpy_core::{BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+const SCHEMA_COMMENT: &str = "kcpy checkpoints and leases v1";
+
+const CREATE_TABLE: &str = r#"CREATE TABLE IF NOT EXISTS kcpy_checkpoints (
+    consumer_name TEXT COLLATE "C" NOT NULL,
+    stream_name TEXT COLLATE "C" NOT NULL,
+    shard_id TEXT COLLATE "C" NOT NULL,
+    checkpoint TEXT,
+    owner TEXT,
+    epoch BIGINT NOT NULL DEFAULT 0,
+    heartbeat BIGINT NOT NULL DEFAULT 0,
+    handoff_to TEXT,
+    parents TEXT[] NOT NULL DEFAULT '{}',
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_name, stream_name, shard_id)
+)"#;
+
+const COLUMNS: [&str; 10] = [
+    "consumer_name",
+    "stream_name",
+    "shard_id",
+    "checkpoint",
+    "owner",
+    "epoch",
+    "heartbeat",
+    "handoff_to",
+    "parents",
+    "updated_at",
+];
+
+const LEASE_COLUMNS: &str =
+    "consumer_name, stream_name, shard_id, checkpoint, owner, epoch, heartbeat, handoff_to, parents";
+
+const WHERE_KEY: &str = "consumer_name = $1 AND stream_name = $2 AND shard_id = $3";
+
+/// Checkpoints and leases in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresCheckpointStore {
+    pool: PgPool,
+}
+
+impl PostgresCheckpointStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`; the
+    /// database must exist) and creates the table if it is missing.
+    pub async fn connect(url: &str) -> Result<Self, CheckpointError> {
+        let location = redact(url);
+        let open = |source: BoxError| CheckpointError::Open {
+            location: location.clone(),
+            source,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| open(boxed(e)))?;
+        prepare(&pool).await.map_err(open)?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, e.g. to close it.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// The database holds something this crate cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SchemaError(String);
+
+fn boxed(error: sqlx::Error) -> BoxError {
+    Arc::new(error)
+}
+
+async fn prepare(pool: &PgPool) -> Result<(), BoxError> {
+    if table_columns(pool).await.map_err(boxed)?.is_empty() {
+        match create_table(pool).await {
+            Ok(()) => {}
+            // Another process created it at the same moment.
+            Err(error) if sql_state(&error).as_deref() == Some(UNIQUE_VIOLATION) => {}
+            Err(error) => return Err(boxed(error)),
+        }
+    }
+    let columns = table_columns(pool).await.map_err(boxed)?;
+    if columns != COLUMNS {
+        return Err(Arc::new(SchemaError(format!(
+            "table kcpy_checkpoints has columns {columns:?}, expected {COLUMNS:?}"
+        ))));
+    }
+    let comment: Option<String> =
+        sqlx::query_scalar("SELECT obj_description('kcpy_checkpoints'::regclass, 'pg_class')")
+            .fetch_one(pool)
+            .await
+            .map_err(boxed)?;
+    if comment.as_deref() != Some(SCHEMA_COMMENT) {
+        return Err(Arc::new(SchemaError(format!(
+            "table kcpy_checkpoints is {comment:?}, expected {SCHEMA_COMMENT:?}"
+        ))));
+    }
+    Ok(())
+}
+
+async fn create_table(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;
+    sqlx::query(&format!("COMMENT ON TABLE kcpy_checkpoints IS '{SCHEMA_COMMENT}'"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+async fn table_columns(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'kcpy_checkpoints' ORDER BY ordinal_position",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+
+fn sql_state(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+fn store_error(error: sqlx::Error) -> CheckpointError {
+    // Serialization failure, deadlock, too many connections, shutdown,
+    // connection failures: worth another try.
+    let transient = sql_state(&error).is_some_and(|state| {
+        matches!(
+            state.as_str(),
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+        ) || state.starts_with("08")
+    }) || matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+    );
+    CheckpointError::backend(error, transient)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn lease_from_row(row: &PgRow) -> Result<Lease, CheckpointError> {
+    let get_text = |column: &str| row.try_get::<String, _>(column).map_err(store_error);
+    let key = CheckpointKey::new(
+        get_text("consumer_name")?,
+        get_text("stream_name")?,
+        get_text("shard_id")?,
+    );
+    let parents: Vec<String> = row.try_get("parents").map_err(store_error)?;
+    let checkpoint: Option<String> = row.try_get("checkpoint").map_err(store_error)?;
+    let mut lease = Lease::new(key, parents);
+    lease.checkpoint = checkpoint
+        .map(|text| CheckpointError::parse_stored(&lease.key, &text))
+        .transpose()?;
+    lease.owner = row.try_get("owner").map_err(store_error)?;
+    lease.handoff_to = row.try_get("handoff_to").map_err(store_error)?;
+    let epoch: i64 = row.try_get("epoch").map_err(store_error)?;
+    let heartbeat: i64 = row.try_get("heartbeat").map_err(store_error)?;
+    lease.epoch = u64::try_from(epoch).unwrap_or_default();
+    lease.heartbeat = u64::try_from(heartbeat).unwrap_or_default();
+    Ok(lease)
+}
+
+impl PostgresCheckpointStore {
+    /// Locks the key's row; `None` if there is none.
+    async fn lock_row(
+        tx: &mut Transaction<'_, Postgres>,
+        key: &CheckpointKey,
+    ) -> Result<Option<(Option<String>, Option<String>, i64)>, CheckpointError> {
+        sqlx::query_as(&format!(
+            "SELECT checkpoint, owner, epoch FROM kcpy_checkpoints WHERE {WHERE_KEY} FOR UPDATE"
+        ))
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)
+    }
+
+    /// Writes `checkpoint` over the locked row's `stored` text unless that
+    /// would move it backwards; then commits.
+    async fn advance(
+        mut tx: Transaction<'_, Postgres>,
+        key: &CheckpointKey,
+        stored: Option<String>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
+        if let Some(stored) = stored {
+            let stored = CheckpointError::parse_stored(key, &stored)?;
+            if stored > *checkpoint {
+                return Err(CheckpointError::conflict(key, stored, checkpoint.clone()));
+            }
+            if stored == *checkpoint {
+                return Ok(());
+            }
+        }
+        sqlx::query(&format!(
+            "UPDATE kcpy_checkpoints SET checkpoint = $4, updated_at = now() WHERE {WHERE_KEY}"
+        ))
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(checkpoint.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// Runs a conditional lease `UPDATE … RETURNING`; no row means the
+    /// condition failed.
+    async fn update_lease(
+        &self,
+        sql: &str,
+        key: &CheckpointKey,
+        binds: LeaseBinds<'_>,
+    ) -> Result<Lease, CheckpointError> {
+        let mut query = sqlx::query(sql)
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id);
+        for text in binds.texts {
+            query = query.bind(text);
+        }
+        for number in binds.numbers {
+            query = query.bind(number);
+        }
+        match query.fetch_optional(&self.pool).await.map_err(store_error)? {
+            Some(row) => lease_from_row(&row),
+            None => Err(CheckpointError::lease_lost(key)),
+        }
+    }
+}
+
+/// Parameters after the key: texts ($4, …) then numbers.
+struct LeaseBinds<'a> {
+    texts: Vec<Option<&'a str>>,
+    numbers: Vec<i64>,
+}
+
+#[async_trait]
+impl CheckpointStore for PostgresCheckpointStore {
+    async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar(&format!("SELECT checkpoint FROM kcpy_checkpoints WHERE {WHERE_KEY}"))
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?;
+        stored
+            .flatten()
+            .map(|text| CheckpointError::parse_stored(key, &text))
+            .transpose()
+    }
+
+    async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let inserted = sqlx::query(
+            "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(checkpoint.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let Some((stored, _, _)) = Self::lock_row(&mut tx, key).await? else {
+            return Err(CheckpointError::backend(
+                SchemaError(format!("the row of {key} vanished during a save")),
+                true,
+            ));
+        };
+        Self::advance(tx, key, stored, checkpoint).await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresCheckpointStore {
+    async fn list_leases(&self, consumer_name: &str, stream_name: &str) -> Result<Vec<Lease>, CheckpointError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LEASE_COLUMNS} FROM kcpy_checkpoints WHERE consumer_name = $1 AND stream_name = $2 ORDER BY shard_id"
+        ))
+        .bind(consumer_name)
+        .bind(stream_name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(lease_from_row).collect()
+    }
+
+    async fn create_lease(&self, key: &CheckpointKey, parents: &[String]) -> Result<bool, CheckpointError> {
+        let inserted = sqlx::query(
+            "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, parents) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(parents)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn take_lease(&self, observed: &Lease, owner: &str) -> Result<Lease, CheckpointError> {
+        let sql = format!(
+            "UPDATE kcpy_checkpoints SET owner = $4, epoch = epoch + 1, heartbeat = heartbeat + 1, handoff_to = NULL,
+             updated_at = now() WHERE {WHERE_KEY} AND epoch = $5 AND heartbeat = $6 RETURNING {LEASE_COLUMNS}"
+        );
+        let binds = LeaseBinds {
+            texts: vec![Some(owner)],
+            numbers: vec![to_i64(observed.epoch), to_i64(observed.heartbeat)],
+        };
+        self.update_lease(&sql, &observed.key, binds).await
+    }
+
+    async fn renew_lease(&self, held: &Lease) -> Result<Lease, CheckpointError> {
+        let sql = format!(
+            "UPDATE kcpy_checkpoints SET heartbeat = heartbeat + 1, updated_at = now()
+             WHERE {WHERE_KEY} AND owner = $4 AND epoch = $5 RETURNING {LEASE_COLUMNS}"
+        );
+        let binds = LeaseBinds {
+            texts: vec![held.owner.as_deref()],
+            numbers: vec![to_i64(held.epoch)],
+        };
+        self.update_lease(&sql, &held.key, binds).await
+    }
+
+    async fn request_handoff(&self, observed: &Lease, to: &str) -> Result<(), CheckpointError> {
+        let sql = format!(
+            "UPDATE kcpy_checkpoints SET handoff_to = $4, updated_at = now()
+             WHERE {WHERE_KEY} AND owner = $5 AND epoch = $6 RETURNING {LEASE_COLUMNS}"
+        );
+        let binds = LeaseBinds {
+            texts: vec![Some(to), observed.owner.as_deref()],
+            numbers: vec![to_i64(observed.epoch)],
+        };
+        self.update_lease(&sql, &observed.key, binds).await.map(drop)
+    }
+
+    async fn release_lease(&self, held: &Lease, to: Option<&str>) -> Result<(), CheckpointError> {
+        let sql = format!(
+            "UPDATE kcpy_checkpoints SET owner = $4, epoch = epoch + 1, heartbeat = heartbeat + 1, handoff_to = NULL,
+             updated_at = now() WHERE {WHERE_KEY} AND owner = $5 AND epoch = $6 RETURNING {LEASE_COLUMNS}"
+        );
+        let binds = LeaseBinds {
+            texts: vec![to, held.owner.as_deref()],
+            numbers: vec![to_i64(held.epoch)],
+        };
+        self.update_lease(&sql, &held.key, binds).await.map(drop)
+    }
+
+    async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let key = &held.key;
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        match Self::lock_row(&mut tx, key).await? {
+            Some((stored, owner, epoch)) if owner.is_some() && owner == held.owner && epoch == to_i64(held.epoch) => {
+                Self::advance(tx, key, stored, checkpoint).await
+            }
+            _ => Err(CheckpointError::lease_lost(key)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url() -> String {
+        std::env::var("KCPY_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    async fn store() -> PostgresCheckpointStore {
+        PostgresCheckpointStore::connect(&url())
+            .await
+            .expect("PostgreSQL at KCPY_POSTGRES_URL (scripts/services starts it)")
+    }
+
+    #[tokio::test]
+    async fn postgres_store_meets_the_checkpoint_store_contract() {
+        kcpy_core::test_util::checkpoint_store_conformance(&store().await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_store_meets_the_lease_store_contract() {
+        kcpy_core::test_util::lease_store_conformance(&store().await).await;
+    }
+
+    #[tokio::test]
+    async fn malformed_stored_values_are_reported_and_never_overwritten() {
+        let store = store().await;
+        let pool = store.pool().clone();
+        let read_pool = pool.clone();
+        kcpy_core::test_util::malformed_value_conformance(
+            &store,
+            move |key, value| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query(
+                        "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&key.consumer_name)
+                    .bind(&key.stream_name)
+                    .bind(&key.shard_id)
+                    .bind(value)
+                    .execute(&pool)
+                    .await
+                    .expect("plant");
+                }
+            },
+            move |key| {
+                let pool = read_pool.clone();
+                async move {
+                    sqlx::query_scalar(&format!("SELECT checkpoint FROM kcpy_checkpoints WHERE {WHERE_KEY}"))
+                        .bind(&key.consumer_name)
+                        .bind(&key.stream_name)
+                        .bind(&key.shard_id)
+                        .fetch_one(&pool)
+                        .await
+                        .expect("read back")
+                }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_foreign_table_of_the_same_name_is_refused_and_left_alone() {
+        let admin = store().await;
+        let schema = format!("kcpy_foreign_{}", std::process::id());
+        let pool = admin.pool();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(pool)
+            .await
+            .expect("schema");
+        sqlx::query(&format!("CREATE TABLE {schema}.kcpy_checkpoints (id INT PRIMARY KEY)"))
+            .execute(pool)
+            .await
+            .expect("foreign table");
+        let url = format!("{}?options=-c%20search_path%3D{schema}", url());
+        let result = PostgresCheckpointStore::connect(&url).await;
+        let columns: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'kcpy_checkpoints'",
+        )
+        .bind(&schema)
+        .fetch_one(pool)
+        .await
+        .expect("count");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(pool)
+            .await
+            .expect("drop");
+        assert!(matches!(result, Err(CheckpointError::Open { .. })), "{result:?}");
+        assert_eq!(columns, 1, "the foreign table must be left as it was");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_an_open_error_without_the_password() {
+        let result = PostgresCheckpointStore::connect("postgres://kcpy:secret@127.0.0.1:1/test").await;
+        match result {
+            Err(error @ CheckpointError::Open { .. }) => {
+                let text = error.to_string();
+                assert!(text.contains("kcpy:***@127.0.0.1:1"), "{text}");
+                assert!(!text.contains("secret"), "{text}");
+            }
+            other => panic!("expected an Open error, got {other:?}"),
+        }
+    }
+}
