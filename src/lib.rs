@@ -2,9 +2,9 @@
 //! with checkpoints kept where you choose.
 //!
 //! This crate gathers the pieces: the consumer from `kcpy-core`, the bundled
-//! checkpoint stores (features `memory` and `sqlite`, on by default; `redis`
-//! and `mysql`, off by default),
-//! and the AWS crates needed to make a client.
+//! checkpoint stores (features `memory` and `sqlite`, on by default; `redis`,
+//! `mysql`, and for consumer groups across machines `postgres` and
+//! `dynamodb`, off by default), and the AWS crates needed to make a client.
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -29,14 +29,20 @@
 
 pub use kcpy_core::*;
 
+#[cfg(feature = "dynamodb")]
+pub use kcpy_checkpoint_dynamodb::DynamoDbCheckpointStore;
 #[cfg(feature = "memory")]
 pub use kcpy_checkpoint_memory::MemoryCheckpointStore;
 #[cfg(feature = "mysql")]
 pub use kcpy_checkpoint_mysql::MySqlCheckpointStore;
+#[cfg(feature = "postgres")]
+pub use kcpy_checkpoint_postgres::PostgresCheckpointStore;
 #[cfg(feature = "redis")]
 pub use kcpy_checkpoint_redis::RedisCheckpointStore;
 #[cfg(feature = "sqlite")]
 pub use kcpy_checkpoint_sqlite::SqliteCheckpointStore;
 
 pub use aws_config;
+#[cfg(feature = "dynamodb")]
+pub use aws_sdk_dynamodb;
 pub use aws_sdk_kinesis;

@@ -35,17 +35,6 @@ fn spawn(stream: &str, store: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
     (child, BufReader::new(stdout).lines())
 }
 
-fn parse(line: &str) -> Put {
-    let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line per record");
-    let text = |field: &str| value[field].as_str().expect("string field").to_owned();
-    Put {
-        shard_id: text("shard_id"),
-        sequence_number: text("sequence_number").parse().expect("valid"),
-        partition_key: text("partition_key"),
-        data: text("data"),
-    }
-}
-
 async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl FnMut(&[Put]) -> bool) -> Vec<Put> {
     let mut read = Vec::new();
     tokio::time::timeout(Duration::from_secs(180), async {
@@ -55,7 +44,7 @@ async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl Fn
                 .await
                 .expect("read stdout")
                 .expect("the consumer exited early");
-            read.push(parse(&line));
+            read.push(support::parse_json_line(&line));
         }
     })
     .await
@@ -93,7 +82,7 @@ async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Ou
     child.wait().await.expect("reap");
     // Whatever it printed before dying was delivered too.
     while let Ok(Some(line)) = lines.next_line().await {
-        run1.push(parse(&line));
+        run1.push(support::parse_json_line(&line));
     }
 
     let delivered1 = by_shard(&run1);
@@ -194,7 +183,7 @@ async fn a_consumer_killed_during_a_reshard_loses_nothing_after_a_restart() {
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reap");
     while let Ok(Some(line)) = lines.next_line().await {
-        run1.push(parse(&line));
+        run1.push(support::parse_json_line(&line));
     }
 
     let (mut child, mut lines) = spawn(&stream.name, &sqlite);
@@ -265,7 +254,7 @@ async fn ten_sigkills_at_seeded_random_points_lose_nothing() {
         child.start_kill().expect("SIGKILL");
         child.wait().await.expect("reap");
         while let Ok(Some(line)) = lines.next_line().await {
-            run.push(parse(&line));
+            run.push(support::parse_json_line(&line));
         }
         // Each run starts right after the checkpoints left by the one before.
         for (shard, seqs) in by_shard(&run) {

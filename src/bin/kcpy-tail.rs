@@ -4,16 +4,23 @@
 //! ```text
 //! kcpy-tail STREAM [--store URL] [--consumer-name NAME] [--start trim-horizon|latest]
 //!                  [--checkpoint-every N] [--endpoint URL]
+//!                  [--group [--worker-id ID] [--lease-duration-ms N] [--lease-renew-ms N]]
 //! ```
 //!
 //! The store is picked by the URL's scheme: `sqlite://`, and with the crate's
-//! features `redis` and `mysql`, `redis://` / `rediss://` and `mysql://`.
+//! features `redis`, `mysql`, `postgres` and `dynamodb`, `redis://` /
+//! `rediss://`, `mysql://`, `postgres://` and `dynamodb://TABLE`.
 //!
-//! `--endpoint` (or `KCPY_KINESIS_ENDPOINT`) points it at an emulator; without
-//! one it uses the usual AWS credentials and region.
+//! `--group` joins a consumer group: processes with the same consumer name and
+//! store split the stream's shards (PostgreSQL and DynamoDB stores).
+//!
+//! `--endpoint` (or `KCPY_KINESIS_ENDPOINT`) points it at an emulator, and
+//! `KCPY_DYNAMODB_ENDPOINT` at a local DynamoDB; without them it uses the
+//! usual AWS credentials and region.
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kcpy::aws_config::{self, BehaviorVersion, Region};
@@ -21,7 +28,8 @@ use kcpy::aws_sdk_kinesis::config::Credentials;
 use kcpy::{Consumer, ConsumerBuilder, StartPosition};
 
 const USAGE: &str = "usage: kcpy-tail STREAM [--store URL] [--consumer-name NAME] \
-                     [--start trim-horizon|latest] [--checkpoint-every N] [--endpoint URL]";
+                     [--start trim-horizon|latest] [--checkpoint-every N] [--endpoint URL] \
+                     [--group [--worker-id ID] [--lease-duration-ms N] [--lease-renew-ms N]]";
 
 struct Args {
     stream: String,
@@ -30,6 +38,10 @@ struct Args {
     start: StartPosition,
     checkpoint_every: u64,
     endpoint: Option<String>,
+    group: bool,
+    worker_id: Option<String>,
+    lease_duration: Option<Duration>,
+    lease_renew: Option<Duration>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -40,6 +52,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         start: StartPosition::TrimHorizon,
         checkpoint_every: 1000,
         endpoint: std::env::var("KCPY_KINESIS_ENDPOINT").ok(),
+        group: false,
+        worker_id: None,
+        lease_duration: None,
+        lease_renew: None,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -47,6 +63,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--store" => parsed.store = Some(value()?),
             "--consumer-name" => parsed.consumer_name = value()?,
             "--endpoint" => parsed.endpoint = Some(value()?),
+            "--group" => parsed.group = true,
+            "--worker-id" => parsed.worker_id = Some(value()?),
+            "--lease-duration-ms" => parsed.lease_duration = Some(millis(&arg, &value()?)?),
+            "--lease-renew-ms" => parsed.lease_renew = Some(millis(&arg, &value()?)?),
             "--checkpoint-every" => {
                 parsed.checkpoint_every = value()?.parse().map_err(|_| "--checkpoint-every needs a number")?
             }
@@ -66,7 +86,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if parsed.stream.is_empty() {
         return Err(USAGE.into());
     }
+    if parsed.group && parsed.store.is_none() {
+        return Err("--group needs a --store that holds leases (postgres:// or dynamodb://)".into());
+    }
     Ok(parsed)
+}
+
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{flag} needs a number of milliseconds"))
 }
 
 #[tokio::main]
@@ -104,14 +134,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("test", "test", None, None, "emulator"));
     }
-    let client = kcpy::aws_sdk_kinesis::Client::new(&config.load().await);
+    let config = config.load().await;
+    let client = kcpy::aws_sdk_kinesis::Client::new(&config);
     let mut builder = Consumer::builder(client, &args.stream)
         .consumer_name(&args.consumer_name)
         .start_position(args.start)
         .checkpoint_every(args.checkpoint_every)
-        .idle_interval(std::time::Duration::from_millis(200));
+        .idle_interval(Duration::from_millis(200));
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id);
+    }
+    if let Some(duration) = args.lease_duration {
+        builder = builder.lease_duration(duration);
+    }
+    if let Some(interval) = args.lease_renew {
+        builder = builder.lease_renew_interval(interval);
+    }
     if let Some(url) = &args.store {
-        builder = with_store(builder, url).await?;
+        builder = with_store(builder, url, args.group, &config).await?;
     }
     let mut consumer = builder.build().await?;
     let shutdown = consumer.shutdown_handle();
@@ -136,9 +176,51 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The checkpoint store named by `url`'s scheme.
-async fn with_store(builder: ConsumerBuilder, url: &str) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
+/// The checkpoint store named by `url`'s scheme; with `group`, as the lease
+/// store of a consumer group.
+async fn with_store(
+    builder: ConsumerBuilder,
+    url: &str,
+    group: bool,
+    config: &kcpy::aws_config::SdkConfig,
+) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
+    let _ = config;
     let scheme = url.split(':').next().unwrap_or_default();
+    match (scheme, group) {
+        #[cfg(feature = "postgres")]
+        ("postgres" | "postgresql", group) => {
+            let store = kcpy::PostgresCheckpointStore::connect(url).await?;
+            Ok(if group {
+                builder.lease_store(store)
+            } else {
+                builder.checkpoint_store(store)
+            })
+        }
+        #[cfg(feature = "dynamodb")]
+        ("dynamodb", group) => {
+            let table = url.trim_start_matches("dynamodb://");
+            let mut dynamodb = kcpy::aws_sdk_dynamodb::config::Builder::from(config);
+            if let Ok(endpoint) = std::env::var("KCPY_DYNAMODB_ENDPOINT") {
+                dynamodb = dynamodb.endpoint_url(endpoint);
+            }
+            let store =
+                kcpy::DynamoDbCheckpointStore::new(kcpy::aws_sdk_dynamodb::Client::from_conf(dynamodb.build()), table);
+            Ok(if group {
+                builder.lease_store(store)
+            } else {
+                builder.checkpoint_store(store)
+            })
+        }
+        (_, true) => Err(format!("{scheme:?} stores hold no leases; --group needs postgres:// or dynamodb://").into()),
+        (scheme, false) => plain_store(builder, url, scheme).await,
+    }
+}
+
+async fn plain_store(
+    builder: ConsumerBuilder,
+    url: &str,
+    scheme: &str,
+) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
     match scheme {
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(builder.checkpoint_store(kcpy::SqliteCheckpointStore::connect(url).await?)),
@@ -147,7 +229,8 @@ async fn with_store(builder: ConsumerBuilder, url: &str) -> Result<ConsumerBuild
         #[cfg(feature = "mysql")]
         "mysql" => Ok(builder.checkpoint_store(kcpy::MySqlCheckpointStore::connect(url).await?)),
         _ => Err(
-            format!("no checkpoint store for {scheme:?} URLs in this build (features: sqlite, redis, mysql)").into(),
+            format!("no checkpoint store for {scheme:?} URLs in this build (features: sqlite, redis, mysql, postgres, dynamodb)")
+                .into(),
         ),
     }
 }

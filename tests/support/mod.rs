@@ -36,6 +36,39 @@ pub fn mysql_url() -> String {
     std::env::var("KCPY_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
+/// The PostgreSQL database for store tests (`KCPY_POSTGRES_URL`, else the local one).
+pub fn postgres_url() -> String {
+    std::env::var("KCPY_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A client for dynalite, started by `scripts/test` (`KCPY_DYNAMODB_ENDPOINT`).
+#[cfg(feature = "dynamodb")]
+pub fn dynamodb_client() -> kcpy::aws_sdk_dynamodb::Client {
+    use kcpy::aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let endpoint = std::env::var("KCPY_DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!("KCPY_DYNAMODB_ENDPOINT is not set: run the tests with scripts/test, which starts dynalite")
+    });
+    let config = kcpy::aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "kcpy-tests"))
+        .build();
+    kcpy::aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// A record as `kcpy-tail` prints it: one JSON object per line.
+pub fn parse_json_line(line: &str) -> Put {
+    let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line per record");
+    let text = |field: &str| value[field].as_str().expect("string field").to_owned();
+    Put {
+        shard_id: text("shard_id"),
+        sequence_number: text("sequence_number").parse().expect("valid"),
+        partition_key: text("partition_key"),
+        data: text("data"),
+    }
+}
+
 pub fn client() -> Client {
     let config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -304,6 +337,11 @@ pub struct Producer {
 
 impl Producer {
     pub fn start(stream: &TestStream, keys: usize) -> Self {
+        Self::paced(stream, keys, 20, Duration::from_millis(10))
+    }
+
+    /// `batch` records every `every`.
+    pub fn paced(stream: &TestStream, keys: usize, batch: usize, every: Duration) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let target = TestStream {
             client: stream.client.clone(),
@@ -314,11 +352,11 @@ impl Producer {
             let mut counters = vec![0u64; keys];
             let mut puts = Vec::new();
             let mut next_key = 0;
-            // A steady trickle, like a live stream: 20 records every 10 ms.
-            let mut pace = tokio::time::interval(Duration::from_millis(10));
+            // A steady trickle, like a live stream.
+            let mut pace = tokio::time::interval(every);
             while !flag.load(Ordering::Relaxed) {
                 pace.tick().await;
-                let batch: Vec<(String, String)> = (0..20)
+                let batch: Vec<(String, String)> = (0..batch)
                     .map(|_| {
                         let key = next_key % keys;
                         next_key += 1;
