@@ -176,7 +176,7 @@ impl Group {
     }
 
     /// Waits until the unfinished leases are spread within one of even over
-    /// exactly the `workers` given.
+    /// exactly the `workers` given, with no handoff pending.
     async fn wait_balanced(&self, workers: &[usize]) -> Vec<Lease> {
         let ids: Vec<&str> = workers.iter().map(|&w| self.workers[w].id.as_str()).collect();
         self.wait_leases(&format!("balanced over {ids:?}"), |leases| {
@@ -187,7 +187,12 @@ impl Group {
                 .all(|l| l.owner.as_deref().is_some_and(|o| ids.contains(&o)));
             let per_worker: Vec<usize> = ids.iter().map(|id| counts.get(*id).copied().unwrap_or(0)).collect();
             let (min, max) = (per_worker.iter().min(), per_worker.iter().max());
-            !leases.is_empty() && all_owned && min.zip(max).is_some_and(|(min, max)| max - min <= 1 && *min > 0)
+            // No handoff asked for and not yet done: the spread is settled.
+            let settled = leases.iter().all(|l| l.handoff_to.is_none());
+            !leases.is_empty()
+                && all_owned
+                && settled
+                && min.zip(max).is_some_and(|(min, max)| max - min <= 1 && *min > 0)
         })
         .await
     }
@@ -328,6 +333,7 @@ async fn a_killed_workers_shards_are_taken_over_within_the_bound(backend: Backen
         })
         .await;
     let took = killed.elapsed();
+    eprintln!("{backend:?}: the killed worker's shards were taken over after {took:?}");
     // Expiry needs the lease duration unchanged, seen on rounds RENEW apart;
     // allow two more rounds and the store's round trips on a loaded machine.
     let bound = LEASE + RENEW * 2;

@@ -453,6 +453,51 @@ mod tests {
     }
 
     #[test]
+    fn with_leases_only_held_shards_start_at_the_checkpoint_their_lease_carries() {
+        let now = SystemTime::now();
+        let mut lineage = Lineage::leased(split_then_merge(false), &HashMap::new(), StartPosition::Latest, now);
+        assert!(lineage.finished("A", now).is_empty(), "B and C are not held");
+        let (starts, skipped) = lineage.acquire("B", &[], Some(&Checkpoint::Sequence(seq(9))), now);
+        assert_eq!(ids(&starts), ["B"]);
+        assert_eq!(at(&starts, "B"), IteratorPosition::AfterSequence(seq(9)));
+        assert!(!skipped);
+        lineage.release("B");
+        let (starts, _) = lineage.acquire("B", &[], Some(&Checkpoint::Sequence(seq(20))), now);
+        assert_eq!(
+            at(&starts, "B"),
+            IteratorPosition::AfterSequence(seq(20)),
+            "a lease taken again resumes where its last owner stopped"
+        );
+        let (starts, _) = lineage.acquire("C", &[], None, now);
+        assert_eq!(
+            at(&starts, "C"),
+            IteratorPosition::Latest,
+            "without a checkpoint, the configured start applies when the lease is first taken"
+        );
+    }
+
+    #[test]
+    fn a_held_child_starts_because_its_lease_says_its_parents_finished_elsewhere() {
+        let now = SystemTime::now();
+        let mut lineage = Lineage::leased(split_then_merge(true), &HashMap::new(), StartPosition::TrimHorizon, now);
+        let (starts, _) = lineage.acquire("D", &["B".into(), "C".into()], None, now);
+        assert_eq!(ids(&starts), ["D"], "another worker read B and C");
+        assert_eq!(at(&starts, "D"), IteratorPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn a_held_shard_skipped_under_latest_is_reported_for_an_end_checkpoint() {
+        let now = SystemTime::now();
+        let mut lineage = Lineage::leased(split_then_merge(false), &HashMap::new(), StartPosition::Latest, now);
+        let (starts, skipped) = lineage.acquire("A", &[], None, now);
+        assert!(starts.is_empty());
+        assert!(
+            skipped,
+            "a closed shard with nothing read holds nothing for a LATEST consumer"
+        );
+    }
+
+    #[test]
     fn shards_found_later_wait_for_their_parents_and_start_at_trim_horizon() {
         let now = SystemTime::now();
         let (mut lineage, starts) = Lineage::new(
