@@ -44,11 +44,7 @@ impl MySqlCheckpointStore {
     /// Connects to `url` (`mysql://user:password@host:port/database`; the
     /// database must exist) and creates the table if it is missing.
     pub async fn connect(url: &str) -> Result<Self, CheckpointError> {
-        let location = redact(url);
-        let open = |source: BoxError| CheckpointError::Open {
-            location: location.clone(),
-            source,
-        };
+        let open = |source: BoxError| CheckpointError::open(url, source);
         let pool = MySqlPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -113,17 +109,6 @@ async fn table_columns(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
     )
     .fetch_all(pool)
     .await
-}
-
-/// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
 }
 
 /// MySQL error numbers.

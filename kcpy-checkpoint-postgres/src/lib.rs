@@ -61,11 +61,7 @@ impl PostgresCheckpointStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`; the
     /// database must exist) and creates the table if it is missing.
     pub async fn connect(url: &str) -> Result<Self, CheckpointError> {
-        let location = redact(url);
-        let open = |source: BoxError| CheckpointError::Open {
-            location: location.clone(),
-            source,
-        };
+        let open = |source: BoxError| CheckpointError::open(url, source);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -135,17 +131,6 @@ async fn table_columns(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     )
     .fetch_all(pool)
     .await
-}
-
-/// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
 }
 
 const UNIQUE_VIOLATION: &str = "23505";

@@ -81,11 +81,7 @@ impl RedisCheckpointStore {
 
     /// Connects to `url`, with every key starting with `prefix`.
     pub async fn connect_with_prefix(url: &str, prefix: impl Into<String>) -> Result<Self, CheckpointError> {
-        let location = redact(url);
-        let open = |error: RedisError| CheckpointError::Open {
-            location: location.clone(),
-            source: Arc::new(error),
-        };
+        let open = |error: RedisError| CheckpointError::open(url, Arc::new(error));
         let client = redis::Client::open(url).map_err(open)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -98,7 +94,7 @@ impl RedisCheckpointStore {
             connection,
             prefix: prefix.into(),
             save: Script::new(SAVE),
-            location,
+            location: kcpy_core::redact_password(url),
         })
     }
 
@@ -112,20 +108,6 @@ impl RedisCheckpointStore {
             key.consumer_name,
             key.stream_name
         )
-    }
-}
-
-/// The URL without its password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -295,12 +277,5 @@ mod tests {
             }
             other => panic!("expected an Open error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn redact_hides_passwords_only() {
-        assert_eq!(redact("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact("redis://:p@h"), "redis://:***@h");
     }
 }

@@ -200,6 +200,15 @@ impl CheckpointError {
         }
     }
 
+    /// A [`CheckpointError::Open`] for the store at `url`, with a password in
+    /// the URL shown as `***`.
+    pub fn open(url: &str, source: BoxError) -> Self {
+        CheckpointError::Open {
+            location: redact_password(url),
+            source,
+        }
+    }
+
     /// A [`CheckpointError::LeaseLost`] for `key`.
     pub fn lease_lost(key: &CheckpointKey) -> Self {
         CheckpointError::LeaseLost {
@@ -210,6 +219,18 @@ impl CheckpointError {
     /// Parses a stored text into a [`Checkpoint`], or a `Malformed` error.
     pub fn parse_stored(key: &CheckpointKey, value: &str) -> Result<Checkpoint, Self> {
         value.parse().map_err(|source| Self::malformed(key, value, source))
+    }
+}
+
+/// `url` with its password, if it has one, shown as `***`: for messages and
+/// logs about a store.
+pub fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
     }
 }
 
@@ -287,6 +308,18 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn open_errors_hide_passwords_only() {
+        let location = |url: &str| match CheckpointError::open(url, Arc::new(std::fmt::Error)) {
+            CheckpointError::Open { location, .. } => location,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(location("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(location("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(location("redis://:p@h"), "redis://:***@h");
+        assert_eq!(location("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     fn assert_object_safe(_: &dyn CheckpointStore) {}

@@ -29,6 +29,15 @@
 //! the caller asks for the next item; in [`CheckpointMode::Manual`] when it is
 //! passed to [`Checkpointer::checkpoint`]. After a crash, records processed
 //! since the last written checkpoint are delivered again; none is skipped.
+//!
+//! # Consumer groups
+//!
+//! Processes with the same consumer name and a shared [`LeaseStore`]
+//! ([`ConsumerBuilder::lease_store`]) split a stream's shards: each reads only
+//! the shards it holds a lease for, takes over those of a process that stops
+//! renewing, and hands leases over cooperatively when the group rebalances.
+//! Checkpoint writes are fenced by the lease's epoch, so a process that lost
+//! a lease cannot overwrite the progress of the one that took it over.
 
 mod checkpoint;
 mod config;
@@ -45,7 +54,7 @@ mod sequence;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
+pub use checkpoint::{redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};
