@@ -848,6 +848,7 @@ impl ConsumerBuilder {
                 Arc::clone(&settings),
                 control_tx,
                 shutdown.clone(),
+                membership.clone(),
             )
             .instrument(span.clone()),
         );
@@ -921,14 +922,22 @@ async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) 
 }
 
 /// Lists the shards again every `shard_sync_interval`, so shards created by a
-/// reshard are found even if no shard end announced them.
+/// reshard are found even if no shard end announced them; in a group also
+/// when the lease store names shards this process has not heard of.
 async fn sync_shards(
     api: DynKinesis,
     stream: Arc<StreamRef>,
     settings: Arc<Settings>,
     control: mpsc::UnboundedSender<Control>,
     cancel: CancellationToken,
+    membership: Option<Arc<Membership>>,
 ) {
+    let relist = || async {
+        match &membership {
+            Some(membership) => membership.relist.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let every = settings.shard_sync_interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -937,6 +946,7 @@ async fn sync_shards(
             biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            () = relist() => {}
         }
         match list_shards(&api, &stream, &settings).await {
             Ok(shards) => {

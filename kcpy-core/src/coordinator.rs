@@ -27,15 +27,30 @@ pub(crate) struct Membership {
     consumer_name: String,
     stream_name: String,
     lease_duration: Duration,
-    held: Mutex<HashMap<Arc<str>, Held>>,
+    held: Mutex<Holdings>,
     /// Every shard this process has heard of, for creating their leases.
     known: Mutex<HashMap<String, ShardInfo>>,
     /// Wakes the coordinator early: shards appeared or one finished.
     pub(crate) nudge: Notify,
+    /// Asks for the shards to be listed again: the store has leases for
+    /// shards this process has not heard of.
+    pub(crate) relist: Notify,
     /// Tells the consumer, between two records, that a Lost or Release
     /// message waits for it.
     pub(crate) alert: Arc<AtomicBool>,
     control: mpsc::UnboundedSender<Control>,
+}
+
+/// The leases held, and what is remembered of those given up.
+#[derive(Debug, Default)]
+struct Holdings {
+    leases: HashMap<Arc<str>, Held>,
+    /// Per shard, the newest epoch this process held it under: a listing
+    /// that still shows it as the owner at that epoch is stale (it released
+    /// or lost the lease since), not a handoff to it.
+    last_epoch: HashMap<String, u64>,
+    /// Shutting down: leases taken now are given back at once.
+    closing: bool,
 }
 
 #[derive(Debug)]
@@ -60,15 +75,16 @@ impl Membership {
             consumer_name: settings.consumer_name.clone(),
             stream_name: stream_name.to_owned(),
             lease_duration: settings.lease_duration,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Holdings::default()),
             known: Mutex::new(HashMap::new()),
             nudge: Notify::new(),
+            relist: Notify::new(),
             alert: Arc::new(AtomicBool::new(false)),
             control,
         })
     }
 
-    fn held(&self) -> MutexGuard<'_, HashMap<Arc<str>, Held>> {
+    fn held(&self) -> MutexGuard<'_, Holdings> {
         // Updates replace whole entries, so a poisoned map is still consistent.
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -95,15 +111,16 @@ impl Membership {
 
     /// The lease held for `shard`, to fence a checkpoint write with.
     pub(crate) fn lease(&self, shard: &str) -> Option<Lease> {
-        self.held().get(shard).map(|held| held.lease.clone())
+        self.held().leases.get(shard).map(|held| held.lease.clone())
     }
 
     /// Whether the lease for `shard` is held and was confirmed within the
     /// lease duration: past that, another worker may have taken it.
     pub(crate) fn is_valid(&self, shard: &str) -> bool {
         self.held()
+            .leases
             .get(shard)
-            .is_some_and(|held| !held.releasing && held.renewed.elapsed() < self.lease_duration)
+            .is_some_and(|held| held.renewed.elapsed() < self.lease_duration)
     }
 
     /// Whether records of `shard` may be handed out now. A lease unconfirmed
@@ -111,7 +128,7 @@ impl Membership {
     /// may hold it already.
     pub(crate) fn may_deliver(&self, shard: &str) -> bool {
         let held = self.held();
-        match held.get(shard) {
+        match held.leases.get(shard) {
             Some(held) if held.releasing => false,
             Some(held) if held.renewed.elapsed() < self.lease_duration => true,
             Some(_) => {
@@ -125,7 +142,8 @@ impl Membership {
 
     /// Forgets `shard`'s lease and tells the consumer to stop it at once.
     pub(crate) fn lose(&self, shard: &str) {
-        if let Some((shard, _)) = self.held().remove_entry(shard) {
+        let removed = self.held().leases.remove_entry(shard);
+        if let Some((shard, _)) = removed {
             tracing::warn!(%shard, "lease lost; stopping the shard");
             self.tell(Control::Lost(shard));
         }
@@ -138,7 +156,8 @@ impl Membership {
 
     /// Gives up `shard`'s lease: to `to` (a handoff) or free for anyone.
     pub(crate) async fn release(&self, shard: &str, to: Option<&str>) {
-        let Some(held) = self.held().remove(shard) else { return };
+        let removed = self.held().leases.remove(shard);
+        let Some(held) = removed else { return };
         match self.store.release_lease(&held.lease, to).await {
             Ok(()) => tracing::info!(shard, to, "lease released"),
             Err(error) => tracing::warn!(shard, error = %error, "releasing a lease failed; it will expire"),
@@ -146,9 +165,14 @@ impl Membership {
         self.nudge.notify_one();
     }
 
-    /// Releases every lease held, so other workers take over at once.
+    /// Releases every lease held, so other workers take over at once; leases
+    /// taken from now on are given back at once.
     pub(crate) async fn release_all(&self) {
-        let shards: Vec<Arc<str>> = self.held().keys().cloned().collect();
+        let shards: Vec<Arc<str>> = {
+            let mut held = self.held();
+            held.closing = true;
+            held.leases.keys().cloned().collect()
+        };
         futures::stream::iter(shards)
             .for_each_concurrent(16, |shard| async move { self.release(&shard, None).await })
             .await;
@@ -174,6 +198,8 @@ pub(crate) struct Coordinator {
     listed: HashSet<String>,
     /// The handoff this worker asked for, and when.
     requested: Option<(String, Instant)>,
+    /// Shards the store had leases for before this process listed them.
+    asked: HashSet<String>,
 }
 
 impl Coordinator {
@@ -185,6 +211,7 @@ impl Coordinator {
             seen: HashMap::new(),
             listed: HashSet::new(),
             requested: None,
+            asked: HashSet::new(),
         }
     }
 
@@ -192,15 +219,27 @@ impl Coordinator {
         let worker = self.membership.worker.clone();
         tracing::info!(%worker, "joining the consumer group");
         let cancel = self.cancel.clone();
+        let membership = Arc::clone(&self.membership);
+        let limit = self.settings.lease_duration;
         loop {
+            // A round is not cut short by shutdown: a lease it takes is then
+            // recorded, and given back by the shutdown's release.
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return,
-                () = self.round() => {}
+                () = watchdog(&membership) => {}
+                result = tokio::time::timeout(limit, self.round()) => {
+                    if result.is_err() {
+                        tracing::warn!(?limit, "lease round timed out; trying again");
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                return;
             }
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return,
+                () = watchdog(&membership) => {}
                 _ = tokio::time::sleep(self.settings.lease_renew_interval) => {}
                 _ = self.membership.nudge.notified() => {}
             }
@@ -214,33 +253,37 @@ impl Coordinator {
         }
     }
 
-    /// Renews every held lease; a lease that cannot be confirmed within the
-    /// lease duration counts as lost.
+    /// Renews every held lease (also those being handed over, so a slow
+    /// handoff keeps them); a lease that cannot be confirmed within the lease
+    /// duration counts as lost.
     async fn renew(&self) {
         let held: Vec<Lease> = self
             .membership
             .held()
+            .leases
             .values()
-            .filter(|held| !held.releasing)
             .map(|held| held.lease.clone())
             .collect();
         let store = &self.membership.store;
-        let results: Vec<(Lease, Result<Lease, CheckpointError>)> = futures::stream::iter(held)
+        let results: Vec<(Lease, Instant, Result<Lease, CheckpointError>)> = futures::stream::iter(held)
             .map(|lease| async move {
+                // The lease is good for the lease duration from when the
+                // renewal was sent, not from when its answer came.
+                let sent = Instant::now();
                 let result = store.renew_lease(&lease).await;
-                (lease, result)
+                (lease, sent, result)
             })
             .buffer_unordered(16)
             .collect()
             .await;
-        for (lease, result) in results {
+        for (lease, sent, result) in results {
             let shard = lease.key.shard_id.as_str();
             match result {
                 Ok(renewed) => {
-                    if let Some(held) = self.membership.held().get_mut(shard) {
+                    if let Some(held) = self.membership.held().leases.get_mut(shard) {
                         if held.lease.epoch == renewed.epoch {
                             held.lease = renewed;
-                            held.renewed = Instant::now();
+                            held.renewed = sent;
                         }
                     }
                 }
@@ -266,10 +309,20 @@ impl Coordinator {
             let key = CheckpointKey::new(&membership.consumer_name, &membership.stream_name, &shard.shard_id);
             store.create_lease(&key, &parents_of(shard)).await?;
         }
+        let listed_at = Instant::now();
         let leases = store
             .list_leases(&membership.consumer_name, &membership.stream_name)
             .await?;
         let now = Instant::now();
+        // Leases for shards this process has not listed: new children another
+        // worker learned of first (or shards past retention). Ask once each.
+        let mut unheard = false;
+        for lease in leases.iter().filter(|l| !known.contains_key(&l.key.shard_id)) {
+            unheard |= self.asked.insert(lease.key.shard_id.clone());
+        }
+        if unheard {
+            membership.relist.notify_one();
+        }
         self.listed = leases.iter().map(|l| l.key.shard_id.clone()).collect();
         for lease in &leases {
             let seen = self.seen.entry(lease.key.shard_id.clone()).or_insert_with(|| Seen {
@@ -293,12 +346,16 @@ impl Coordinator {
         // What the store says about leases this worker holds or was given.
         for lease in &leases {
             let shard = lease.key.shard_id.as_str();
-            let held = membership.held().get(shard).map(|h| (h.lease.epoch, h.releasing));
+            let held = membership
+                .held()
+                .leases
+                .get(shard)
+                .map(|h| (h.lease.epoch, h.releasing));
             match held {
                 Some((epoch, _)) if !lease.is_owned_by(me) || lease.epoch != epoch => membership.lose(shard),
                 Some((_, false)) => {
                     if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me) {
-                        if let Some(held) = membership.held().get_mut(shard) {
+                        if let Some(held) = membership.held().leases.get_mut(shard) {
                             held.releasing = true;
                         }
                         tracing::info!(shard, to, "handing a lease over");
@@ -310,18 +367,26 @@ impl Coordinator {
                 }
                 Some((_, true)) => {}
                 None if lease.is_owned_by(me) => {
-                    if view.finished(lease) {
+                    let stale = membership
+                        .held()
+                        .last_epoch
+                        .get(shard)
+                        .is_some_and(|&epoch| lease.epoch <= epoch);
+                    if stale {
+                        // Given up since: the listing predates the release.
+                    } else if view.finished(lease) {
                         let _ = store.release_lease(lease, None).await;
                     } else if view.eligible(lease) {
-                        // Handed over to this worker.
-                        self.hold(lease.clone());
+                        // Handed over to this worker; the handoff itself was
+                        // a change of owner, no older than the listing.
+                        self.hold(lease.clone(), listed_at).await;
                     }
                 }
                 None => {}
             }
         }
         if self.requested.as_ref().is_some_and(|(shard, at)| {
-            membership.held().contains_key(shard.as_str()) || at.elapsed() >= self.settings.lease_duration
+            membership.held().leases.contains_key(shard.as_str()) || at.elapsed() >= self.settings.lease_duration
         }) {
             self.requested = None;
         }
@@ -335,10 +400,11 @@ impl Coordinator {
             self.requested.is_some(),
         );
         for lease in plan.take {
+            let sent = Instant::now();
             match store.take_lease(lease, me).await {
                 Ok(taken) => {
                     tracing::info!(shard = %taken.key.shard_id, from = ?lease.owner, "lease taken");
-                    self.hold(taken);
+                    self.hold(taken, sent).await;
                 }
                 Err(CheckpointError::LeaseLost { .. }) => {}
                 Err(error) => return Err(error),
@@ -357,17 +423,59 @@ impl Coordinator {
         Ok(())
     }
 
-    fn hold(&self, lease: Lease) {
-        let shard: Arc<str> = Arc::from(lease.key.shard_id.as_str());
-        self.membership.held().insert(
-            Arc::clone(&shard),
-            Held {
-                lease: lease.clone(),
-                renewed: Instant::now(),
-                releasing: false,
-            },
-        );
-        self.membership.tell(Control::Acquired(lease));
+    /// Records a lease the store confirmed at `confirmed` and tells the
+    /// consumer; while shutting down, gives it back instead.
+    async fn hold(&self, lease: Lease, confirmed: Instant) {
+        let membership = &self.membership;
+        let closing = {
+            let mut held = membership.held();
+            if !held.closing {
+                held.last_epoch.insert(lease.key.shard_id.clone(), lease.epoch);
+                held.leases.insert(
+                    Arc::from(lease.key.shard_id.as_str()),
+                    Held {
+                        lease: lease.clone(),
+                        renewed: confirmed,
+                        releasing: false,
+                    },
+                );
+            }
+            held.closing
+        };
+        if closing {
+            let _ = membership.store.release_lease(&lease, None).await;
+        } else {
+            membership.tell(Control::Acquired(lease));
+        }
+    }
+}
+
+/// Counts a lease lost once it went unconfirmed for the lease duration, even
+/// while a round waits on a slow store: the consumer then stops the shard
+/// before handing out another record. Never returns.
+async fn watchdog(membership: &Membership) {
+    loop {
+        let deadline = membership
+            .held()
+            .leases
+            .values()
+            .map(|held| held.renewed + membership.lease_duration)
+            .min();
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            // Nothing held: look again when the next round may have taken some.
+            None => tokio::time::sleep(membership.lease_duration / 4).await,
+        }
+        let expired: Vec<Arc<str>> = membership
+            .held()
+            .leases
+            .iter()
+            .filter(|(_, held)| held.renewed.elapsed() >= membership.lease_duration)
+            .map(|(shard, _)| Arc::clone(shard))
+            .collect();
+        for shard in expired {
+            membership.lose(&shard);
+        }
     }
 }
 
@@ -398,24 +506,18 @@ impl<'a> View<'a> {
         lease.checkpoint == Some(Checkpoint::ShardEnd)
     }
 
-    /// Not finished, and every parent finished: parents are read first.
+    /// A shard this worker has listed, not finished, whose listed parents
+    /// are all finished: parents are read first. A shard no longer listed is
+    /// past retention: never read, and no longer holding its children back.
     fn eligible(&self, lease: &Lease) -> bool {
+        let Some(info) = self.known.get(&lease.key.shard_id) else {
+            return false;
+        };
         if self.finished(lease) {
             return false;
         }
-        let listed_parents;
-        let parents = match self.known.get(&lease.key.shard_id) {
-            Some(info) => {
-                listed_parents = parents_of(info);
-                &listed_parents
-            }
-            None => &lease.parents,
-        };
-        parents.iter().all(|parent| match self.by_shard.get(parent.as_str()) {
-            Some(parent) => self.finished(parent),
-            // A parent without a lease is past retention, unless it is listed
-            // and its lease not created yet.
-            None => !self.known.contains_key(parent),
+        parents_of(info).iter().all(|parent| {
+            !self.known.contains_key(parent) || self.by_shard.get(parent.as_str()).is_some_and(|p| self.finished(p))
         })
     }
 
@@ -487,6 +589,22 @@ mod tests {
             .collect()
     }
 
+    /// Every shard of `leases` as listed, with the parents its lease names.
+    fn listed(leases: &[Lease]) -> HashMap<String, ShardInfo> {
+        leases
+            .iter()
+            .map(|l| {
+                let info = ShardInfo {
+                    shard_id: l.key.shard_id.clone(),
+                    parent_shard_id: l.parents.first().cloned(),
+                    adjacent_parent_shard_id: l.parents.get(1).cloned(),
+                    ending_sequence_number: None,
+                };
+                (l.key.shard_id.clone(), info)
+            })
+            .collect()
+    }
+
     fn shards(plan: &[&Lease]) -> Vec<String> {
         let mut ids: Vec<String> = plan.iter().map(|l| l.key.shard_id.clone()).collect();
         ids.sort();
@@ -496,7 +614,7 @@ mod tests {
     #[test]
     fn a_lone_worker_takes_every_free_lease() {
         let leases = group(&[None; 6]);
-        let known = HashMap::new();
+        let known = listed(&leases);
         let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
         assert_eq!(plan.take.len(), 6);
         assert!(plan.steal.is_none());
@@ -505,7 +623,7 @@ mod tests {
     #[test]
     fn a_worker_takes_only_its_fair_share_of_free_leases() {
         let leases = group(&[Some("w2"), None, None, None, None, None]);
-        let known = HashMap::new();
+        let known = listed(&leases);
         let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
         assert_eq!(plan.take.len(), 3, "six leases, two live workers");
     }
@@ -513,7 +631,7 @@ mod tests {
     #[test]
     fn expired_leases_are_taken_but_live_ones_are_not() {
         let leases = group(&[Some("dead"), Some("dead"), Some("w2"), Some("w2")]);
-        let known = HashMap::new();
+        let known = listed(&leases);
         let plan = View::new(&leases, &known, "w1").plan(|l| l.owner.as_deref() == Some("dead"), false);
         assert_eq!(shards(&plan.take), ["shard-0", "shard-1"]);
     }
@@ -521,7 +639,7 @@ mod tests {
     #[test]
     fn a_new_worker_asks_the_busiest_for_one_lease_at_a_time() {
         let leases = group(&[Some("w2"), Some("w2"), Some("w2"), Some("w2"), Some("w3"), Some("w3")]);
-        let known = HashMap::new();
+        let known = listed(&leases);
         let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
         assert!(plan.take.is_empty());
         assert_eq!(plan.steal.and_then(|l| l.owner.as_deref()), Some("w2"));
@@ -541,7 +659,7 @@ mod tests {
             Some("w1"),
             Some("w1"),
         ]);
-        let known = HashMap::new();
+        let known = listed(&leases);
         for me in ["w1", "w2", "w3"] {
             let plan = View::new(&leases, &known, me).plan(|_| false, false);
             assert!(
@@ -557,8 +675,8 @@ mod tests {
         let b = lease("B", None, &["A"]);
         let d = lease("D", None, &["B", "C"]);
         let mut c = lease("C", None, &["A"]);
-        let known = HashMap::new();
         let leases = vec![parent.clone(), b.clone(), c.clone(), d.clone()];
+        let known = listed(&leases);
         let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
         assert!(plan.take.is_empty(), "A is still read: {plan:?}");
         parent.checkpoint = Some(Checkpoint::ShardEnd);
@@ -574,21 +692,28 @@ mod tests {
     #[test]
     fn a_listed_parent_without_a_lease_yet_blocks_its_child() {
         let leases = vec![lease("B", None, &["A"])];
-        let known = HashMap::from([(
-            "A".to_owned(),
-            ShardInfo {
-                shard_id: "A".into(),
-                parent_shard_id: None,
-                adjacent_parent_shard_id: None,
-                ending_sequence_number: None,
-            },
-        )]);
+        let known = listed(&[lease("A", None, &[]), lease("B", None, &["A"])]);
         assert!(View::new(&leases, &known, "w1").plan(|_| false, false).take.is_empty());
-        let known = HashMap::new();
-        assert_eq!(
-            View::new(&leases, &known, "w1").plan(|_| false, false).take.len(),
-            1,
-            "a trimmed parent does not block"
-        );
+    }
+
+    #[test]
+    fn a_shard_past_retention_is_never_taken_and_no_longer_blocks_its_children() {
+        // A was split into B and C, then aged out: its lease stays, unfinished.
+        let leases = vec![
+            lease("A", None, &[]),
+            lease("B", None, &["A"]),
+            lease("C", None, &["A"]),
+        ];
+        let known = listed(&leases[1..]);
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(shards(&plan.take), ["B", "C"]);
+    }
+
+    #[test]
+    fn shards_this_worker_has_not_listed_are_left_to_those_that_have() {
+        let leases = group(&[None, None]);
+        let known = listed(&leases[..1]);
+        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        assert_eq!(shards(&plan.take), ["shard-0"]);
     }
 }

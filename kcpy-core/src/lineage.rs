@@ -86,9 +86,17 @@ impl Lineage {
         now: SystemTime,
         leased: bool,
     ) -> (Self, Vec<Start>) {
+        // In a group a shard may be taken long after this process started,
+        // or taken over from a worker that died before its first checkpoint:
+        // LATEST then means this process's start, not the take.
+        let latest = if leased {
+            IteratorPosition::AtTimestamp(now)
+        } else {
+            IteratorPosition::Latest
+        };
         let configured = match start {
             StartPosition::TrimHorizon => IteratorPosition::TrimHorizon,
-            StartPosition::Latest => IteratorPosition::Latest,
+            StartPosition::Latest => latest.clone(),
             StartPosition::AtTimestamp(at) => IteratorPosition::AtTimestamp(at),
         };
         let mut nodes = BTreeMap::new();
@@ -124,7 +132,7 @@ impl Lineage {
             for id in skipped {
                 if let Some(node) = lineage.nodes.get_mut(&id) {
                     node.state = State::Finished;
-                    node.child_start = IteratorPosition::Latest;
+                    node.child_start = latest.clone();
                 }
             }
         }
@@ -471,8 +479,8 @@ mod tests {
         let (starts, _) = lineage.acquire("C", &[], None, now);
         assert_eq!(
             at(&starts, "C"),
-            IteratorPosition::Latest,
-            "without a checkpoint, the configured start applies when the lease is first taken"
+            IteratorPosition::AtTimestamp(now),
+            "in a group, LATEST is this process's start, whenever the lease is taken"
         );
     }
 
