@@ -356,7 +356,18 @@ async fn a_paused_worker_is_fenced_out_and_stops_its_lost_shards(backend: Backen
         .filter(|l| l.owner.as_deref() == Some("worker-0"))
         .map(|l| l.key.shard_id.clone())
         .collect();
-    group.wait_worker_delivered(0, 20).await;
+    // Records of each of its shards after the snapshot: it holds them now.
+    let mark = group.delivered.borrow().all.len();
+    let mut delivered = group.delivered.subscribe();
+    let holds = delivered.wait_for(|d| {
+        lost.iter()
+            .all(|shard| d.all[mark..].iter().any(|(w, p)| *w == 0 && &p.shard_id == shard))
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), holds).await.is_ok(),
+        "worker-0 never read {lost:?}"
+    );
+    drop(delivered);
     group.signal(0, "STOP");
     let after = group
         .wait_leases("the paused worker's leases are taken", |leases| {
