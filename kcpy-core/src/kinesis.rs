@@ -13,7 +13,8 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
 use crate::error::BoxError;
-use crate::{Error, SequenceNumber};
+use crate::records::{parse_page, CapturePage, Slot};
+use crate::{Error, Record, SequenceNumber};
 
 /// The stream as configured, and its name for checkpoint keys.
 #[derive(Debug, Clone)]
@@ -92,7 +93,7 @@ pub(crate) enum IteratorPosition {
 
 #[derive(Debug, Default)]
 pub(crate) struct RecordsPage {
-    pub(crate) records: Vec<aws_sdk_kinesis::types::Record>,
+    pub(crate) records: Vec<Record>,
     /// `None` once the shard is closed and fully read.
     pub(crate) next_iterator: Option<String>,
     pub(crate) millis_behind_latest: Option<i64>,
@@ -124,7 +125,14 @@ pub(crate) trait KinesisApi: Send + Sync + 'static {
         position: &IteratorPosition,
     ) -> Result<String, ApiError>;
 
-    async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError>;
+    /// Records of `shard_id`, in order.
+    async fn get_records(
+        &self,
+        stream: &StreamRef,
+        shard_id: &Arc<str>,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError>;
 }
 
 pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
@@ -226,15 +234,54 @@ impl KinesisApi for SdkKinesis {
         })
     }
 
-    async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<RecordsPage, ApiError> {
+    async fn get_records(
+        &self,
+        stream: &StreamRef,
+        shard_id: &Arc<str>,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError> {
+        let slot = Slot::default();
         let output = self
             .0
             .get_records()
             .shard_iterator(iterator)
             .limit(limit)
+            .customize()
+            .interceptor(CapturePage {
+                slot: Arc::clone(&slot),
+            })
             .send()
             .await
             .map_err(|e| classify(e, "GetRecords", stream))?;
+        let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(body) = captured {
+            return parse_page(&body, shard_id).map_err(ApiError::Fatal);
+        }
+        // Not captured (the interceptor did not run): the SDK parsed it.
+        let records = output
+            .records
+            .into_iter()
+            .map(|record| {
+                let sequence_number = SequenceNumber::try_from(record.sequence_number).map_err(|e| {
+                    ApiError::Fatal(Error::InvalidResponse {
+                        operation: "GetRecords",
+                        message: e.to_string(),
+                    })
+                })?;
+                Ok(Record {
+                    data: bytes::Bytes::from(record.data.into_inner()),
+                    partition_key: record.partition_key.unwrap_or_default(),
+                    sequence_number,
+                    shard_id: Arc::clone(shard_id),
+                    approximate_arrival_timestamp: record
+                        .approximate_arrival_timestamp
+                        .and_then(|at| SystemTime::try_from(at).ok()),
+                    explicit_hash_key: None,
+                    millis_behind_latest: output.millis_behind_latest,
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
         let child_shards = output
             .child_shards
             .unwrap_or_default()
@@ -250,7 +297,7 @@ impl KinesisApi for SdkKinesis {
             })
             .collect();
         Ok(RecordsPage {
-            records: output.records,
+            records,
             next_iterator: output.next_shard_iterator,
             millis_behind_latest: output.millis_behind_latest,
             child_shards,

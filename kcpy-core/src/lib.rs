@@ -50,6 +50,7 @@ mod lineage;
 mod poller;
 mod progress;
 mod record;
+mod records;
 mod sequence;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

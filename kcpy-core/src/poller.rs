@@ -3,9 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -83,7 +81,7 @@ impl Poller {
             }
             let started = Instant::now();
             next_call = started + spacing;
-            let call = self.api.get_records(&self.stream, &iterator, limit);
+            let call = self.api.get_records(&self.stream, &self.shard_id, &iterator, limit);
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(());
             };
@@ -99,7 +97,7 @@ impl Poller {
                         child_shards,
                     } = page;
                     if count > 0 {
-                        let batch = self.convert(records, millis_behind_latest)?;
+                        let batch = records;
                         let newest = &batch[batch.len() - 1].sequence_number;
                         match &mut last {
                             Some(last) => last.assign(newest),
@@ -175,33 +173,5 @@ impl Poller {
                 }
             }
         }
-    }
-
-    fn convert(
-        &self,
-        records: Vec<aws_sdk_kinesis::types::Record>,
-        millis_behind_latest: Option<i64>,
-    ) -> Result<Vec<Record>, Error> {
-        records
-            .into_iter()
-            .map(|record| {
-                let sequence_number =
-                    SequenceNumber::try_from(record.sequence_number).map_err(|e| Error::InvalidResponse {
-                        operation: "GetRecords",
-                        message: e.to_string(),
-                    })?;
-                Ok(Record {
-                    data: Bytes::from(record.data.into_inner()),
-                    partition_key: record.partition_key.unwrap_or_default(),
-                    sequence_number,
-                    shard_id: Arc::clone(&self.shard_id),
-                    approximate_arrival_timestamp: record
-                        .approximate_arrival_timestamp
-                        .and_then(|at| SystemTime::try_from(at).ok()),
-                    explicit_hash_key: None,
-                    millis_behind_latest,
-                })
-            })
-            .collect()
     }
 }

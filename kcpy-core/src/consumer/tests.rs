@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_kinesis::primitives::Blob;
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -135,7 +134,13 @@ impl KinesisApi for FakeKinesis {
         Ok(shard.to_owned())
     }
 
-    async fn get_records(&self, _: &StreamRef, iterator: &str, _limit: i32) -> Result<RecordsPage, ApiError> {
+    async fn get_records(
+        &self,
+        _: &StreamRef,
+        shard_id: &Arc<str>,
+        iterator: &str,
+        _limit: i32,
+    ) -> Result<RecordsPage, ApiError> {
         let shard = iterator.to_owned();
         self.calls
             .lock()
@@ -147,7 +152,7 @@ impl KinesisApi for FakeKinesis {
             .expect("lock")
             .get_mut(&shard)
             .and_then(VecDeque::pop_front);
-        let page = |records: Vec<aws_sdk_kinesis::types::Record>, next: Option<String>| RecordsPage {
+        let page = |records: Vec<Record>, next: Option<String>| RecordsPage {
             records,
             next_iterator: next,
             millis_behind_latest: Some(0),
@@ -155,7 +160,10 @@ impl KinesisApi for FakeKinesis {
         };
         match step {
             None => Ok(page(Vec::new(), Some(shard))),
-            Some(Step::Records(seqs)) => Ok(page(seqs.into_iter().map(sdk_record).collect(), Some(shard))),
+            Some(Step::Records(seqs)) => Ok(page(
+                seqs.into_iter().map(|n| record(shard_id, n)).collect(),
+                Some(shard),
+            )),
             Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other("throttled")))),
             Some(Step::ServerError) => Err(transient()),
             Some(Step::Expired) => Err(ApiError::ExpiredIterator),
@@ -169,13 +177,10 @@ impl KinesisApi for FakeKinesis {
     }
 }
 
-fn sdk_record(n: u64) -> aws_sdk_kinesis::types::Record {
-    aws_sdk_kinesis::types::Record::builder()
-        .sequence_number(n.to_string())
-        .partition_key(format!("pk-{n}"))
-        .data(Blob::new(format!("data-{n}")))
-        .build()
-        .expect("complete record")
+fn record(shard_id: &Arc<str>, n: u64) -> Record {
+    let mut record = Record::new(Arc::clone(shard_id), seq(n), format!("pk-{n}"), format!("data-{n}"));
+    record.millis_behind_latest = Some(0);
+    record
 }
 
 fn seq(n: u64) -> SequenceNumber {
@@ -894,8 +899,14 @@ async fn a_deleted_stream_found_by_the_listing_ends_the_stream() {
         async fn get_shard_iterator(&self, s: &StreamRef, id: &str, p: &IteratorPosition) -> Result<String, ApiError> {
             self.0.get_shard_iterator(s, id, p).await
         }
-        async fn get_records(&self, s: &StreamRef, it: &str, limit: i32) -> Result<RecordsPage, ApiError> {
-            self.0.get_records(s, it, limit).await
+        async fn get_records(
+            &self,
+            s: &StreamRef,
+            shard: &Arc<str>,
+            it: &str,
+            limit: i32,
+        ) -> Result<RecordsPage, ApiError> {
+            self.0.get_records(s, shard, it, limit).await
         }
     }
     let fake = FakeKinesis::new(vec![("A", vec![Step::Records(vec![1])])]);

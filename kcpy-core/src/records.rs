@@ -1,0 +1,278 @@
+//! GetRecords responses read straight into [`Record`]s.
+//!
+//! Profiling showed the SDK's generic JSON deserialisation of GetRecords —
+//! a `String` or `Vec` per field of every record, then our copy into a
+//! `Record` — to be most of the consumer's CPU. So the call still goes
+//! through the SDK (signing, endpoints, credentials, TLS, error parsing), but
+//! a successful response body is captured by an interceptor before the SDK
+//! parses it, and the SDK sees an empty page instead. The captured body is
+//! parsed here with borrowed strings, and every payload of the page is
+//! base64-decoded into one shared buffer, sliced per record.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_types::body::SdkBody;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use serde::Deserialize;
+
+use crate::kinesis::{RecordsPage, ShardInfo};
+use crate::{Error, Record, SequenceNumber};
+
+/// What the SDK parses in place of a captured page.
+const EMPTY_PAGE: &[u8] = b"{\"Records\":[]}";
+
+/// One call's captured body.
+pub(crate) type Slot = Arc<Mutex<Option<Bytes>>>;
+
+/// Takes a successful GetRecords response body into a [`Slot`].
+#[derive(Debug)]
+pub(crate) struct CapturePage {
+    pub(crate) slot: Slot,
+}
+
+impl Intercept for CapturePage {
+    fn name(&self) -> &'static str {
+        "kcpy::CapturePage"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let response = context.response_mut();
+        // Errors keep the SDK's own parsing, and its error codes.
+        if !response.status().is_success() {
+            return Ok(());
+        }
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|len| len.parse::<usize>().ok())
+            .unwrap_or(0);
+        let inner = std::mem::replace(response.body_mut(), SdkBody::taken());
+        *response.body_mut() = SdkBody::from_body_1_x(Tee {
+            inner,
+            buffer: BytesMut::with_capacity(length),
+            slot: Arc::clone(&self.slot),
+            state: TeeState::Reading,
+        });
+        Ok(())
+    }
+}
+
+enum TeeState {
+    Reading,
+    Captured,
+    Done,
+}
+
+/// Reads the real body into a buffer, hands it to the slot at its end, and
+/// yields [`EMPTY_PAGE`] in its place.
+struct Tee {
+    inner: SdkBody,
+    buffer: BytesMut,
+    slot: Slot,
+    state: TeeState,
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            match self.state {
+                TeeState::Reading => match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            self.buffer.extend_from_slice(data);
+                        }
+                    }
+                    Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    None => {
+                        let body = std::mem::take(&mut self.buffer).freeze();
+                        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+                        self.state = TeeState::Captured;
+                    }
+                },
+                TeeState::Captured => {
+                    self.state = TeeState::Done;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(EMPTY_PAGE)))));
+                }
+                TeeState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, TeeState::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawPage<'a> {
+    // Absent and null both mean none.
+    #[serde(borrow, default)]
+    records: Option<Vec<RawRecord<'a>>>,
+    next_shard_iterator: Option<String>,
+    millis_behind_latest: Option<i64>,
+    #[serde(default)]
+    child_shards: Option<Vec<RawChild>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawRecord<'a> {
+    #[serde(borrow)]
+    sequence_number: std::borrow::Cow<'a, str>,
+    approximate_arrival_timestamp: Option<f64>,
+    #[serde(borrow)]
+    data: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    partition_key: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawChild {
+    shard_id: String,
+    #[serde(default)]
+    parent_shards: Option<VecDeque<String>>,
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::InvalidResponse {
+        operation: "GetRecords",
+        message: message.into(),
+    }
+}
+
+/// Parses a captured GetRecords body into records of `shard_id`.
+pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
+    let raw: RawPage<'_> = serde_json::from_slice(body).map_err(|e| invalid(format!("unreadable JSON: {e}")))?;
+    let raw_records = raw.records.unwrap_or_default();
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let decoded_len: usize = raw_records.iter().map(|r| r.data.len() / 4 * 3).sum();
+    let mut payloads = Vec::with_capacity(decoded_len);
+    let mut ends = Vec::with_capacity(raw_records.len());
+    for record in &raw_records {
+        engine
+            .decode_vec(record.data.as_bytes(), &mut payloads)
+            .map_err(|e| invalid(format!("record {} has bad base64 data: {e}", record.sequence_number)))?;
+        ends.push(payloads.len());
+    }
+    let payloads = Bytes::from(payloads);
+    let millis_behind_latest = raw.millis_behind_latest;
+    let mut start = 0;
+    let mut records = Vec::with_capacity(raw_records.len());
+    for (record, end) in raw_records.into_iter().zip(ends) {
+        let sequence_number = SequenceNumber::parse(&record.sequence_number).map_err(|e| invalid(e.to_string()))?;
+        records.push(Record {
+            data: payloads.slice(start..end),
+            partition_key: record.partition_key.into_owned(),
+            sequence_number,
+            shard_id: Arc::clone(shard_id),
+            approximate_arrival_timestamp: record
+                .approximate_arrival_timestamp
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                .map(|since| SystemTime::UNIX_EPOCH + since),
+            explicit_hash_key: None,
+            millis_behind_latest,
+        });
+        start = end;
+    }
+    let child_shards = raw
+        .child_shards
+        .unwrap_or_default()
+        .into_iter()
+        .map(|child| {
+            let mut parents = child.parent_shards.unwrap_or_default();
+            ShardInfo {
+                shard_id: child.shard_id,
+                parent_shard_id: parents.pop_front(),
+                adjacent_parent_shard_id: parents.pop_front(),
+                ending_sequence_number: None,
+            }
+        })
+        .collect();
+    Ok(RecordsPage {
+        records,
+        next_iterator: raw.next_shard_iterator,
+        millis_behind_latest,
+        child_shards,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard() -> Arc<str> {
+        Arc::from("shardId-000000000001")
+    }
+
+    #[test]
+    fn a_page_parses_into_records_sharing_one_payload_buffer() {
+        let body = br#"{"Records":[
+            {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","ApproximateArrivalTimestamp":1.7e9,"Data":"aGVsbG8=","PartitionKey":"a"},
+            {"SequenceNumber":"49590338271490256608559692538361571095921575989136588899","Data":"","PartitionKey":"b\"c","EncryptionType":"NONE"}
+        ],"NextShardIterator":"next","MillisBehindLatest":12}"#;
+        let page = parse_page(body, &shard()).expect("parses");
+        assert_eq!(page.records.len(), 2);
+        assert_eq!(&page.records[0].data[..], b"hello");
+        assert_eq!(page.records[0].partition_key, "a");
+        assert_eq!(page.records[1].partition_key, "b\"c", "escaped keys are unescaped");
+        assert!(page.records[1].data.is_empty());
+        assert_eq!(
+            page.records[0].approximate_arrival_timestamp,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        assert_eq!(page.records[1].millis_behind_latest, Some(12));
+        assert_eq!(page.next_iterator.as_deref(), Some("next"));
+        assert!(page.child_shards.is_empty());
+    }
+
+    #[test]
+    fn a_closed_shard_reports_its_children_and_no_iterator() {
+        let body = br#"{"Records":null,"NextShardIterator":null,"MillisBehindLatest":0,"ChildShards":[
+            {"ShardId":"shardId-000000000003","ParentShards":["shardId-000000000001","shardId-000000000002"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"1"}}
+        ]}"#;
+        let page = parse_page(body, &shard()).expect("parses");
+        assert_eq!(page.next_iterator, None);
+        let child = &page.child_shards[0];
+        assert_eq!(child.shard_id, "shardId-000000000003");
+        assert_eq!(child.parent_shard_id.as_deref(), Some("shardId-000000000001"));
+        assert_eq!(child.adjacent_parent_shard_id.as_deref(), Some("shardId-000000000002"));
+    }
+
+    #[test]
+    fn bad_pages_are_invalid_responses_not_panics() {
+        for body in [
+            &b"not json"[..],
+            br#"{"Records":[{"SequenceNumber":"1.5e3","Data":"","PartitionKey":"a"}]}"#,
+            br#"{"Records":[{"SequenceNumber":"1","Data":"%%%","PartitionKey":"a"}]}"#,
+            br#"{"Records":[{"Data":"","PartitionKey":"a"}]}"#,
+        ] {
+            assert!(
+                matches!(parse_page(body, &shard()), Err(Error::InvalidResponse { .. })),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
