@@ -90,3 +90,58 @@ async fn members_split_the_shards_hand_them_over_without_replay_and_take_over_on
     }
     a.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_lease_is_taken_over_stops_the_shard_and_never_writes_its_checkpoint_again() {
+    use kcpy::{CheckpointKey, CheckpointStore, LeaseStore};
+
+    let stream = TestStream::create("group-fenced", 1).await;
+    let puts = stream.put_many("rec", 300, 7).await;
+    let store = MemoryCheckpointStore::new();
+    let mut a = Consumer::builder(support::client(), &stream.name)
+        .consumer_name("group")
+        .lease_store(store.clone())
+        .worker_id("a")
+        .lease_duration(Duration::from_secs(2))
+        .lease_renew_interval(Duration::from_millis(300))
+        .idle_interval(Duration::from_millis(100))
+        .checkpoint_every(10)
+        .max_records_per_call(50)
+        .build()
+        .await
+        .expect("build");
+    let shard = puts[0].shard_id.clone();
+    let key = CheckpointKey::new("group", &stream.name, &shard);
+    let mut read = Vec::new();
+    drive(&mut [&mut a], &mut read, |_, read| read.len() >= 100).await;
+    // Another worker takes the lease over (as after A was paused past it).
+    let lease = store
+        .list_leases("group", &stream.name)
+        .await
+        .expect("list")
+        .into_iter()
+        .next()
+        .expect("a lease");
+    assert!(lease.is_owned_by("a"), "{lease:?}");
+    let taken = store.take_lease(&lease, "intruder").await.expect("take over");
+    let at_takeover = store.load(&key).await.expect("load");
+
+    // A notices on its next renewal and stops the shard; what it had fetched
+    // is dropped.
+    drive(&mut [&mut a], &mut read, |m, _| owned(m[0]).is_empty()).await;
+    let delivered_by_a = read.len();
+    stream.put_many("after", 50, 7).await;
+    let more = tokio::time::timeout(Duration::from_secs(1), a.next()).await;
+    assert!(more.is_err(), "a stopped shard delivers nothing more: {more:?}");
+    assert!(delivered_by_a < puts.len(), "A was stopped before it read everything");
+
+    a.close().await.expect("close");
+    assert_eq!(
+        store.load(&key).await.expect("load"),
+        at_takeover,
+        "A's later saves were fenced out"
+    );
+    let now = store.list_leases("group", &stream.name).await.expect("list");
+    assert_eq!(now[0].owner.as_deref(), Some("intruder"));
+    assert_eq!(now[0].epoch, taken.epoch, "A neither took it back nor released it");
+}
