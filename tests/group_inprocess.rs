@@ -145,3 +145,125 @@ async fn a_member_whose_lease_is_taken_over_stops_the_shard_and_never_writes_its
     assert_eq!(now[0].owner.as_deref(), Some("intruder"));
     assert_eq!(now[0].epoch, taken.epoch, "A neither took it back nor released it");
 }
+
+/// A store that can be cut off: every call fails as unavailable while `down`.
+#[derive(Debug, Clone)]
+struct Severable {
+    inner: MemoryCheckpointStore,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Severable {
+    fn check(&self) -> Result<(), kcpy::CheckpointError> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(kcpy::CheckpointError::backend(std::fmt::Error, true));
+        }
+        Ok(())
+    }
+}
+
+#[kcpy::async_trait]
+impl kcpy::CheckpointStore for Severable {
+    async fn load(&self, key: &kcpy::CheckpointKey) -> Result<Option<kcpy::Checkpoint>, kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.load(key).await
+    }
+    async fn save(
+        &self,
+        key: &kcpy::CheckpointKey,
+        checkpoint: &kcpy::Checkpoint,
+    ) -> Result<(), kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.save(key, checkpoint).await
+    }
+}
+
+#[kcpy::async_trait]
+impl kcpy::LeaseStore for Severable {
+    async fn list_leases(&self, consumer: &str, stream: &str) -> Result<Vec<kcpy::Lease>, kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.list_leases(consumer, stream).await
+    }
+    async fn create_lease(&self, key: &kcpy::CheckpointKey, parents: &[String]) -> Result<bool, kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.create_lease(key, parents).await
+    }
+    async fn take_lease(&self, observed: &kcpy::Lease, owner: &str) -> Result<kcpy::Lease, kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.take_lease(observed, owner).await
+    }
+    async fn renew_lease(&self, held: &kcpy::Lease) -> Result<kcpy::Lease, kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.renew_lease(held).await
+    }
+    async fn request_handoff(&self, observed: &kcpy::Lease, to: &str) -> Result<(), kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.request_handoff(observed, to).await
+    }
+    async fn release_lease(&self, held: &kcpy::Lease, to: Option<&str>) -> Result<(), kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.release_lease(held, to).await
+    }
+    async fn save_leased(
+        &self,
+        held: &kcpy::Lease,
+        checkpoint: &kcpy::Checkpoint,
+    ) -> Result<(), kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.save_leased(held, checkpoint).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_store_stops_its_shards_within_the_lease_and_others_take_over() {
+    let stream = TestStream::create("group-cut", 4).await;
+    let mut puts = stream.put_many("rec", 200, 97).await;
+    let store = MemoryCheckpointStore::new();
+    let cut = Severable {
+        inner: store.clone(),
+        down: Default::default(),
+    };
+    let lease = Duration::from_secs(2);
+    let renew = Duration::from_millis(300);
+    let mut a = Consumer::builder(support::client(), &stream.name)
+        .consumer_name("group")
+        .lease_store(cut.clone())
+        .worker_id("a")
+        .lease_duration(lease)
+        .lease_renew_interval(renew)
+        .idle_interval(Duration::from_millis(100))
+        // No save falls due while it is cut off, so the outage alone is tested.
+        .checkpoint_interval(Duration::from_secs(600))
+        .build()
+        .await
+        .expect("build");
+    let mut b = member(&stream, &store, "b").await;
+    let mut read = Vec::new();
+    drive(&mut [&mut a, &mut b], &mut read, |m, read| {
+        distinct(read) >= 200 && owned(m[0]).len() == 2 && owned(m[1]).len() == 2
+    })
+    .await;
+
+    cut.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let severed = tokio::time::Instant::now();
+    drive(&mut [&mut a, &mut b], &mut read, |m, _| owned(m[0]).is_empty()).await;
+    let stopped = severed.elapsed();
+    assert!(
+        stopped <= lease + renew + Duration::from_millis(500),
+        "a cut-off member stopped its shards after {stopped:?} (lease {lease:?})"
+    );
+    drive(&mut [&mut a, &mut b], &mut read, |m, _| owned(m[1]).len() == 4).await;
+    puts.extend(stream.put_many("during", 100, 97).await);
+    drive(&mut [&mut a, &mut b], &mut read, |_, read| distinct(read) >= puts.len()).await;
+
+    // Back online, it rejoins and gets its share again; nothing was lost.
+    cut.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    drive(&mut [&mut a, &mut b], &mut read, |m, _| {
+        owned(m[0]).len() == 2 && owned(m[1]).len() == 2
+    })
+    .await;
+    puts.extend(stream.put_many("after", 100, 97).await);
+    drive(&mut [&mut a, &mut b], &mut read, |_, read| distinct(read) >= puts.len()).await;
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+}
