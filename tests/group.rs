@@ -1,7 +1,7 @@
 //! Consumer groups across processes: `kcpy-tail --group` workers sharing a
-//! 6-shard stream through PostgreSQL or DynamoDB (dynalite) leases, with
-//! workers killed, paused, added and restarted.
-#![cfg(all(feature = "postgres", feature = "dynamodb"))]
+//! 6-shard stream through PostgreSQL, MySQL (MariaDB) or DynamoDB (dynalite)
+//! leases, with workers killed, paused, added and restarted.
+#![cfg(all(feature = "postgres", feature = "dynamodb", feature = "mysql"))]
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcpy::{Checkpoint, DynamoDbCheckpointStore, Lease, LeaseStore, PostgresCheckpointStore};
+use kcpy::{Checkpoint, DynamoDbCheckpointStore, Lease, LeaseStore, MySqlCheckpointStore, PostgresCheckpointStore};
 use support::{Producer, Put, TestStream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -25,6 +25,7 @@ const DYNAMODB_TABLE: &str = "kcpy-group-tests";
 #[derive(Debug, Clone, Copy)]
 enum Backend {
     Postgres,
+    MySql,
     DynamoDb,
 }
 
@@ -32,6 +33,7 @@ impl Backend {
     fn store_url(self) -> String {
         match self {
             Backend::Postgres => support::postgres_url(),
+            Backend::MySql => support::mysql_url(),
             Backend::DynamoDb => format!("dynamodb://{DYNAMODB_TABLE}"),
         }
     }
@@ -43,6 +45,11 @@ impl Backend {
                 PostgresCheckpointStore::connect(&support::postgres_url())
                     .await
                     .expect("PostgreSQL (scripts/services starts it)"),
+            ),
+            Backend::MySql => Arc::new(
+                MySqlCheckpointStore::connect(&support::mysql_url())
+                    .await
+                    .expect("MariaDB (scripts/services starts it)"),
             ),
             Backend::DynamoDb => {
                 let store = DynamoDbCheckpointStore::new(support::dynamodb_client(), DYNAMODB_TABLE);
@@ -475,13 +482,21 @@ async fn parents_are_read_before_children_across_workers(backend: Backend) {
     group.stop().await;
 }
 
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::MySql).await;
                 }
             )*
         }
@@ -496,7 +511,7 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     workers_share_the_shards_one_owner_at_a_time,
     a_killed_workers_shards_are_taken_over_within_the_bound,
     a_paused_worker_is_fenced_out_and_stops_its_lost_shards,

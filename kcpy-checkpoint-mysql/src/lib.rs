@@ -1,32 +1,72 @@
-//! A MySQL / MariaDB [`CheckpointStore`] for kcpy, on sqlx.
+//! A MySQL / MariaDB [`CheckpointStore`] and [`LeaseStore`] for kcpy, on sqlx.
 //!
 //! One InnoDB table, `kcpy_checkpoints`, keyed by (consumer name, stream,
 //! shard) with binary collation (so `App` and `app` are different consumers),
-//! holding each checkpoint as text. The table is created on connect; a table
-//! of that name with another shape is refused, never altered. A save commits
-//! an InnoDB transaction, durable on return with the default
-//! `innodb_flush_log_at_trx_commit = 1`.
+//! holding each checkpoint as text and the shard's lease (owner, epoch,
+//! heartbeat, handoff request, parents), as the PostgreSQL store does. Every
+//! change locks its row, checks and writes in one InnoDB transaction, durable
+//! on return with the default `innodb_flush_log_at_trx_commit = 1`. The table
+//! is created on connect, and a table of the first version (checkpoints only)
+//! is given the lease columns; a table of that name with another shape is
+//! refused, never altered.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kcpy_core::{BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
+use kcpy_core::{BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore};
 use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
-use sqlx::MySqlPool;
+use sqlx::{MySql, MySqlPool, Transaction};
 
-const SCHEMA_COMMENT: &str = "kcpy checkpoints v1";
+const SCHEMA_COMMENT: &str = "kcpy checkpoints and leases v2";
+const SCHEMA_COMMENT_V1: &str = "kcpy checkpoints v1";
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS kcpy_checkpoints (
     consumer_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     stream_name VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     shard_id VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-    checkpoint VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    checkpoint VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NULL,
     updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+    owner VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    epoch BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    heartbeat BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    handoff_to VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    parents VARCHAR(1024) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '',
     PRIMARY KEY (consumer_name, stream_name, shard_id)
-) ENGINE = InnoDB COMMENT = 'kcpy checkpoints v1'";
+) ENGINE = InnoDB COMMENT = 'kcpy checkpoints and leases v2'";
 
-const COLUMNS: [&str; 5] = ["consumer_name", "stream_name", "shard_id", "checkpoint", "updated_at"];
+/// From the first version (checkpoints only) to the second: the checkpoint
+/// may be missing (a lease not yet read), and the lease columns are added.
+const MIGRATE_V1: &str = "ALTER TABLE kcpy_checkpoints
+    MODIFY checkpoint VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    ADD COLUMN owner VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    ADD COLUMN epoch BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN heartbeat BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    ADD COLUMN handoff_to VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    ADD COLUMN parents VARCHAR(1024) CHARACTER SET ascii COLLATE ascii_bin NOT NULL DEFAULT '',
+    COMMENT = 'kcpy checkpoints and leases v2'";
+
+const COLUMNS_V1: [&str; 5] = ["consumer_name", "stream_name", "shard_id", "checkpoint", "updated_at"];
+const COLUMNS: [&str; 10] = [
+    "consumer_name",
+    "stream_name",
+    "shard_id",
+    "checkpoint",
+    "updated_at",
+    "owner",
+    "epoch",
+    "heartbeat",
+    "handoff_to",
+    "parents",
+];
+
+/// A lease row, with the binary-collated columns read as text.
+const LEASE_SELECT: &str = "SELECT CAST(shard_id AS CHAR CHARACTER SET utf8mb4),
+    CAST(checkpoint AS CHAR CHARACTER SET utf8mb4), CAST(owner AS CHAR CHARACTER SET utf8mb4), epoch, heartbeat,
+    CAST(handoff_to AS CHAR CHARACTER SET utf8mb4), CAST(parents AS CHAR CHARACTER SET utf8mb4)
+    FROM kcpy_checkpoints";
+
+type LeaseRow = (String, Option<String>, Option<String>, u64, u64, Option<String>, String);
 
 // The column is ASCII with binary collation, which the driver reports as
 // bytes; read it as text.
@@ -83,23 +123,37 @@ async fn prepare(pool: &MySqlPool) -> Result<(), BoxError> {
         sqlx::query(CREATE_TABLE).execute(pool).await.map_err(boxed)?;
     }
     let columns = table_columns(pool).await.map_err(boxed)?;
+    if columns == COLUMNS_V1 && table_comment(pool).await.map_err(boxed)? == SCHEMA_COMMENT_V1 {
+        // Another process may be migrating at the same moment; what counts
+        // is the shape afterwards.
+        if let Err(error) = sqlx::query(MIGRATE_V1).execute(pool).await {
+            if table_columns(pool).await.map_err(boxed)? != COLUMNS {
+                return Err(boxed(error));
+            }
+        }
+    }
+    let columns = table_columns(pool).await.map_err(boxed)?;
     if columns != COLUMNS {
         return Err(Arc::new(SchemaError(format!(
             "table kcpy_checkpoints has columns {columns:?}, expected {COLUMNS:?}"
         ))));
     }
-    let comment: String = sqlx::query_scalar(
-        "SELECT table_comment FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'kcpy_checkpoints'",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(boxed)?;
+    let comment = table_comment(pool).await.map_err(boxed)?;
     if comment != SCHEMA_COMMENT {
         return Err(Arc::new(SchemaError(format!(
             "table kcpy_checkpoints is {comment:?}, expected {SCHEMA_COMMENT:?}"
         ))));
     }
     Ok(())
+}
+
+async fn table_comment(pool: &MySqlPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CAST(table_comment AS CHAR) FROM information_schema.tables
+         WHERE table_schema = DATABASE() AND table_name = 'kcpy_checkpoints'",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 async fn table_columns(pool: &MySqlPool) -> Result<Vec<String>, sqlx::Error> {
@@ -135,7 +189,7 @@ fn store_error(error: sqlx::Error) -> CheckpointError {
 #[async_trait]
 impl CheckpointStore for MySqlCheckpointStore {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
-        let stored: Option<String> = sqlx::query_scalar(&format!(
+        let stored: Option<Option<String>> = sqlx::query_scalar(&format!(
             "SELECT {CHECKPOINT_TEXT} FROM kcpy_checkpoints WHERE {WHERE_KEY}"
         ))
         .bind(&key.consumer_name)
@@ -144,7 +198,10 @@ impl CheckpointStore for MySqlCheckpointStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(store_error)?;
-        stored.map(|text| CheckpointError::parse_stored(key, &text)).transpose()
+        stored
+            .flatten()
+            .map(|text| CheckpointError::parse_stored(key, &text))
+            .transpose()
     }
 
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
@@ -166,30 +223,202 @@ impl CheckpointStore for MySqlCheckpointStore {
             Err(error) => return Err(store_error(error)),
         }
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let stored: String = sqlx::query_scalar(&format!(
-            "SELECT {CHECKPOINT_TEXT} FROM kcpy_checkpoints WHERE {WHERE_KEY} FOR UPDATE"
+        let row = Self::lock_row(&mut tx, key).await?;
+        Self::advance(tx, key, row.and_then(|row| row.1), checkpoint).await
+    }
+}
+
+impl MySqlCheckpointStore {
+    /// Locks the key's row; `None` if there is none.
+    async fn lock_row(
+        tx: &mut Transaction<'_, MySql>,
+        key: &CheckpointKey,
+    ) -> Result<Option<LeaseRow>, CheckpointError> {
+        sqlx::query_as(&format!("{LEASE_SELECT} WHERE {WHERE_KEY} FOR UPDATE"))
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Writes `checkpoint` over the locked row's `stored` text unless that
+    /// would move it backwards; then commits.
+    async fn advance(
+        mut tx: Transaction<'_, MySql>,
+        key: &CheckpointKey,
+        stored: Option<String>,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), CheckpointError> {
+        if let Some(stored) = stored {
+            let stored = CheckpointError::parse_stored(key, &stored)?;
+            if stored > *checkpoint {
+                return Err(CheckpointError::conflict(key, stored, checkpoint.clone()));
+            }
+            if stored == *checkpoint {
+                return Ok(());
+            }
+        }
+        sqlx::query(&format!("UPDATE kcpy_checkpoints SET checkpoint = ? WHERE {WHERE_KEY}"))
+            .bind(checkpoint.as_str())
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    /// Locks the lease's row, lets `allowed` check it, writes `change` and
+    /// returns the lease as stored now. A failed check changes nothing.
+    async fn change_lease(
+        &self,
+        key: &CheckpointKey,
+        allowed: impl FnOnce(&Lease) -> bool,
+        change: impl FnOnce(&mut Lease),
+    ) -> Result<Lease, CheckpointError> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let row = Self::lock_row(&mut tx, key)
+            .await?
+            .ok_or_else(|| CheckpointError::lease_lost(key))?;
+        let mut lease = lease_from_row(&key.consumer_name, &key.stream_name, row)?;
+        if !allowed(&lease) {
+            return Err(CheckpointError::lease_lost(key));
+        }
+        change(&mut lease);
+        sqlx::query(&format!(
+            "UPDATE kcpy_checkpoints SET owner = ?, epoch = ?, heartbeat = ?, handoff_to = ? WHERE {WHERE_KEY}"
         ))
+        .bind(&lease.owner)
+        .bind(lease.epoch)
+        .bind(lease.heartbeat)
+        .bind(&lease.handoff_to)
         .bind(&key.consumer_name)
         .bind(&key.stream_name)
         .bind(&key.shard_id)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        let stored = CheckpointError::parse_stored(key, &stored)?;
-        if stored > *checkpoint {
-            return Err(CheckpointError::conflict(key, stored, checkpoint.clone()));
+        tx.commit().await.map_err(store_error)?;
+        Ok(lease)
+    }
+}
+
+fn lease_from_row(consumer_name: &str, stream_name: &str, row: LeaseRow) -> Result<Lease, CheckpointError> {
+    let (shard_id, checkpoint, owner, epoch, heartbeat, handoff_to, parents) = row;
+    let parents = parents
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut lease = Lease::new(CheckpointKey::new(consumer_name, stream_name, shard_id), parents);
+    lease.checkpoint = checkpoint
+        .map(|text| CheckpointError::parse_stored(&lease.key, &text))
+        .transpose()?;
+    lease.owner = owner;
+    lease.epoch = epoch;
+    lease.heartbeat = heartbeat;
+    lease.handoff_to = handoff_to;
+    Ok(lease)
+}
+
+/// Whether the stored lease still has `held`'s owner and epoch.
+fn still_held(stored: &Lease, held: &Lease) -> bool {
+    stored.owner.is_some() && stored.owner == held.owner && stored.epoch == held.epoch
+}
+
+#[async_trait]
+impl LeaseStore for MySqlCheckpointStore {
+    async fn list_leases(&self, consumer_name: &str, stream_name: &str) -> Result<Vec<Lease>, CheckpointError> {
+        let rows: Vec<LeaseRow> = sqlx::query_as(&format!(
+            "{LEASE_SELECT} WHERE consumer_name = ? AND stream_name = ? ORDER BY shard_id"
+        ))
+        .bind(consumer_name)
+        .bind(stream_name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter()
+            .map(|row| lease_from_row(consumer_name, stream_name, row))
+            .collect()
+    }
+
+    async fn create_lease(&self, key: &CheckpointKey, parents: &[String]) -> Result<bool, CheckpointError> {
+        let inserted = sqlx::query(
+            "INSERT IGNORE INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, parents) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(parents.join(","))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    async fn take_lease(&self, observed: &Lease, owner: &str) -> Result<Lease, CheckpointError> {
+        self.change_lease(
+            &observed.key,
+            |stored| stored.epoch == observed.epoch && stored.heartbeat == observed.heartbeat,
+            |lease| {
+                lease.owner = Some(owner.to_owned());
+                lease.epoch += 1;
+                lease.heartbeat += 1;
+                lease.handoff_to = None;
+            },
+        )
+        .await
+    }
+
+    async fn renew_lease(&self, held: &Lease) -> Result<Lease, CheckpointError> {
+        self.change_lease(
+            &held.key,
+            |stored| still_held(stored, held),
+            |lease| lease.heartbeat += 1,
+        )
+        .await
+    }
+
+    async fn request_handoff(&self, observed: &Lease, to: &str) -> Result<(), CheckpointError> {
+        self.change_lease(
+            &observed.key,
+            |stored| still_held(stored, observed),
+            |lease| lease.handoff_to = Some(to.to_owned()),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn release_lease(&self, held: &Lease, to: Option<&str>) -> Result<(), CheckpointError> {
+        self.change_lease(
+            &held.key,
+            |stored| still_held(stored, held),
+            |lease| {
+                lease.owner = to.map(str::to_owned);
+                lease.epoch += 1;
+                lease.heartbeat += 1;
+                lease.handoff_to = None;
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+        let key = &held.key;
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let row = Self::lock_row(&mut tx, key)
+            .await?
+            .ok_or_else(|| CheckpointError::lease_lost(key))?;
+        let stored_checkpoint = row.1.clone();
+        let (owner, epoch) = (row.2.clone(), row.3);
+        if owner.is_none() || owner != held.owner || epoch != held.epoch {
+            return Err(CheckpointError::lease_lost(key));
         }
-        if stored < *checkpoint {
-            sqlx::query(&format!("UPDATE kcpy_checkpoints SET checkpoint = ? WHERE {WHERE_KEY}"))
-                .bind(checkpoint.as_str())
-                .bind(&key.consumer_name)
-                .bind(&key.stream_name)
-                .bind(&key.shard_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)
+        Self::advance(tx, key, stored_checkpoint, checkpoint).await
     }
 }
 
@@ -210,6 +439,11 @@ mod tests {
     #[tokio::test]
     async fn mysql_store_meets_the_checkpoint_store_contract() {
         kcpy_core::test_util::checkpoint_store_conformance(&store().await).await;
+    }
+
+    #[tokio::test]
+    async fn mysql_store_meets_the_lease_store_contract() {
+        kcpy_core::test_util::lease_store_conformance(&store().await).await;
     }
 
     #[tokio::test]
@@ -316,6 +550,54 @@ mod tests {
         assert_eq!(table_columns(store.pool()).await.expect("columns"), COLUMNS);
         let again = MySqlCheckpointStore::connect(&url).await.expect("connect again");
         again.pool().close().await;
+        store.pool().close().await;
+        scratch.drop().await;
+    }
+
+    #[tokio::test]
+    async fn a_checkpoints_only_table_gains_the_lease_columns_and_keeps_its_checkpoints() {
+        let scratch = Scratch::create("v1").await;
+        let v1 = MySqlPool::connect(&scratch.url).await.expect("connect");
+        sqlx::query(
+            "CREATE TABLE kcpy_checkpoints (
+                consumer_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+                stream_name VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+                shard_id VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+                checkpoint VARCHAR(160) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+                updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+                PRIMARY KEY (consumer_name, stream_name, shard_id)
+            ) ENGINE = InnoDB COMMENT = 'kcpy checkpoints v1'",
+        )
+        .execute(&v1)
+        .await
+        .expect("a first-version table");
+        sqlx::query("INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES ('app', 's', 'shard-1', '42')")
+            .execute(&v1)
+            .await
+            .expect("a checkpoint");
+        v1.close().await;
+
+        let store = MySqlCheckpointStore::connect(&scratch.url)
+            .await
+            .expect("connect migrates");
+        assert_eq!(table_columns(store.pool()).await.expect("columns"), COLUMNS);
+        let key = CheckpointKey::new("app", "s", "shard-1");
+        assert_eq!(
+            store.load(&key).await.expect("load"),
+            Some("42".parse().expect("valid"))
+        );
+        let leases = store.list_leases("app", "s").await.expect("list");
+        assert_eq!(leases.len(), 1);
+        assert_eq!(
+            (leases[0].owner.as_deref(), leases[0].epoch),
+            (None, 0),
+            "the row is a free lease"
+        );
+        let held = store.take_lease(&leases[0], "w").await.expect("take");
+        store
+            .save_leased(&held, &"43".parse().expect("valid"))
+            .await
+            .expect("save under the lease");
         store.pool().close().await;
         scratch.drop().await;
     }

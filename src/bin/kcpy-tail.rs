@@ -12,7 +12,7 @@
 //! `rediss://`, `mysql://`, `postgres://` and `dynamodb://TABLE`.
 //!
 //! `--group` joins a consumer group: processes with the same consumer name and
-//! store split the stream's shards (PostgreSQL and DynamoDB stores).
+//! store split the stream's shards (PostgreSQL, MySQL and DynamoDB stores).
 //!
 //! `--endpoint` (or `KCPY_KINESIS_ENDPOINT`) points it at an emulator, and
 //! `KCPY_DYNAMODB_ENDPOINT` at a local DynamoDB; without them it uses the
@@ -87,7 +87,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         return Err(USAGE.into());
     }
     if parsed.group && parsed.store.is_none() {
-        return Err("--group needs a --store that holds leases (postgres:// or dynamodb://)".into());
+        return Err("--group needs a --store that holds leases (postgres://, mysql:// or dynamodb://)".into());
     }
     Ok(parsed)
 }
@@ -187,6 +187,15 @@ async fn with_store(
     let _ = config;
     let scheme = url.split(':').next().unwrap_or_default();
     match (scheme, group) {
+        #[cfg(feature = "mysql")]
+        ("mysql", group) => {
+            let store = kcpy::MySqlCheckpointStore::connect(url).await?;
+            Ok(if group {
+                builder.lease_store(store)
+            } else {
+                builder.checkpoint_store(store)
+            })
+        }
         #[cfg(feature = "postgres")]
         ("postgres" | "postgresql", group) => {
             let store = kcpy::PostgresCheckpointStore::connect(url).await?;
@@ -211,7 +220,9 @@ async fn with_store(
                 builder.checkpoint_store(store)
             })
         }
-        (_, true) => Err(format!("{scheme:?} stores hold no leases; --group needs postgres:// or dynamodb://").into()),
+        (_, true) => {
+            Err(format!("{scheme:?} stores hold no leases; --group needs postgres://, mysql:// or dynamodb://").into())
+        }
         (scheme, false) => plain_store(builder, url, scheme).await,
     }
 }
@@ -226,8 +237,6 @@ async fn plain_store(
         "sqlite" => Ok(builder.checkpoint_store(kcpy::SqliteCheckpointStore::connect(url).await?)),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(builder.checkpoint_store(kcpy::RedisCheckpointStore::connect(url).await?)),
-        #[cfg(feature = "mysql")]
-        "mysql" => Ok(builder.checkpoint_store(kcpy::MySqlCheckpointStore::connect(url).await?)),
         _ => Err(
             format!("no checkpoint store for {scheme:?} URLs in this build (features: sqlite, redis, mysql, postgres, dynamodb)")
                 .into(),
