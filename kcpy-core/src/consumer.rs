@@ -459,11 +459,12 @@ impl Stream for Consumer {
                 this.begin_closing();
                 continue;
             }
-            // A lease lost or asked for: act before the next record.
+            // A lease lost or asked for: act before the next record. A plain
+            // load per record; the swap only when there is news.
             if this
                 .membership
                 .as_ref()
-                .is_some_and(|m| m.alert.swap(false, Ordering::AcqRel))
+                .is_some_and(|m| m.alert.load(Ordering::Acquire) && m.alert.swap(false, Ordering::AcqRel))
             {
                 while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
                     this.on_control(control);
