@@ -266,12 +266,8 @@ impl DynamoDbCheckpointStore {
                 Some(item) => stored_checkpoint(key, item)?,
                 None => None,
             };
-            match &stored {
-                Some(stored) if stored > checkpoint => {
-                    return Err(CheckpointError::conflict(key, stored.clone(), checkpoint.clone()))
-                }
-                Some(stored) if stored == checkpoint => return Ok(()),
-                _ => {}
+            if !CheckpointError::check_forward(key, stored.as_ref(), checkpoint)? {
+                return Ok(());
             }
             let mut update = self
                 .client

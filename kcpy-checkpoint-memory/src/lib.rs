@@ -55,13 +55,10 @@ impl MemoryCheckpointStore {
 }
 
 fn advance(key: &CheckpointKey, stored: &mut Option<Checkpoint>, to: &Checkpoint) -> Result<(), CheckpointError> {
-    match stored {
-        Some(current) if *current > *to => Err(CheckpointError::conflict(key, current.clone(), to.clone())),
-        _ => {
-            *stored = Some(to.clone());
-            Ok(())
-        }
+    if CheckpointError::check_forward(key, stored.as_ref(), to)? {
+        *stored = Some(to.clone());
     }
+    Ok(())
 }
 
 #[async_trait]

@@ -208,14 +208,11 @@ impl PostgresCheckpointStore {
         stored: Option<String>,
         checkpoint: &Checkpoint,
     ) -> Result<(), CheckpointError> {
-        if let Some(stored) = stored {
-            let stored = CheckpointError::parse_stored(key, &stored)?;
-            if stored > *checkpoint {
-                return Err(CheckpointError::conflict(key, stored, checkpoint.clone()));
-            }
-            if stored == *checkpoint {
-                return Ok(());
-            }
+        let stored = stored
+            .map(|text| CheckpointError::parse_stored(key, &text))
+            .transpose()?;
+        if !CheckpointError::check_forward(key, stored.as_ref(), checkpoint)? {
+            return Ok(());
         }
         sqlx::query(&format!(
             "UPDATE kcpy_checkpoints SET checkpoint = $4, updated_at = now() WHERE {WHERE_KEY}"

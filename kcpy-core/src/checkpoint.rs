@@ -216,6 +216,17 @@ impl CheckpointError {
         }
     }
 
+    /// For stores: whether `to` must be written where `stored` is held for
+    /// `key`. `Ok(false)` when it is stored already, a
+    /// [`CheckpointError::Conflict`] when it would move the checkpoint back.
+    pub fn check_forward(key: &CheckpointKey, stored: Option<&Checkpoint>, to: &Checkpoint) -> Result<bool, Self> {
+        match stored {
+            Some(stored) if stored > to => Err(Self::conflict(key, stored.clone(), to.clone())),
+            Some(stored) => Ok(stored != to),
+            None => Ok(true),
+        }
+    }
+
     /// Parses a stored text into a [`Checkpoint`], or a `Malformed` error.
     pub fn parse_stored(key: &CheckpointKey, value: &str) -> Result<Checkpoint, Self> {
         value.parse().map_err(|source| Self::malformed(key, value, source))
@@ -308,6 +319,25 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn checkpoints_only_move_forward() {
+        let key = CheckpointKey::new("app", "stream", "shard");
+        let seq = |n: &str| Checkpoint::Sequence(SequenceNumber::parse(n).expect("valid"));
+        assert_eq!(CheckpointError::check_forward(&key, None, &seq("5")).ok(), Some(true));
+        assert_eq!(
+            CheckpointError::check_forward(&key, Some(&seq("5")), &seq("10")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            CheckpointError::check_forward(&key, Some(&seq("5")), &seq("5")).ok(),
+            Some(false)
+        );
+        assert!(matches!(
+            CheckpointError::check_forward(&key, Some(&Checkpoint::ShardEnd), &seq("5")),
+            Err(CheckpointError::Conflict { .. })
+        ));
     }
 
     #[test]
