@@ -411,8 +411,8 @@ impl LeaseStore for MySqlCheckpointStore {
             .await?
             .ok_or_else(|| CheckpointError::lease_lost(key))?;
         let stored_checkpoint = row.1.clone();
-        let (owner, epoch) = (row.2.clone(), row.3);
-        if owner.is_none() || owner != held.owner || epoch != held.epoch {
+        let stored = lease_from_row(&key.consumer_name, &key.stream_name, row)?;
+        if !still_held(&stored, held) {
             return Err(CheckpointError::lease_lost(key));
         }
         Self::advance(tx, key, stored_checkpoint, checkpoint).await
