@@ -65,6 +65,18 @@ impl PostgresCheckpointStore {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
+            // A process frozen (GC, SIGSTOP, lost network) in the middle of
+            // a transaction would hold its row lock, and block every other
+            // worker's lease change, for good: the server ends a session
+            // idle in a transaction for 10 s, which rolls it back.
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("SET idle_in_transaction_session_timeout = '10s'")
+                        .execute(connection)
+                        .await
+                        .map(drop)
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| open(boxed(e)))?;
@@ -412,6 +424,45 @@ mod tests {
     #[tokio::test]
     async fn postgres_store_meets_the_lease_store_contract() {
         kcpy_core::test_util::lease_store_conformance(&store().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_by_a_frozen_process_blocks_lease_changes_only_briefly() {
+        let frozen = store().await;
+        let other = store().await;
+        let group = format!("frozen-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+        let key = CheckpointKey::new(&group, "s", "shard-1");
+        other.create_lease(&key, &[]).await.expect("create");
+        let lease = other.list_leases(&group, "s").await.expect("list").remove(0);
+        // A process that froze between locking the row and committing.
+        let mut tx = frozen.pool().begin().await.expect("begin");
+        sqlx::query(
+            "SELECT 1 FROM kcpy_checkpoints WHERE consumer_name = $1 AND stream_name = $2 AND shard_id = $3 FOR UPDATE",
+        )
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .execute(&mut *tx)
+        .await
+        .expect("lock the row");
+        let started = std::time::Instant::now();
+        let taken = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match other.take_lease(&lease, "w").await {
+                    Ok(taken) => return taken,
+                    Err(error) if error.is_retryable() => {}
+                    Err(error) => panic!("{error:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the lock is given up within 30 s");
+        assert!(taken.is_owned_by("w"));
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "the lock did hold for a while"
+        );
+        drop(tx);
     }
 
     #[tokio::test]
