@@ -3,13 +3,22 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kinesis::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
+use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_smithy_runtime_api::client::identity::Identity;
 
 use futures::StreamExt;
 use kcpy::{
     Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Consumer, ConsumerBuilder, Error,
     MemoryCheckpointStore, SqliteCheckpointStore, StartPosition,
 };
+use support::recording::{Log, Recording, Sent};
 use support::{by_shard, counts, read_until, Put, TestStream};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -333,5 +342,164 @@ async fn an_empty_consumer_name_is_rejected_before_anything_is_read() {
         .await;
     assert!(matches!(result, Err(Error::InvalidConfig { .. })), "{result:?}");
     assert!(store.snapshot().is_empty());
+    stream.delete().await;
+}
+
+/// Counts the GetRecords calls that pass through the SDK's interceptors.
+#[derive(Debug)]
+struct CountGetRecords(Arc<AtomicUsize>);
+
+impl Intercept for CountGetRecords {
+    fn name(&self) -> &'static str {
+        "CountGetRecords"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or_default();
+        if target.ends_with(".GetRecords") {
+            self.0.fetch_add(1, AtomicOrdering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+const SESSION_TOKEN: &str = "session-token-of-the-test";
+
+/// A client with session credentials whose every request lands in `log`.
+fn recording_client(log: &Log, interceptor: Option<CountGetRecords>) -> aws_sdk_kinesis::Client {
+    let mut config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(support::endpoint())
+        .credentials_provider(credentials())
+        .http_client(Recording::new(log));
+    if let Some(interceptor) = interceptor {
+        config = config.interceptor(interceptor);
+    }
+    aws_sdk_kinesis::Client::from_conf(config.build())
+}
+
+fn credentials() -> Credentials {
+    Credentials::new(
+        "AKIDKCPYTEST",
+        "kcpy-test-secret",
+        Some(SESSION_TOKEN.into()),
+        None,
+        "kcpy-tests",
+    )
+}
+
+/// The `Authorization` header Kinesis computes for `sent`: SigV4 over the
+/// headers it names as signed, its body and its `x-amz-date`.
+fn expected_authorization(sent: &Sent) -> String {
+    let authorization = sent.header("authorization").expect("an Authorization header");
+    let signed: Vec<&str> = authorization
+        .split("SignedHeaders=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("SignedHeaders")
+        .split(';')
+        .collect();
+    let amz_date = sent.header("x-amz-date").expect("x-amz-date");
+    // 20261126T053000Z -> 2026-11-26T05:30:00Z
+    let (d, t) = amz_date.split_at(8);
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}",
+        &d[..4],
+        &d[4..6],
+        &d[6..],
+        &t[1..3],
+        &t[3..5],
+        &t[5..]
+    );
+    let time =
+        SystemTime::try_from(DateTime::from_str(&rfc3339, DateTimeFormat::DateTime).expect("date")).expect("time");
+    let headers = sent
+        .headers
+        .iter()
+        .filter(|(name, _)| signed.contains(&name.to_ascii_lowercase().as_str()))
+        .map(|(n, v)| (n.as_str(), v.as_str()));
+    let identity = Identity::from(credentials());
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("kinesis")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .expect("params")
+        .into();
+    let request =
+        SignableRequest::new("POST", sent.uri.as_str(), headers, SignableBody::Bytes(&sent.body)).expect("request");
+    let (instructions, _) = sign(request, &params).expect("signed").into_parts();
+    let (headers, _) = instructions.into_parts();
+    headers
+        .into_iter()
+        .find(|header| header.name() == "authorization")
+        .map(|header| header.value().to_owned())
+        .expect("an authorization header")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_records_calls_after_the_first_skip_the_sdk_pipeline_and_every_call_is_validly_signed() {
+    let stream = TestStream::create("direct", 1).await;
+    let mut puts = stream.put_many("rec", 300, 7).await;
+    puts.sort();
+    let log = Log::default();
+    let mut consumer = Consumer::builder(recording_client(&log, None), &stream.name)
+        .max_records_per_call(50)
+        .idle_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let read = read_until(&mut consumer, LIMIT, |read| read.len() >= puts.len()).await;
+    consumer.close().await.expect("close");
+    assert_eq!(read, puts);
+
+    let calls = log.of("GetRecords");
+    assert!(calls.len() >= 6, "300 records at 50 a call: {} calls", calls.len());
+    // The SDK's pipeline stamps each call with an invocation id.
+    let through_sdk = calls
+        .iter()
+        .filter(|c| c.header("amz-sdk-invocation-id").is_some())
+        .count();
+    assert_eq!(through_sdk, 1, "only the first GetRecords goes through the SDK");
+    for call in &calls {
+        assert_eq!(call.header("x-amz-security-token"), Some(SESSION_TOKEN));
+        assert_eq!(call.header("x-amz-target"), Some("Kinesis_20131202.GetRecords"));
+        assert_eq!(
+            call.header("authorization"),
+            Some(expected_authorization(call).as_str())
+        );
+    }
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_an_interceptor_of_its_own_sees_every_get_records_call() {
+    let stream = TestStream::create("intercepted", 1).await;
+    let puts = stream.put_many("rec", 200, 7).await;
+    let log = Log::default();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let client = recording_client(&log, Some(CountGetRecords(Arc::clone(&seen))));
+    let mut consumer = Consumer::builder(client, &stream.name)
+        .max_records_per_call(50)
+        .idle_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let read = read_until(&mut consumer, LIMIT, |read| read.len() >= puts.len()).await;
+    consumer.close().await.expect("close");
+    assert_eq!(read.len(), puts.len());
+
+    let calls = log.of("GetRecords");
+    assert!(calls.len() >= 4, "200 records at 50 a call: {} calls", calls.len());
+    assert_eq!(seen.load(AtomicOrdering::SeqCst), calls.len());
+    assert!(calls.iter().all(|c| c.header("amz-sdk-invocation-id").is_some()));
     stream.delete().await;
 }

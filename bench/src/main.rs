@@ -18,9 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kinesis::config::interceptors::BeforeSerializationInterceptorContextRef;
-use aws_sdk_kinesis::config::{BehaviorVersion, ConfigBag, Credentials, Intercept, Region};
+use aws_sdk_kinesis::config::http::HttpRequest;
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region, RuntimeComponents, SharedHttpClient};
 use aws_sdk_kinesis::primitives::Blob;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
 use futures::StreamExt;
 use kcpy::{
     Checkpoint, CheckpointKey, CheckpointStore, Consumer, MemoryCheckpointStore, SequenceNumber, SqliteCheckpointStore,
@@ -40,22 +44,32 @@ fn usage() -> (f64, f64) {
     (cpu, usage.max_rss() as f64 / 1024.0)
 }
 
-/// Counts the Kinesis calls a client makes.
-#[derive(Debug, Default)]
-struct CountCalls(Arc<AtomicU64>);
+/// Counts the HTTP requests a client sends, whichever way they are made.
+#[derive(Debug)]
+struct CountCalls {
+    inner: SharedHttpClient,
+    calls: Arc<AtomicU64>,
+}
 
-impl Intercept for CountCalls {
-    fn name(&self) -> &'static str {
-        "CountCalls"
+impl HttpClient for CountCalls {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        SharedHttpConnector::new(CountingConnector {
+            inner: self.inner.http_connector(settings, components),
+            calls: Arc::clone(&self.calls),
+        })
     }
+}
 
-    fn read_before_execution(
-        &self,
-        _: &BeforeSerializationInterceptorContextRef<'_>,
-        _: &mut ConfigBag,
-    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+#[derive(Debug)]
+struct CountingConnector {
+    inner: SharedHttpConnector,
+    calls: Arc<AtomicU64>,
+}
+
+impl HttpConnector for CountingConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
     }
 }
 
@@ -66,7 +80,12 @@ fn client(endpoint: &str, calls: Option<Arc<AtomicU64>>) -> aws_sdk_kinesis::Cli
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"));
     if let Some(calls) = calls {
-        config = config.interceptor(CountCalls(calls));
+        config = config.http_client(CountCalls {
+            inner: aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .build_https(),
+            calls,
+        });
     }
     aws_sdk_kinesis::Client::from_conf(config.build())
 }

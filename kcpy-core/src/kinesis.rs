@@ -12,6 +12,7 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
+use crate::direct::{Learn, RouteCell};
 use crate::error::BoxError;
 use crate::records::{parse_page, CapturePage, Slot};
 use crate::{Error, Record, SequenceNumber};
@@ -153,7 +154,14 @@ pub(crate) async fn within<T>(
 }
 
 /// The real thing.
-pub(crate) struct SdkKinesis(aws_sdk_kinesis::Client);
+pub(crate) struct SdkKinesis {
+    client: aws_sdk_kinesis::Client,
+    /// How GetRecords calls go once the first one went through the SDK.
+    route: RouteCell,
+    /// Whether to learn that route: not when the client has interceptors of
+    /// its own, which must see every call.
+    direct: bool,
+}
 
 impl SdkKinesis {
     /// The consumer retries failed calls itself, within each shard's call
@@ -165,7 +173,12 @@ impl SdkKinesis {
             .to_builder()
             .retry_config(RetryConfig::disabled())
             .build();
-        Self(aws_sdk_kinesis::Client::from_conf(config))
+        let direct = config.interceptors().next().is_none();
+        Self {
+            client: aws_sdk_kinesis::Client::from_conf(config),
+            route: RouteCell::default(),
+            direct,
+        }
     }
 }
 
@@ -174,10 +187,10 @@ impl KinesisApi for SdkKinesis {
     async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError> {
         // With a NextToken, Kinesis rejects any stream identifier.
         let request = match next_token {
-            Some(token) => self.0.list_shards().next_token(token),
+            Some(token) => self.client.list_shards().next_token(token),
             None => match &stream.arn {
-                Some(arn) => self.0.list_shards().stream_arn(arn),
-                None => self.0.list_shards().stream_name(&stream.name),
+                Some(arn) => self.client.list_shards().stream_arn(arn),
+                None => self.client.list_shards().stream_name(&stream.name),
             }
             .max_results(1000),
         };
@@ -207,7 +220,7 @@ impl KinesisApi for SdkKinesis {
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<String, ApiError> {
-        let mut request = self.0.get_shard_iterator().shard_id(shard_id);
+        let mut request = self.client.get_shard_iterator().shard_id(shard_id);
         request = match &stream.arn {
             Some(arn) => request.stream_arn(arn),
             None => request.stream_name(&stream.name),
@@ -241,19 +254,26 @@ impl KinesisApi for SdkKinesis {
         iterator: &str,
         limit: i32,
     ) -> Result<RecordsPage, ApiError> {
+        if let Some(route) = self.route.get() {
+            let body = route.get_records(stream, iterator, limit).await?;
+            return parse_page(&body, shard_id).map_err(ApiError::Fatal);
+        }
         let slot = Slot::default();
-        let output = self
-            .0
+        let mut request = self
+            .client
             .get_records()
             .shard_iterator(iterator)
             .limit(limit)
             .customize()
             .interceptor(CapturePage {
                 slot: Arc::clone(&slot),
-            })
-            .send()
-            .await
-            .map_err(|e| classify(e, "GetRecords", stream))?;
+            });
+        if self.direct {
+            request = request.interceptor(Learn {
+                into: Arc::clone(&self.route),
+            });
+        }
+        let output = request.send().await.map_err(|e| classify(e, "GetRecords", stream))?;
         let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(body) = captured {
             return parse_page(&body, shard_id).map_err(ApiError::Fatal);
@@ -320,8 +340,20 @@ where
     if transport_fault {
         return ApiError::Transient(source);
     }
+    sort_code(code.as_deref(), server_fault, source, operation, stream)
+}
+
+/// Sorts an error reply from Kinesis, by its error code, into retry, renew
+/// or stop.
+pub(crate) fn sort_code(
+    code: Option<&str>,
+    server_fault: bool,
+    source: BoxError,
+    operation: &'static str,
+    stream: &StreamRef,
+) -> ApiError {
     let stream = stream.configured.clone();
-    match code.as_deref() {
+    match code {
         Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
         Some(
             "ProvisionedThroughputExceededException"

@@ -43,6 +43,7 @@ mod checkpoint;
 mod config;
 mod consumer;
 mod coordinator;
+mod direct;
 mod error;
 mod kinesis;
 mod lease;

@@ -2,12 +2,12 @@
 //!
 //! Profiling showed the SDK's generic JSON deserialisation of GetRecords —
 //! a `String` or `Vec` per field of every record, then our copy into a
-//! `Record` — to be most of the consumer's CPU. So the call still goes
-//! through the SDK (signing, endpoints, credentials, TLS, error parsing), but
-//! a successful response body is captured by an interceptor before the SDK
-//! parses it, and the SDK sees an empty page instead. The captured body is
-//! parsed here with borrowed strings, and every payload of the page is
-//! base64-decoded into one shared buffer, sliced per record.
+//! `Record` — to be most of the consumer's CPU. So a page is parsed here,
+//! with borrowed strings, and every payload of the page is base64-decoded
+//! into one shared buffer, sliced per record. The page comes either from
+//! [`crate::direct`], or, when a call goes through the SDK, from an
+//! interceptor that captures a successful response body before the SDK
+//! parses it (the SDK then sees an empty page).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
