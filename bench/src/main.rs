@@ -7,6 +7,9 @@
 //! - `latency ENDPOINT STREAM SAMPLES`: put one record every 100 ms, read it at
 //!   5 GetRecords/s per shard; put-to-delivery latency.
 //! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll.
+//! - `wakeups SECONDS`: four tasks waking from a 200 ms timer and doing
+//!   nothing else; the CPU a wakeup costs on this machine, the floor under
+//!   an empty poll.
 //! - `shards ENDPOINT STREAM SECONDS`: a stream with many shards; RSS and CPU.
 //! - `serve-canned PORT SHARDS`: answer ListShards, GetShardIterator and
 //!   GetRecords with canned responses of 10,000 records, as fast as asked.
@@ -44,16 +47,24 @@ fn usage() -> (f64, f64) {
     (cpu, usage.max_rss() as f64 / 1024.0)
 }
 
-/// Counts the HTTP requests a client sends, whichever way they are made.
-#[derive(Debug)]
-struct CountCalls {
-    inner: SharedHttpClient,
-    calls: Arc<AtomicU64>,
+/// What a [`Watched`] client saw: requests sent, and how long each
+/// GetRecords took from sending to the response's head.
+#[derive(Debug, Default)]
+struct Calls {
+    sent: AtomicU64,
+    get_records_ms: std::sync::Mutex<Vec<f64>>,
 }
 
-impl HttpClient for CountCalls {
+/// Watches the HTTP requests a client sends, whichever way they are made.
+#[derive(Debug)]
+struct Watched {
+    inner: SharedHttpClient,
+    calls: Arc<Calls>,
+}
+
+impl HttpClient for Watched {
     fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
-        SharedHttpConnector::new(CountingConnector {
+        SharedHttpConnector::new(WatchedConnector {
             inner: self.inner.http_connector(settings, components),
             calls: Arc::clone(&self.calls),
         })
@@ -61,26 +72,41 @@ impl HttpClient for CountCalls {
 }
 
 #[derive(Debug)]
-struct CountingConnector {
+struct WatchedConnector {
     inner: SharedHttpConnector,
-    calls: Arc<AtomicU64>,
+    calls: Arc<Calls>,
 }
 
-impl HttpConnector for CountingConnector {
+impl HttpConnector for WatchedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.call(request)
+        self.calls.sent.fetch_add(1, Ordering::Relaxed);
+        let get_records = request
+            .headers()
+            .get("x-amz-target")
+            .is_some_and(|t| t.ends_with(".GetRecords"));
+        let response = self.inner.call(request);
+        if !get_records {
+            return response;
+        }
+        let calls = Arc::clone(&self.calls);
+        HttpConnectorFuture::new(async move {
+            let started = Instant::now();
+            let response = response.await;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            calls.get_records_ms.lock().map(|mut v| v.push(ms)).ok();
+            response
+        })
     }
 }
 
-fn client(endpoint: &str, calls: Option<Arc<AtomicU64>>) -> aws_sdk_kinesis::Client {
+fn client(endpoint: &str, calls: Option<Arc<Calls>>) -> aws_sdk_kinesis::Client {
     let mut config = aws_sdk_kinesis::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"));
     if let Some(calls) = calls {
-        config = config.http_client(CountCalls {
+        config = config.http_client(Watched {
             inner: aws_smithy_http_client::Builder::new()
                 .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
                 .build_https(),
@@ -168,6 +194,7 @@ async fn main() -> Result<()> {
             .await?
         }
         "checkpoints" => checkpoints().await?,
+        "wakeups" => wakeups(arg(&args, 1, "seconds")?).await?,
         other => return Err(format!("unknown mode {other:?}; see the source's header").into()),
     };
     println!("{result}");
@@ -212,7 +239,8 @@ fn now_micros() -> u128 {
 }
 
 async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_json::Value> {
-    let kinesis = client(endpoint, None);
+    let calls = Arc::new(Calls::default());
+    let kinesis = client(endpoint, Some(Arc::clone(&calls)));
     ensure_stream(&kinesis, stream, 4).await?;
     let mut consumer = Consumer::builder(kinesis.clone(), stream)
         .start_position(kcpy::StartPosition::Latest)
@@ -222,6 +250,7 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
     let target = stream.to_owned();
     let producer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut put_ms = Vec::with_capacity(samples);
         for i in 0..samples {
             tick.tick().await;
             let put = kinesis
@@ -229,8 +258,11 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
                 .stream_name(&target)
                 .partition_key(format!("k{i}"))
                 .data(Blob::new(now_micros().to_string()));
+            let started = Instant::now();
             let _ = put.send().await;
+            put_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
+        put_ms
     });
     let mut latencies = Vec::with_capacity(samples);
     while latencies.len() < samples {
@@ -240,27 +272,43 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
         let put_at: u128 = std::str::from_utf8(&record.data)?.parse()?;
         latencies.push((now_micros().saturating_sub(put_at)) as f64 / 1000.0);
     }
-    producer.await?;
-    latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    Ok(json!({"samples": samples, "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}))
+    let put_ms = producer.await?;
+    let get_ms = calls.get_records_ms.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(json!({
+        "samples": samples,
+        "p50": quantile(&latencies, 0.5),
+        "p99": quantile(&latencies, 0.99),
+        "max": quantile(&latencies, 1.0),
+        // The emulator's own share: PutRecord and GetRecords round trips.
+        "put_record_ms_p50": quantile(&put_ms, 0.5),
+        "get_records_ms_p50": quantile(&get_ms, 0.5),
+        "get_records_calls": get_ms.len(),
+    }))
+}
+
+/// The `q` quantile of `values` (0 when empty).
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(at).copied().unwrap_or_default()
 }
 
 async fn idle(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::Value> {
     ensure_stream(&client(endpoint, None), stream, 4).await?;
-    let calls = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(Calls::default());
     let mut consumer = Consumer::builder(client(endpoint, Some(Arc::clone(&calls))), stream)
         .idle_interval(Duration::from_millis(200))
         .build()
         .await?;
     let (cpu_before, _) = usage();
-    let calls_before = calls.load(Ordering::Relaxed);
+    let calls_before = calls.sent.load(Ordering::Relaxed);
     let waited = tokio::time::timeout(Duration::from_secs(seconds), consumer.next()).await;
     if let Ok(record) = waited {
         return Err(format!("the stream was meant to be empty, got {record:?}").into());
     }
     let (cpu_after, rss) = usage();
-    let polls = calls.load(Ordering::Relaxed) - calls_before;
+    let polls = calls.sent.load(Ordering::Relaxed) - calls_before;
     Ok(json!({
         "seconds": seconds,
         "empty_polls": polls,
@@ -291,6 +339,32 @@ async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json
         "peak_rss_mb": rss,
         "cpu_s": cpu,
         "cpu_s_second_half": cpu - cpu_half,
+    }))
+}
+
+/// What an idle poll cannot cost less than: four tasks that only wake from
+/// a 200 ms timer, as four idle pollers do, and nothing else.
+async fn wakeups(seconds: u64) -> Result<serde_json::Value> {
+    let rounds = seconds * 5;
+    let (before, _) = usage();
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    let (after, _) = usage();
+    let wakeups = rounds * 4;
+    Ok(json!({
+        "wakeups": wakeups,
+        "cpu_ms": (after - before) * 1e3,
+        "ms_per_wakeup": (after - before) * 1e3 / wakeups as f64,
     }))
 }
 
