@@ -53,7 +53,10 @@ fn validate(text: &str) -> Result<(), ParseSequenceNumberError> {
     if text.len() > SequenceNumber::MAX_DIGITS {
         return Err(error(SequenceNumberErrorKind::TooLong { len: text.len() }));
     }
-    if let Some(position) = text.bytes().position(|b| !b.is_ascii_digit()) {
+    // Checked without stopping early, which compiles to a vector loop; the
+    // position is looked for only when there is something to report.
+    if !text.bytes().fold(true, |all, b| all & b.is_ascii_digit()) {
+        let position = text.bytes().position(|b| !b.is_ascii_digit()).unwrap_or_default();
         return Err(error(SequenceNumberErrorKind::NotADigit { position }));
     }
     if text.len() > 1 && text.starts_with('0') {
