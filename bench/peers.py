@@ -5,9 +5,11 @@ system, the whole process) and peak RSS.
     python3 peers.py boto3-loop ENDPOINT STREAM RECORDS
     python3 peers.py python-kcpy ENDPOINT STREAM RECORDS        # ShardConsumer x threads
     python3 peers.py python-kcpy-stream ENDPOINT STREAM SECONDS # StreamConsumer, time-boxed
+    python3 peers.py boto3-latency ENDPOINT STREAM SAMPLES      # put -> delivery, 5 polls/s per shard
     python3 peers.py prepare ENDPOINT STREAM SHARDS             # a stream, one record per shard
 """
 import json
+import random
 import resource
 import sys
 import threading
@@ -92,6 +94,50 @@ def python_kcpy_stream(endpoint, stream, seconds):
     report(read, started, dict(time_boxed_s=seconds, records_per_s=read / (time.time() - started)))
 
 
+def boto3_latency(endpoint, stream, samples):
+    """Puts one record every 100 ms and reads with one thread per shard, each
+    calling GetRecords every 200 ms (start to start): put-to-delivery latency
+    in ms, as kcpy-bench latency measures it."""
+    client = boto3.client("kinesis", endpoint_url=endpoint, **OPTIONS)
+    client.create_stream(StreamName=stream, ShardCount=4)
+    client.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig=dict(Delay=1))
+    latencies, lock, done = [], threading.Lock(), threading.Event()
+
+    def poll(shard):
+        reader = boto3.client("kinesis", endpoint_url=endpoint, **OPTIONS)
+        iterator = reader.get_shard_iterator(StreamName=stream, ShardId=shard,
+                                             ShardIteratorType="LATEST")["ShardIterator"]
+        while not done.is_set():
+            started = time.time()
+            resp = reader.get_records(ShardIterator=iterator, Limit=10000)
+            now = time.time()
+            with lock:
+                latencies.extend((now - int(r["Data"]) / 1e6) * 1e3 for r in resp["Records"])
+                if len(latencies) >= samples:
+                    done.set()
+            iterator = resp["NextShardIterator"]
+            time.sleep(max(0.0, 0.2 - (time.time() - started)))
+
+    threads = [threading.Thread(target=poll, args=(s,)) for s in shard_ids(client, stream)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    for i in range(samples):
+        if done.is_set():
+            break
+        # One put per 100 ms on average, at random moments against the polls.
+        tick = time.time()
+        client.put_record(StreamName=stream, PartitionKey=f"k{i}", Data=str(int(time.time() * 1e6)).encode())
+        time.sleep(max(0.0, random.uniform(0.05, 0.15) - (time.time() - tick)))
+    done.wait(30)
+    done.set()
+    for t in threads:
+        t.join()
+    values = sorted(latencies)
+    pick = lambda q: values[round((len(values) - 1) * q)] if values else None
+    print(json.dumps(dict(samples=len(values), p50=pick(0.5), p99=pick(0.99), max=pick(1.0))))
+
+
 def prepare(endpoint, stream, shards):
     client = boto3.client("kinesis", endpoint_url=endpoint, **OPTIONS)
     client.create_stream(StreamName=stream, ShardCount=shards)
@@ -104,4 +150,4 @@ def prepare(endpoint, stream, shards):
 if __name__ == "__main__":
     mode, endpoint, stream, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     dict(boto3_loop=boto3_loop, python_kcpy=python_kcpy, python_kcpy_stream=python_kcpy_stream,
-         prepare=prepare)[mode.replace("-", "_")](endpoint, stream, n)
+         boto3_latency=boto3_latency, prepare=prepare)[mode.replace("-", "_")](endpoint, stream, n)

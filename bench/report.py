@@ -46,6 +46,7 @@ def main():
     kcpy, boto, pk = load(raw, "kcpy"), load(raw, "boto3_loop"), load(raw, "python_kcpy")
     stream, latency, idle = load(raw, "python_kcpy_stream"), load(raw, "latency"), load(raw, "idle")
     shards, ceiling, checkpoints = load(raw, "shards_1000"), load(raw, "ceiling"), load(raw, "checkpoints")
+    wakeups, boto3_latency = load(raw, "wakeups"), load(raw, "boto3_latency")
 
     def med(runs, key):
         s = summary(runs, key)
@@ -69,8 +70,12 @@ def main():
                                         "records_per_s": med(stream, "records_per_s"),
                                         "peak_rss_mb": med(stream, "peak_rss_mb")},
         "latency_ms": {"p50": med(latency, "p50"), "p99": med(latency, "p99"),
+                       "put_record_ms_p50": med(latency, "put_record_ms_p50"),
+                       "get_records_ms_p50": med(latency, "get_records_ms_p50"),
                        "runs": {k: summary(latency, k) for k in ("p50", "p99")}},
+        "boto3_loop_latency_ms": {"p50": med(boto3_latency, "p50"), "p99": med(boto3_latency, "p99")},
         "idle_ms_per_empty_poll": med(idle, "ms_per_empty_poll"),
+        "idle_floor_ms_per_timer_wakeup": med(wakeups, "ms_per_wakeup"),
         "ceiling_records_per_s_per_core": med(ceiling, "records_per_s_per_core"),
         "ceiling_cpu_us_per_record": med(ceiling, "cpu_us_per_record"),
         "shards_1000": {"peak_rss_mb": med(shards, "peak_rss_mb"),
@@ -106,7 +111,8 @@ def main():
     lines = [
         "# kcpy benchmark results",
         "",
-        f"{result['workload']}; medians of {len(kcpy)} runs (min–max in brackets).",
+        f"{result['workload']}; medians of {len(kcpy)} runs (min–max in brackets). Latency, idle and "
+        "1,000-shard figures come from a second, fresh emulator that holds only their own streams.",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
         f"{result['machine']['memory_gb']} GB, {result['machine']['os']}, {result['machine']['rustc']}, "
         f"Python {result['machine']['python']}, {result['machine']['date']}.",
@@ -132,7 +138,10 @@ def main():
         "| --- | --- |",
         f"| kcpy without its start-up (client set-up, ListShards, iterators: {fmt(result['kcpy']['cpu_s_startup'], 3)} s CPU) | {fmt(result['kcpy']['cpu_us_per_record_after_startup'])} µs CPU per record |",
         f"| latency put → delivery at 5 GetRecords/s per shard | p50 {fmt(result['latency_ms']['p50'], 1)} ms, p99 {fmt(result['latency_ms']['p99'], 1)} ms |",
+        f"| the same with a boto3 loop (a thread per shard, GetRecords every 200 ms) | p50 {fmt(result['boto3_loop_latency_ms']['p50'], 1)} ms, p99 {fmt(result['boto3_loop_latency_ms']['p99'], 1)} ms |",
+        f"| the emulator's round trips during the latency runs | PutRecord p50 {fmt(result['latency_ms']['put_record_ms_p50'], 1)} ms, GetRecords p50 {fmt(result['latency_ms']['get_records_ms_p50'], 1)} ms |",
         f"| idle cost | {fmt(result['idle_ms_per_empty_poll'], 4)} ms CPU per empty poll |",
+        f"| a bare 200 ms timer wakeup of four tasks, nothing else (the floor under an empty poll) | {fmt(result['idle_floor_ms_per_timer_wakeup'], 4)} ms CPU per wakeup |",
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| 1,000 shards, one process | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last half |",
         f"| memory store | {fmt(c.get('memory_saves_per_s'), 0)} saves/s; {fmt(c.get('memory_records_per_s_with_batching'), 0)} records/s checkpointed with batches of {fmt(c.get('batch_records'), 0)} |",

@@ -4,7 +4,7 @@
 //! Modes:
 //! - `consume ENDPOINT STREAM RECORDS`: read RECORDS records from TRIM_HORIZON
 //!   (with checkpoint bookkeeping in the memory store); CPU per record, peak RSS.
-//! - `latency ENDPOINT STREAM SAMPLES`: put one record every 100 ms, read it at
+//! - `latency ENDPOINT STREAM SAMPLES`: put a record every 100 ms on average, read it at
 //!   5 GetRecords/s per shard; put-to-delivery latency.
 //! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll.
 //! - `wakeups SECONDS`: four tasks waking from a 200 ms timer and doing
@@ -249,10 +249,10 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
         .await?;
     let target = stream.to_owned();
     let producer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut put_ms = Vec::with_capacity(samples);
         for i in 0..samples {
-            tick.tick().await;
+            // One put per 100 ms on average, at random moments against the polls.
+            let next = Instant::now() + Duration::from_millis(fastrand::u64(50..=150));
             let put = kinesis
                 .put_record()
                 .stream_name(&target)
@@ -261,6 +261,7 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
             let started = Instant::now();
             let _ = put.send().await;
             put_ms.push(started.elapsed().as_secs_f64() * 1e3);
+            tokio::time::sleep_until(next.into()).await;
         }
         put_ms
     });

@@ -34,6 +34,7 @@ use http_body_util::BodyExt;
 
 use crate::error::BoxError;
 use crate::kinesis::{sort_code, ApiError, StreamRef};
+use crate::records::MAX_PRESIZE;
 use crate::Error;
 
 /// The headers a learned request carries over; the signer adds the rest.
@@ -149,17 +150,11 @@ impl Route {
             #[serde(rename = "Limit")]
             limit: i32,
         }
-        let fatal = |message: String| {
-            ApiError::Fatal(Error::InvalidResponse {
-                operation: "GetRecords",
-                message,
-            })
-        };
         let body = serde_json::to_vec(&Input {
             shard_iterator: iterator,
             limit,
         })
-        .map_err(|e| fatal(e.to_string()))?;
+        .map_err(|e| unusable("serialised", e))?;
         let mut request = http::Request::builder().method("POST").uri(self.uri.as_str());
         for (name, value) in &self.headers {
             request = request.header(name, value);
@@ -167,10 +162,9 @@ impl Route {
         let mut request = request
             .header(CONTENT_LENGTH, body.len())
             .body(())
-            .map_err(|e| fatal(format!("building the request: {e}")))?;
+            .map_err(|e| unusable("built", e))?;
         self.sign(&mut request, &body).await?;
-        let request = HttpRequest::try_from(request.map(|()| SdkBody::from(body)))
-            .map_err(|e| fatal(format!("building the request: {e}")))?;
+        let request = HttpRequest::try_from(request.map(|()| SdkBody::from(body))).map_err(|e| unusable("built", e))?;
 
         let response = self
             .connector
@@ -185,7 +179,7 @@ impl Route {
             .unwrap_or(0);
         let error_type = response.headers().get("x-amzn-errortype").map(str::to_owned);
         let mut body = response.into_body();
-        let mut buffer = BytesMut::with_capacity(length);
+        let mut buffer = BytesMut::with_capacity(length.min(MAX_PRESIZE));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::Transient(Arc::<dyn std::error::Error + Send + Sync>::from(e)))?;
             if let Some(data) = frame.data_ref() {
@@ -226,22 +220,26 @@ impl Route {
             .time(time)
             .settings(SigningSettings::default())
             .build()
-            .map_err(signing_failed)?
+            .map_err(|e| unusable("signed", e))?
             .into();
         let headers = request
             .headers()
             .iter()
             .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)));
         let signable = SignableRequest::new("POST", self.uri.as_str(), headers, SignableBody::Bytes(body))
-            .map_err(signing_failed)?;
-        let (instructions, _signature) = sign(signable, &params).map_err(signing_failed)?.into_parts();
+            .map_err(|e| unusable("signed", e))?;
+        let (instructions, _signature) = sign(signable, &params).map_err(|e| unusable("signed", e))?.into_parts();
         instructions.apply_to_request_http1x(request);
         Ok(())
     }
 }
 
-fn signing_failed(error: impl std::fmt::Display) -> ApiError {
-    ApiError::Fatal(Error::config(format!("GetRecords could not be signed: {error}")))
+/// A request that could not be made from what was learned: retrying the
+/// same cannot help.
+fn unusable(what: &str, error: impl std::fmt::Display) -> ApiError {
+    ApiError::Fatal(Error::config(format!(
+        "a GetRecords request could not be {what}: {error}"
+    )))
 }
 
 /// Learns a [`Route`] from the SDK's GetRecords request as it is sent.

@@ -25,6 +25,11 @@ use serde::Deserialize;
 use crate::kinesis::{RecordsPage, ShardInfo};
 use crate::{Error, Record, SequenceNumber};
 
+/// The most a body buffer is sized to up front from its `Content-Length`: a
+/// GetRecords response holds at most 10 MiB of data, about 14 MiB as base64
+/// in JSON; a larger claim grows the buffer only as bytes arrive.
+pub(crate) const MAX_PRESIZE: usize = 16 << 20;
+
 /// What the SDK parses in place of a captured page.
 const EMPTY_PAGE: &[u8] = b"{\"Records\":[]}";
 
@@ -61,7 +66,7 @@ impl Intercept for CapturePage {
         let inner = std::mem::replace(response.body_mut(), SdkBody::taken());
         *response.body_mut() = SdkBody::from_body_1_x(Tee {
             inner,
-            buffer: BytesMut::with_capacity(length),
+            buffer: BytesMut::with_capacity(length.min(MAX_PRESIZE)),
             slot: Arc::clone(&self.slot),
             state: TeeState::Reading,
         });
