@@ -198,6 +198,15 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     /// Starts configuring a consumer of `stream` (a name or an ARN).
+    ///
+    /// `client` is used as configured (credentials, region, endpoint, HTTP
+    /// client), except that the consumer turns off the SDK's retries and
+    /// retries within each shard's call budget itself. The first GetRecords
+    /// call goes through the SDK; later ones are signed and sent with the
+    /// connector, endpoint, signing scope and identity cache the SDK used for
+    /// it, without the SDK's per-call pipeline. If `client` carries
+    /// interceptors of its own, every call goes through the SDK instead, so
+    /// that they see every call.
     pub fn builder(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ConsumerBuilder {
         ConsumerBuilder::with_api(Arc::new(SdkKinesis::new(&client)), stream.into())
     }
