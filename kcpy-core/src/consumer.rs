@@ -120,6 +120,13 @@ impl Spawner {
             position: start.position,
             fallback: start.fallback,
             iterator,
+            // Shard k's polls are shifted by the fractional part of k times
+            // the golden ratio of the idle interval: whatever the number of
+            // shards, idle polls spread evenly rather than arriving together.
+            phase: self
+                .settings
+                .idle_interval
+                .mul_f64((slot as f64 * 0.618_033_988_749_895).fract()),
             tx,
             cancel: cancel.clone(),
         };

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
@@ -35,6 +36,9 @@ pub(crate) struct Poller {
     pub(crate) fallback: IteratorPosition,
     /// An iterator for `position` resolved before the consumer was built.
     pub(crate) iterator: Option<String>,
+    /// Added once, to the wait before the first idle poll, so that shards
+    /// polled at the same interval do not all call at the same moment.
+    pub(crate) phase: Duration,
     pub(crate) tx: mpsc::Sender<ShardEvent>,
     pub(crate) cancel: CancellationToken,
 }
@@ -119,7 +123,8 @@ impl Poller {
                         }
                     }
                     if !behind {
-                        next_call = next_call.max(started + self.settings.idle_interval);
+                        let phase = std::mem::take(&mut self.phase);
+                        next_call = next_call.max(started + self.settings.idle_interval + phase);
                     }
                 }
                 Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {

@@ -388,6 +388,40 @@ async fn no_shard_calls_get_records_more_than_five_times_a_second() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn idle_shards_poll_at_spread_out_moments_not_all_at_once() {
+    let shards = ["shard-0", "shard-1", "shard-2", "shard-3"];
+    let api = FakeKinesis::new(shards.iter().map(|id| (*id, Vec::new())).collect());
+    let mut consumer = builder(&api)
+        .idle_interval(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("build");
+    assert_quiet(&mut consumer).await;
+    // Each shard keeps one phase within the idle interval from its second
+    // poll on; no two phases are closer than a tenth of the interval.
+    let mut phases: Vec<u128> = shards
+        .iter()
+        .map(|id| {
+            let calls = api.record_calls(id);
+            assert!(calls.len() > 100, "{id} kept polling");
+            let phase = (calls[1] - calls[0]).as_millis() % 1000;
+            for pair in calls[1..].windows(2) {
+                assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{id} polls once a second");
+            }
+            phase
+        })
+        .collect();
+    phases.sort_unstable();
+    let gaps = phases
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .chain([phases[0] + 1000 - phases[3]]);
+    for gap in gaps {
+        assert!(gap >= 100, "phases {phases:?} cluster");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lower_call_budget_is_respected() {
     let steps = (0..6).map(|i| Step::Records(vec![i + 1])).chain([Step::End]).collect();
     let api = FakeKinesis::new(vec![("shard-0", steps)]);
