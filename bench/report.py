@@ -141,7 +141,7 @@ def main():
         f"| the same with a boto3 loop (a thread per shard, GetRecords every 200 ms) | p50 {fmt(result['boto3_loop_latency_ms']['p50'], 1)} ms, p99 {fmt(result['boto3_loop_latency_ms']['p99'], 1)} ms |",
         f"| the emulator's round trips during the latency runs | PutRecord p50 {fmt(result['latency_ms']['put_record_ms_p50'], 1)} ms, GetRecords p50 {fmt(result['latency_ms']['get_records_ms_p50'], 1)} ms |",
         f"| idle cost | {fmt(result['idle_ms_per_empty_poll'], 4)} ms CPU per empty poll |",
-        f"| a bare 200 ms timer wakeup of four tasks, nothing else (the floor under an empty poll) | {fmt(result['idle_floor_ms_per_timer_wakeup'], 4)} ms CPU per wakeup |",
+        f"| a bare timer wakeup, nothing else (four tasks every 200 ms, 50 ms apart); an empty poll wakes twice, for its timer and its response | {fmt(result['idle_floor_ms_per_timer_wakeup'], 4)} ms CPU per wakeup |",
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| 1,000 shards, one process | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last half |",
         f"| memory store | {fmt(c.get('memory_saves_per_s'), 0)} saves/s; {fmt(c.get('memory_records_per_s_with_batching'), 0)} records/s checkpointed with batches of {fmt(c.get('batch_records'), 0)} |",

@@ -7,9 +7,9 @@
 //! - `latency ENDPOINT STREAM SAMPLES`: put a record every 100 ms on average, read it at
 //!   5 GetRecords/s per shard; put-to-delivery latency.
 //! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll.
-//! - `wakeups SECONDS`: four tasks waking from a 200 ms timer and doing
-//!   nothing else; the CPU a wakeup costs on this machine, the floor under
-//!   an empty poll.
+//! - `wakeups SECONDS`: four tasks waking from a 200 ms timer, 50 ms apart,
+//!   and doing nothing else; the CPU a wakeup costs on this machine, the
+//!   floor under an empty poll (which wakes twice).
 //! - `shards ENDPOINT STREAM SECONDS`: a stream with many shards; RSS and CPU.
 //! - `serve-canned PORT SHARDS`: answer ListShards, GetShardIterator and
 //!   GetRecords with canned responses of 10,000 records, as fast as asked.
@@ -344,15 +344,18 @@ async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json
 }
 
 /// What an idle poll cannot cost less than: four tasks that only wake from
-/// a 200 ms timer, as four idle pollers do, and nothing else.
+/// a 200 ms timer at moments 50 ms apart, as four idle pollers do, and
+/// nothing else. (An empty poll wakes twice: for its timer and its response.)
 async fn wakeups(seconds: u64) -> Result<serde_json::Value> {
     let rounds = seconds * 5;
     let (before, _) = usage();
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
+    let start = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..4u64)
+        .map(|k| {
             tokio::spawn(async move {
-                for _ in 0..rounds {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                for round in 1..=rounds {
+                    let at = start + Duration::from_millis(200 * round + 50 * k);
+                    tokio::time::sleep_until(at).await;
                 }
             })
         })
