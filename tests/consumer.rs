@@ -481,6 +481,37 @@ async fn get_records_calls_after_the_first_skip_the_sdk_pipeline_and_every_call_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_consumer_lets_go_of_the_clients_http_connectors() {
+    let stream = TestStream::create("released", 1).await;
+    let puts = stream.put_many("rec", 100, 7).await;
+    let log = Log::default();
+    let mut consumer = Consumer::builder(recording_client(&log, None), &stream.name)
+        .max_records_per_call(50)
+        .build()
+        .await
+        .expect("build");
+    read_until(&mut consumer, LIMIT, |read| read.len() >= puts.len()).await;
+    assert!(
+        log.of("GetRecords").len() >= 2,
+        "GetRecords went direct after the first"
+    );
+    consumer.close().await.expect("close");
+    drop(consumer);
+    // The shard tasks end on their own, just after close: give them 5 s.
+    let released = tokio::time::timeout(Duration::from_secs(5), async {
+        while log.recorders() > 0 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(
+        released.await.is_ok(),
+        "{} clients or connectors outlived the consumer",
+        log.recorders()
+    );
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_an_interceptor_of_its_own_sees_every_get_records_call() {
     let stream = TestStream::create("intercepted", 1).await;
     let puts = stream.put_many("rec", 200, 7).await;

@@ -120,9 +120,9 @@ impl Spawner {
             position: start.position,
             fallback: start.fallback,
             iterator,
-            // Shard k's polls are shifted by the fractional part of k times
-            // the golden ratio of the idle interval: whatever the number of
-            // shards, idle polls spread evenly rather than arriving together.
+            // Shard k's idle polls are shifted by frac(k × 0.618…) of the
+            // idle interval (0.618… = 1/φ): whatever the number of shards,
+            // they spread evenly over the interval rather than coming at once.
             phase: self
                 .settings
                 .idle_interval

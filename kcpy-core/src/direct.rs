@@ -14,7 +14,7 @@
 //! they still see every call; nor does anything the SDK did not sign with
 //! plain SigV4.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::SystemTime;
 
 use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
@@ -245,7 +245,10 @@ fn unusable(what: &str, error: impl std::fmt::Display) -> ApiError {
 /// Learns a [`Route`] from the SDK's GetRecords request as it is sent.
 #[derive(Debug)]
 pub(crate) struct Learn {
-    pub(crate) into: RouteCell,
+    /// Weak: the route keeps the call's runtime components, which hold this
+    /// interceptor; a strong reference would make a cycle that outlives the
+    /// consumer, with its HTTP connections.
+    pub(crate) into: Weak<OnceLock<Route>>,
 }
 
 impl Intercept for Learn {
@@ -259,10 +262,13 @@ impl Intercept for Learn {
         runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
-        if self.into.get().is_none() {
+        let Some(into) = self.into.upgrade() else {
+            return Ok(());
+        };
+        if into.get().is_none() {
             if let Some(route) = Route::learn(context.request(), runtime_components, cfg) {
                 tracing::debug!(?route, "GetRecords calls go direct from now on");
-                let _ = self.into.set(route);
+                let _ = into.set(route);
             }
         }
         Ok(())

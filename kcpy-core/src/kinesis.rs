@@ -270,7 +270,7 @@ impl KinesisApi for SdkKinesis {
             });
         if self.direct {
             request = request.interceptor(Learn {
-                into: Arc::clone(&self.route),
+                into: Arc::downgrade(&self.route),
             });
         }
         let output = request.send().await.map_err(|e| classify(e, "GetRecords", stream))?;

@@ -34,6 +34,12 @@ impl Sent {
 pub struct Log(Arc<Mutex<Vec<Sent>>>);
 
 impl Log {
+    /// How many clients and connectors still record into this log, besides
+    /// the caller's handle.
+    pub fn recorders(&self) -> usize {
+        Arc::strong_count(&self.0) - 1
+    }
+
     pub fn of(&self, operation: &str) -> Vec<Sent> {
         let sent = self.0.lock().expect("lock");
         sent.iter().filter(|s| s.operation == operation).cloned().collect()
