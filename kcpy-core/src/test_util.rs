@@ -423,3 +423,46 @@ pub async fn lease_store_conformance<S: LeaseStore + CheckpointStore>(store: &S)
     let b = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-b");
     assert_eq!(b.checkpoint, Some(low), "a lease carries its shard's checkpoint");
 }
+
+/// A process that froze after locking a lease's row, its transaction still
+/// open, holds up other workers' lease changes only until the server ends
+/// that transaction: `take_lease` through `store` keeps failing with
+/// retryable errors for a while (at least 5 s), then succeeds within 30 s.
+///
+/// `lock_row` opens a transaction on a connection of its own, locks the row
+/// of the key it is given (`SELECT … FOR UPDATE`) and returns the open
+/// transaction, which is held until the check ends.
+pub async fn frozen_transaction_conformance<S, L, LF, T>(store: &S, lock_row: L)
+where
+    S: LeaseStore,
+    L: FnOnce(CheckpointKey) -> LF,
+    LF: std::future::Future<Output = T>,
+{
+    let prefix = unique_prefix();
+    let key = CheckpointKey::new(format!("{prefix}-frozen"), "s", "shard-1");
+    store.create_lease(&key, &[]).await.expect("create");
+    let lease = store
+        .list_leases(&key.consumer_name, &key.stream_name)
+        .await
+        .expect("list")
+        .remove(0);
+    let frozen = lock_row(key).await;
+    let started = std::time::Instant::now();
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match store.take_lease(&lease, "w").await {
+                Ok(taken) => return taken,
+                Err(error) if error.is_retryable() => {}
+                Err(error) => panic!("{error:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the lock is given up within 30 s");
+    assert!(taken.is_owned_by("w"));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "the lock did hold for a while"
+    );
+    drop(frozen);
+}
