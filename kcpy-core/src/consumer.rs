@@ -517,8 +517,12 @@ impl Stream for Consumer {
                 Poll::Ready(Some((slot, ShardEvent::Records(records)))) => {
                     if let Some(membership) = &this.membership {
                         // Paused past the lease (or asked to hand it over):
-                        // these may be another worker's records by now.
+                        // these may be another worker's records by now. A
+                        // dropped batch stops the shard, so nothing it
+                        // fetched later (its end above all) counts as read.
                         if !membership.may_deliver(&this.slots[slot].id) {
+                            let shard = Arc::clone(&this.slots[slot].id);
+                            this.stop_shard(&shard);
                             continue;
                         }
                     }
@@ -817,14 +821,20 @@ impl ConsumerBuilder {
         };
         // Resolve the first iterators now: LATEST then means the tip as of
         // build() returning, and errors such as AccessDenied surface here.
-        let mut resolved: Vec<(Start, String)> = futures::stream::iter(starts)
+        let mut resolved: Vec<(Start, Option<String>)> = futures::stream::iter(starts)
             .map(|start| {
                 let (api, stream, settings) = (&api, &stream, &settings);
                 async move {
-                    let iterator = retry_startup("GetShardIterator", settings, || {
+                    let iterator = match retry_startup("GetShardIterator", settings, || {
                         api.get_shard_iterator(stream, &start.shard_id, &start.position)
                     })
-                    .await?;
+                    .await
+                    {
+                        Ok(iterator) => Some(iterator),
+                        // Aged out since the listing: the poller finds its end.
+                        Err(Error::StreamNotFound { .. }) => None,
+                        Err(error) => return Err(error),
+                    };
                     Ok::<_, Error>((start, iterator))
                 }
             })
@@ -859,14 +869,22 @@ impl ConsumerBuilder {
             None => (None, None),
         };
         let sync = tokio::spawn(
-            sync_shards(
-                Arc::clone(&api),
-                Arc::clone(&stream),
-                Arc::clone(&settings),
-                control_tx,
-                shutdown.clone(),
-                membership.clone(),
-            )
+            {
+                let control = control_tx.clone();
+                let sync = sync_shards(
+                    Arc::clone(&api),
+                    Arc::clone(&stream),
+                    Arc::clone(&settings),
+                    control_tx,
+                    shutdown.clone(),
+                    membership.clone(),
+                );
+                async move {
+                    if let Err(error) = crate::error::catch_panic("shard sync", sync).await {
+                        let _ = control.send(Control::Fatal(error));
+                    }
+                }
+            }
             .instrument(span.clone()),
         );
 
@@ -880,7 +898,7 @@ impl ConsumerBuilder {
         let mut slots = Vec::with_capacity(resolved.len());
         let mut streams = SelectAll::new();
         for (start, iterator) in resolved {
-            let (stream, slot) = spawner.spawn(slots.len(), start, Some(iterator));
+            let (stream, slot) = spawner.spawn(slots.len(), start, iterator);
             streams.push(stream);
             slots.push(slot);
         }
@@ -1008,7 +1026,7 @@ async fn load_checkpoint(
 ) -> Result<Option<Checkpoint>, Error> {
     let mut backoff = Backoff::new(settings);
     loop {
-        match store.load(key).await {
+        match crate::error::catch_panic("checkpoint load", store.load(key)).await? {
             Ok(checkpoint) => return Ok(checkpoint),
             Err(error) if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries => {
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -25,6 +25,24 @@ pub(crate) enum ShardEvent {
     Fatal(Error),
 }
 
+/// What the listing says of a shard that seemed to end.
+enum Confirmed {
+    /// Closed, or no longer listed: its end, with the children listed.
+    Ended(Vec<ShardInfo>),
+    /// Still open: keep reading.
+    Open,
+    Cancelled,
+}
+
+/// What comes after asking for a new iterator.
+enum Next {
+    Iterator(String),
+    /// The shard is gone (past retention): its end.
+    End(Vec<ShardInfo>),
+    /// Shutdown.
+    Stop,
+}
+
 pub(crate) struct Poller {
     pub(crate) api: DynKinesis,
     pub(crate) stream: Arc<StreamRef>,
@@ -45,7 +63,8 @@ pub(crate) struct Poller {
 
 impl Poller {
     pub(crate) async fn run(mut self) {
-        if let Err(error) = self.poll_loop().await {
+        let result = crate::error::catch_panic("shard poller", self.poll_loop()).await;
+        if let Err(error) = result.and_then(|r| r) {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "shard poller stopped");
             let _ = self.until_cancelled(self.tx.send(ShardEvent::Fatal(error))).await;
         }
@@ -76,8 +95,9 @@ impl Poller {
                     .new_iterator(last.as_ref(), std::mem::take(&mut first), &mut backoff)
                     .await?
                 {
-                    Some(iterator) => iterator,
-                    None => return Ok(()),
+                    Next::Iterator(iterator) => iterator,
+                    Next::End(children) => return self.end(children).await,
+                    Next::Stop => return Ok(()),
                 },
             };
             if self.until_cancelled(sleep_until(next_call)).await.is_none() {
@@ -115,12 +135,24 @@ impl Poller {
                     }
                     match next_iterator {
                         Some(next) => self.iterator = Some(next),
-                        None => {
-                            tracing::info!("reached the end of the shard");
-                            let end = ShardEvent::End(child_shards);
-                            let _ = self.until_cancelled(self.tx.send(end)).await;
-                            return Ok(());
-                        }
+                        // Kinesis names the children at a shard's end.
+                        None if !child_shards.is_empty() => return self.end(child_shards).await,
+                        // A 2xx body without an iterator or children is no
+                        // proof of a shard end (a proxy's `{}`, a truncated
+                        // body): only the listing can say the shard is closed.
+                        None => match self.confirm_end(&mut backoff).await? {
+                            Confirmed::Ended(children) => return self.end(children).await,
+                            Confirmed::Cancelled => return Ok(()),
+                            Confirmed::Open => {
+                                let delay = backoff.next_delay();
+                                tracing::warn!(
+                                    ?delay,
+                                    "GetRecords gave no next iterator for an open shard; renewing it"
+                                );
+                                next_call = next_call.max(Instant::now() + delay);
+                                continue;
+                            }
+                        },
                     }
                     if !behind {
                         let phase = std::mem::take(&mut self.phase);
@@ -137,19 +169,87 @@ impl Poller {
                 Err(ApiError::ExpiredIterator) => {
                     tracing::info!(after = ?last, "shard iterator expired; renewing it");
                 }
+                Err(ApiError::Fatal(Error::StreamNotFound { .. })) => match self.confirm_end(&mut backoff).await? {
+                    Confirmed::Ended(children) => return self.end(children).await,
+                    Confirmed::Cancelled => return Ok(()),
+                    Confirmed::Open => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            ?delay,
+                            "GetRecords found no shard, yet the shard is listed open; retrying"
+                        );
+                        next_call = next_call.max(Instant::now() + delay);
+                    }
+                },
                 Err(ApiError::Fatal(error)) => return Err(error),
             }
         }
     }
 
+    /// Hands over the shard's end, with the shards that continue it.
+    async fn end(&self, children: Vec<ShardInfo>) -> Result<(), Error> {
+        tracing::info!(children = children.len(), "reached the end of the shard");
+        let _ = self.until_cancelled(self.tx.send(ShardEvent::End(children))).await;
+        Ok(())
+    }
+
+    /// Whether the stream's listing shows this shard closed (or gone: past
+    /// retention), with its children as listed. A stream that is itself gone
+    /// is the fatal error it always was.
+    async fn confirm_end(&self, backoff: &mut Backoff) -> Result<Confirmed, Error> {
+        let mut shards = Vec::new();
+        let mut token = None;
+        loop {
+            let call = self.api.list_shards(&self.stream, token.clone());
+            let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
+                return Ok(Confirmed::Cancelled);
+            };
+            match result {
+                Ok(page) => {
+                    shards.extend(page.shards);
+                    match page.next_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+                Err(ApiError::Fatal(error)) => return Err(error),
+                Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %source, ?delay, "ListShards failed; retrying");
+                    if self.until_cancelled(sleep(delay)).await.is_none() {
+                        return Ok(Confirmed::Cancelled);
+                    }
+                }
+                Err(ApiError::ExpiredIterator) => {
+                    return Err(Error::InvalidResponse {
+                        operation: "ListShards",
+                        message: "ExpiredIteratorException".into(),
+                    })
+                }
+            }
+        }
+        let own = &*self.shard_id;
+        let open = shards
+            .iter()
+            .any(|shard| shard.shard_id == own && shard.ending_sequence_number.is_none());
+        if open {
+            return Ok(Confirmed::Open);
+        }
+        let children = shards
+            .into_iter()
+            .filter(|shard| crate::lineage::parents_of(shard).iter().any(|parent| parent == own))
+            .collect();
+        Ok(Confirmed::Ended(children))
+    }
+
     /// A fresh iterator: right after `last` if anything was fetched, else at
-    /// the start position (`first`) or its fallback. `None` on shutdown.
+    /// the start position (`first`) or its fallback.
     async fn new_iterator(
         &mut self,
         last: Option<&SequenceNumber>,
         first: bool,
         backoff: &mut Backoff,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Next, Error> {
         let position = match last {
             Some(seq) => IteratorPosition::AfterSequence(seq.clone()),
             None if first => self.position.clone(),
@@ -158,16 +258,32 @@ impl Poller {
         loop {
             let call = self.api.get_shard_iterator(&self.stream, &self.shard_id, &position);
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
-                return Ok(None);
+                return Ok(Next::Stop);
             };
             match result {
-                Ok(iterator) => return Ok(Some(iterator)),
+                Ok(iterator) => return Ok(Next::Iterator(iterator)),
+                // One shard past retention is that shard's end, not the
+                // stream's: only a stream missing from the listing is fatal.
+                Err(ApiError::Fatal(Error::StreamNotFound { .. })) => match self.confirm_end(backoff).await? {
+                    Confirmed::Ended(children) => return Ok(Next::End(children)),
+                    Confirmed::Cancelled => return Ok(Next::Stop),
+                    Confirmed::Open => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            ?delay,
+                            "GetShardIterator found no shard, yet it is listed open; retrying"
+                        );
+                        if self.until_cancelled(sleep(delay)).await.is_none() {
+                            return Ok(Next::Stop);
+                        }
+                    }
+                },
                 Err(ApiError::Fatal(error)) => return Err(error),
                 Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, ?delay, "GetShardIterator failed; retrying");
                     if self.until_cancelled(sleep(delay)).await.is_none() {
-                        return Ok(None);
+                        return Ok(Next::Stop);
                     }
                 }
                 Err(ApiError::ExpiredIterator) => {

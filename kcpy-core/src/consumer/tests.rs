@@ -22,7 +22,11 @@ enum Step {
     Expired,
     Hang,
     Fatal(fn() -> Error),
+    /// The shard's end: it is closed in the listing from now on.
     End,
+    /// A 2xx answer without records, next iterator or children, as a proxy's
+    /// `{}` would parse.
+    NoIterator,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,9 @@ struct FakeKinesis {
     scripts: Mutex<HashMap<String, VecDeque<Step>>>,
     calls: Mutex<Vec<Call>>,
     list_failures: Mutex<u32>,
+    /// Shards aged out of retention: GetShardIterator fails with
+    /// ResourceNotFoundException, and they leave the listing.
+    expiring: Mutex<Vec<String>>,
 }
 
 impl FakeKinesis {
@@ -131,6 +138,13 @@ impl KinesisApi for FakeKinesis {
             .lock()
             .expect("lock")
             .push(Call::Iterator(shard.into(), position.clone()));
+        if self.expiring.lock().expect("lock").iter().any(|s| s == shard) {
+            self.listing.lock().expect("lock").retain(|s| s.shard_id != shard);
+            return Err(ApiError::Fatal(Error::StreamNotFound {
+                stream: "test-stream".into(),
+                source: Arc::new(std::io::Error::other("ResourceNotFoundException")),
+            }));
+        }
         Ok(shard.to_owned())
     }
 
@@ -169,10 +183,18 @@ impl KinesisApi for FakeKinesis {
             Some(Step::Expired) => Err(ApiError::ExpiredIterator),
             Some(Step::Hang) => futures::future::pending().await,
             Some(Step::Fatal(make)) => Err(ApiError::Fatal(make())),
-            Some(Step::End) => Ok(RecordsPage {
-                child_shards: self.children_of(&shard),
-                ..page(Vec::new(), None)
-            }),
+            Some(Step::End) => {
+                for listed in self.listing.lock().expect("lock").iter_mut() {
+                    if listed.shard_id == shard {
+                        listed.ending_sequence_number.get_or_insert_with(|| "999999".into());
+                    }
+                }
+                Ok(RecordsPage {
+                    child_shards: self.children_of(&shard),
+                    ..page(Vec::new(), None)
+                })
+            }
+            Some(Step::NoIterator) => Ok(page(Vec::new(), None)),
         }
     }
 }
@@ -952,4 +974,131 @@ async fn a_deleted_stream_found_by_the_listing_ends_the_stream() {
         .expect("build");
     assert_eq!(drain(&mut consumer).await, [1]);
     assert!(matches!(consumer.error(), Some(Error::StreamNotFound { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_without_an_iterator_does_not_end_an_open_shard() {
+    let api = FakeKinesis::new(vec![(
+        "shard-0",
+        vec![
+            Step::Records(vec![1]),
+            Step::NoIterator,
+            Step::Records(vec![2]),
+            Step::NoIterator,
+            Step::Records(vec![3]),
+        ],
+    )]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_every(1)
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 3).await, [1, 2, 3], "the shard is read on");
+    assert_eq!(consumer.shard_ids().collect::<Vec<_>>(), ["shard-0"]);
+    consumer.close().await.expect("close");
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(2))),
+        "no SHARD_END for an open shard"
+    );
+    let renewed: Vec<IteratorPosition> = api
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Iterator(_, position) => Some(position),
+            Call::Records(..) => None,
+        })
+        .collect();
+    assert_eq!(
+        renewed,
+        [
+            IteratorPosition::TrimHorizon,
+            IteratorPosition::AfterSequence(seq(1)),
+            IteratorPosition::AfterSequence(seq(2))
+        ],
+        "renewed right after the last record, so nothing is skipped or repeated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_aged_out_of_retention_ends_alone_and_its_children_start() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1])]),
+        ("B", &["A"], false, vec![Step::Records(vec![10])]),
+        ("C", &[], false, vec![Step::Records(vec![20]), Step::Records(vec![21])]),
+    ]);
+    api.expiring.lock().expect("lock").push("A".into());
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("a shard aging out is no reason to fail the build");
+    let mut read = take(&mut consumer, 3).await;
+    read.sort();
+    assert_eq!(read, [10, 20, 21], "A holds nothing any more; B and C are read");
+    assert!(consumer.error().is_none(), "{:?}", consumer.error());
+    assert_eq!(store.get("A"), Some(Checkpoint::ShardEnd));
+}
+
+/// A store whose code panics: on load, or on every save.
+#[derive(Debug)]
+struct PanickingStore {
+    on_load: bool,
+}
+
+#[async_trait]
+impl CheckpointStore for PanickingStore {
+    async fn load(&self, _: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
+        assert!(!self.on_load, "a store bug on load");
+        Ok(None)
+    }
+
+    async fn save(&self, _: &CheckpointKey, _: &Checkpoint) -> Result<(), CheckpointError> {
+        panic!("a store bug on save");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_store_ends_the_stream_with_an_error_instead_of_vanishing() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3])])]);
+    let mut consumer = builder(&api)
+        .checkpoint_store(PanickingStore { on_load: false })
+        .checkpoint_every(1)
+        .build()
+        .await
+        .expect("build");
+    let read = tokio::time::timeout(Duration::from_secs(60), drain(&mut consumer))
+        .await
+        .expect("the stream ends");
+    assert!(read.len() <= 3, "{read:?}");
+    match consumer.error() {
+        Some(Error::Panicked { task, message }) => {
+            assert_eq!(*task, "checkpoint writer");
+            assert!(message.contains("a store bug on save"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!consumer.error().is_some_and(Error::is_retryable));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panicking_while_build_loads_checkpoints_fails_the_build() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![])]);
+    let built = builder(&api)
+        .checkpoint_store(PanickingStore { on_load: true })
+        .build()
+        .await;
+    assert!(
+        matches!(
+            built,
+            Err(Error::Panicked {
+                task: "checkpoint load",
+                ..
+            })
+        ),
+        "{built:?}"
+    );
 }
