@@ -233,16 +233,48 @@ impl CheckpointError {
     }
 }
 
-/// `url` with its password, if it has one, shown as `***`: for messages and
-/// logs about a store.
+/// `url` with every password in it shown as `***`: for messages and logs
+/// about a store. Covers the forms sqlx and redis accept: user-info
+/// (`scheme://user:secret@host`, `redis://:secret@host`) and query
+/// parameters naming a password (`?password=secret`, `sslpassword=…`).
 pub fn redact_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
+    let (head, query) = match url.find('?') {
+        Some(at) => (&url[..at], Some(&url[at + 1..])),
+        None => (url, None),
+    };
+    let mut out = match (head.find("://"), head.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match head[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &head[..scheme + 3], &head[at..]),
+            None => head.to_owned(),
         },
-        _ => url.to_owned(),
+        _ => head.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let (query, fragment) = match query.find('#') {
+            Some(at) => (&query[..at], Some(&query[at..])),
+            None => (query, None),
+        };
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if is_password_parameter(name) => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out.extend(fragment);
     }
+    out
+}
+
+fn is_password_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password") || matches!(name.as_str(), "pass" | "pwd" | "passwd")
 }
 
 /// Durable storage for checkpoints, keyed by [`CheckpointKey`].
@@ -300,6 +332,35 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_form_of_password_in_a_store_url_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://kcpy:s3cret@db:5432/test",
+                "postgres://kcpy:***@db:5432/test",
+            ),
+            ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+            (
+                "postgres://kcpy@db/test?password=s3cret&sslmode=require",
+                "postgres://kcpy@db/test?password=***&sslmode=require",
+            ),
+            (
+                "mysql://db/test?user=kcpy&Password=s3cret",
+                "mysql://db/test?user=kcpy&Password=***",
+            ),
+            (
+                "postgres://u:p%40ss@db/test?sslpassword=s3cret#frag",
+                "postgres://u:***@db/test?sslpassword=***#frag",
+            ),
+            ("sqlite://kcpy.db?mode=rwc", "sqlite://kcpy.db?mode=rwc"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            let redacted = redact_password(url);
+            assert_eq!(redacted, shown);
+            assert!(!redacted.contains("s3cret") && !redacted.contains("p%40ss"));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -31,6 +31,12 @@ pub enum CheckpointMode {
     Manual,
 }
 
+/// The longest any time setting may be.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The most batches a shard may fetch ahead.
+const MAX_PREFETCH_BATCHES: usize = 1000;
+
 /// Tuning shared by the pollers, the checkpoint writer and shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -102,8 +108,10 @@ impl Settings {
         if !(1..=10_000).contains(&self.max_records_per_call) {
             return Err(Error::config("max_records_per_call must be 1 to 10000"));
         }
-        if self.prefetch_batches == 0 {
-            return Err(Error::config("prefetch_batches must be at least 1"));
+        if !(1..=MAX_PREFETCH_BATCHES).contains(&self.prefetch_batches) {
+            return Err(Error::config(format!(
+                "prefetch_batches must be 1 to {MAX_PREFETCH_BATCHES} (each batch can hold 10 MiB)"
+            )));
         }
         if self.checkpoint_every == 0 {
             return Err(Error::config("checkpoint_every must be at least 1"));
@@ -118,6 +126,23 @@ impl Settings {
         ] {
             if value.is_zero() {
                 return Err(Error::config(format!("{what} must be more than zero")));
+            }
+        }
+        // Timers cannot be set past the end of time, and no setting here
+        // means anything at more than a day.
+        for (what, value) in [
+            ("checkpoint_interval", self.checkpoint_interval),
+            ("idle_interval", self.idle_interval),
+            ("request_timeout", self.request_timeout),
+            ("backoff_base", self.backoff_base),
+            ("backoff_max", self.backoff_max),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("shard_sync_interval", self.shard_sync_interval),
+            ("lease_duration", self.lease_duration),
+            ("lease_renew_interval", self.lease_renew_interval),
+        ] {
+            if value > MAX_DURATION {
+                return Err(Error::config(format!("{what} must be at most one day, not {value:?}")));
             }
         }
         if self.lease_renew_interval.saturating_mul(2) > self.lease_duration {
@@ -217,6 +242,39 @@ mod tests {
     }
 
     #[test]
+    fn settings_past_what_timers_and_channels_can_take_are_rejected_by_name() {
+        let cases = [
+            (
+                "checkpoint_interval",
+                Settings {
+                    checkpoint_interval: Duration::MAX,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "prefetch_batches",
+                Settings {
+                    prefetch_batches: usize::MAX,
+                    ..Settings::default()
+                },
+            ),
+            (
+                "shard_sync_interval",
+                Settings {
+                    shard_sync_interval: Duration::from_secs(u64::MAX),
+                    ..Settings::default()
+                },
+            ),
+        ];
+        for (name, settings) in cases {
+            match settings.validate() {
+                Err(crate::Error::InvalidConfig { message }) => assert!(message.contains(name), "{message}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_are_rejected() {
         assert!(Settings::default().validate().is_ok());
         let bad = [
@@ -251,6 +309,22 @@ mod tests {
             },
             Settings {
                 worker_id: String::new(),
+                ..Settings::default()
+            },
+            Settings {
+                checkpoint_interval: Duration::MAX,
+                ..Settings::default()
+            },
+            Settings {
+                idle_interval: Duration::MAX,
+                ..Settings::default()
+            },
+            Settings {
+                prefetch_batches: usize::MAX,
+                ..Settings::default()
+            },
+            Settings {
+                lease_duration: Duration::MAX,
                 ..Settings::default()
             },
         ];

@@ -215,7 +215,14 @@ impl Coordinator {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
+        let membership = Arc::clone(&self.membership);
+        if let Err(error) = crate::error::catch_panic("lease coordinator", self.serve()).await {
+            membership.tell(Control::Fatal(error));
+        }
+    }
+
+    async fn serve(mut self) {
         let worker = self.membership.worker.clone();
         tracing::info!(%worker, "joining the consumer group");
         let cancel = self.cancel.clone();

@@ -34,7 +34,7 @@ use http_body_util::BodyExt;
 
 use crate::error::BoxError;
 use crate::kinesis::{sort_code, ApiError, StreamRef};
-use crate::records::MAX_PRESIZE;
+use crate::records::{append_capped, MAX_PRESIZE};
 use crate::Error;
 
 /// The headers a learned request carries over; the signer adds the rest.
@@ -183,7 +183,7 @@ impl Route {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::Transient(Arc::<dyn std::error::Error + Send + Sync>::from(e)))?;
             if let Some(data) = frame.data_ref() {
-                buffer.extend_from_slice(data);
+                append_capped(&mut buffer, data).map_err(ApiError::Fatal)?;
             }
         }
         if (200..300).contains(&status) {

@@ -93,6 +93,16 @@ pub enum Error {
     /// The consumer has stopped, so the call cannot be carried out.
     #[error("the consumer has stopped")]
     Closed,
+    /// A task of the consumer panicked — in code of a checkpoint or lease
+    /// store, say. The consumer stops rather than go on without that task.
+    #[error("the consumer's {task} panicked: {message}")]
+    Panicked {
+        /// Which task: `shard poller`, `checkpoint writer`, `lease
+        /// coordinator`, `shard sync` or `checkpoint load`.
+        task: &'static str,
+        /// The panic's message, when it had one.
+        message: String,
+    },
     /// Shutdown did not finish flushing checkpoints within its deadline. The
     /// records whose checkpoints were not written will be delivered again.
     #[error("shutdown did not finish within {deadline:?}; some checkpoints were not written")]
@@ -117,4 +127,22 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// Runs `future`, turning a panic inside it into [`Error::Panicked`]: a
+/// background task that panics must end the stream, not vanish.
+pub(crate) async fn catch_panic<F: std::future::Future>(task: &'static str, future: F) -> Result<F::Output, Error> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|m| (*m).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(task, %message, "a consumer task panicked");
+            Error::Panicked { task, message }
+        })
 }

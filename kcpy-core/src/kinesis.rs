@@ -276,7 +276,7 @@ impl KinesisApi for SdkKinesis {
         let output = request.send().await.map_err(|e| classify(e, "GetRecords", stream))?;
         let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(body) = captured {
-            return parse_page(&body, shard_id).map_err(ApiError::Fatal);
+            return parse_page(&body.map_err(ApiError::Fatal)?, shard_id).map_err(ApiError::Fatal);
         }
         // Not captured (the interceptor did not run): the SDK parsed it.
         let records = output

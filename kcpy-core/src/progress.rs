@@ -324,7 +324,9 @@ enum Saved {
 
 impl Writer {
     pub(crate) async fn run(mut self) -> Result<(), Error> {
-        let result = self.serve().await;
+        let result = crate::error::catch_panic("checkpoint writer", self.serve())
+            .await
+            .and_then(|r| r);
         if let Err(error) = &result {
             tracing::error!(error = %error, source = ?std::error::Error::source(error), "checkpoint writer stopped");
             *self.progress.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());

@@ -30,11 +30,25 @@ use crate::{Error, Record, SequenceNumber};
 /// in JSON; a larger claim grows the buffer only as bytes arrive.
 pub(crate) const MAX_PRESIZE: usize = 16 << 20;
 
+/// The most a GetRecords response body may hold: 10 MiB of data is about
+/// 14 MiB as base64 in JSON, so anything past this is not Kinesis talking,
+/// and reading on would let a broken endpoint or proxy exhaust memory.
+pub(crate) const MAX_BODY: usize = 32 << 20;
+
+/// Appends a chunk of a GetRecords body, refusing to grow past [`MAX_BODY`].
+pub(crate) fn append_capped(buffer: &mut BytesMut, data: &[u8]) -> Result<(), Error> {
+    if buffer.len() + data.len() > MAX_BODY {
+        return Err(invalid(format!("the response body is over {} MiB", MAX_BODY >> 20)));
+    }
+    buffer.extend_from_slice(data);
+    Ok(())
+}
+
 /// What the SDK parses in place of a captured page.
 const EMPTY_PAGE: &[u8] = b"{\"Records\":[]}";
 
-/// One call's captured body.
-pub(crate) type Slot = Arc<Mutex<Option<Bytes>>>;
+/// One call's captured body, or why it was not read to its end.
+pub(crate) type Slot = Arc<Mutex<Option<Result<Bytes, Error>>>>;
 
 /// Takes a successful GetRecords response body into a [`Slot`].
 #[derive(Debug)]
@@ -99,13 +113,18 @@ impl Body for Tee {
                 TeeState::Reading => match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
-                            self.buffer.extend_from_slice(data);
+                            let this = &mut *self;
+                            if let Err(error) = append_capped(&mut this.buffer, data) {
+                                this.buffer = BytesMut::new();
+                                *this.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(error));
+                                this.state = TeeState::Captured;
+                            }
                         }
                     }
                     Some(Err(error)) => return Poll::Ready(Some(Err(error))),
                     None => {
                         let body = std::mem::take(&mut self.buffer).freeze();
-                        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+                        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(body));
                         self.state = TeeState::Captured;
                     }
                 },
@@ -264,6 +283,37 @@ mod tests {
         assert_eq!(child.shard_id, "shardId-000000000003");
         assert_eq!(child.parent_shard_id.as_deref(), Some("shardId-000000000001"));
         assert_eq!(child.adjacent_parent_shard_id.as_deref(), Some("shardId-000000000002"));
+    }
+
+    #[tokio::test]
+    async fn a_captured_body_over_the_cap_is_an_invalid_response_not_a_huge_buffer() {
+        use http_body_util::BodyExt;
+        let slot = Slot::default();
+        let chunk = Bytes::from(vec![b' '; 1 << 20]);
+        let chunks = (0..MAX_BODY / chunk.len() + 2).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone())));
+        let inner = SdkBody::from_body_1_x(http_body_util::StreamBody::new(futures::stream::iter(chunks)));
+        let tee = Tee {
+            inner,
+            buffer: BytesMut::new(),
+            slot: Arc::clone(&slot),
+            state: TeeState::Reading,
+        };
+        let seen = tee.collect().await.expect("the SDK gets a body").to_bytes();
+        assert_eq!(&seen[..], EMPTY_PAGE);
+        let captured = slot.lock().expect("lock").take();
+        assert!(
+            matches!(captured, Some(Err(Error::InvalidResponse { .. }))),
+            "{captured:?}"
+        );
+    }
+
+    #[test]
+    fn bodies_grow_up_to_the_cap_and_no_further() {
+        let mut buffer = BytesMut::new();
+        append_capped(&mut buffer, &vec![0; MAX_BODY - 1]).expect("under the cap");
+        append_capped(&mut buffer, b"x").expect("at the cap");
+        assert!(append_capped(&mut buffer, b"y").is_err());
+        assert_eq!(buffer.len(), MAX_BODY);
     }
 
     #[test]
