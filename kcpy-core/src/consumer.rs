@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::stream::SelectAll;
 use futures::{Stream, StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::AbortOnDropHandle;
@@ -72,6 +72,8 @@ pub struct Consumer {
     /// writer and the shard sync task.
     control: mpsc::UnboundedReceiver<Control>,
     _sync: AbortOnDropHandle<()>,
+    /// Asks the shard sync task for a listing now.
+    relist: Arc<Notify>,
     /// With a lease store: the leases held, and the task that keeps them.
     membership: Option<Arc<Membership>>,
     _coordinator: Option<AbortOnDropHandle<()>>,
@@ -328,9 +330,9 @@ impl Consumer {
             }
             Control::Shards(shards) => {
                 if let Some(membership) = &self.membership {
-                    membership.learn(&shards);
+                    membership.listed(&shards);
                 }
-                let starts = self.lineage.discover(shards, SystemTime::now());
+                let starts = self.lineage.listed(shards, SystemTime::now());
                 self.start(starts);
             }
             Control::Acquired(lease) => {
@@ -408,6 +410,10 @@ impl Consumer {
         let now = SystemTime::now();
         let starts = self.lineage.discover(children, now);
         self.start(starts);
+        if self.lineage.awaits_unknown_parent() {
+            // A merge child whose other parent appeared after the last listing.
+            self.relist.notify_one();
+        }
         match &self.progress {
             Some(progress) => progress.end_shard(&shard),
             None => {
@@ -846,9 +852,10 @@ impl ConsumerBuilder {
 
         let shutdown = self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token());
         let (control_tx, control) = mpsc::unbounded_channel();
+        let relist = Arc::new(Notify::new());
         let membership = leases.map(|leases| {
-            let membership = Membership::new(leases, &settings, &stream.name, control_tx.clone());
-            membership.learn(known.as_deref().unwrap_or_default());
+            let membership = Membership::new(leases, &settings, &stream.name, control_tx.clone(), Arc::clone(&relist));
+            membership.listed(known.as_deref().unwrap_or_default());
             membership
         });
         let (progress, writer) = match store {
@@ -877,7 +884,7 @@ impl ConsumerBuilder {
                     Arc::clone(&settings),
                     control_tx,
                     shutdown.clone(),
-                    membership.clone(),
+                    Arc::clone(&relist),
                 );
                 async move {
                     if let Err(error) = crate::error::catch_panic("shard sync", sync).await {
@@ -934,6 +941,7 @@ impl ConsumerBuilder {
             spawner,
             control,
             _sync: AbortOnDropHandle::new(sync),
+            relist,
             membership,
             _coordinator: coordinator,
             settings,
@@ -957,22 +965,17 @@ async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) 
 }
 
 /// Lists the shards again every `shard_sync_interval`, so shards created by a
-/// reshard are found even if no shard end announced them; in a group also
-/// when the lease store names shards this process has not heard of.
+/// reshard are found even if no shard end announced them; also at once when
+/// `relist` is notified: a shard waits for a parent no listing has shown, or
+/// the lease store names shards this process has not heard of.
 async fn sync_shards(
     api: DynKinesis,
     stream: Arc<StreamRef>,
     settings: Arc<Settings>,
     control: mpsc::UnboundedSender<Control>,
     cancel: CancellationToken,
-    membership: Option<Arc<Membership>>,
+    relist: Arc<Notify>,
 ) {
-    let relist = || async {
-        match &membership {
-            Some(membership) => membership.relist.notified().await,
-            None => std::future::pending().await,
-        }
-    };
     let every = settings.shard_sync_interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -981,7 +984,7 @@ async fn sync_shards(
             biased;
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
-            () = relist() => {}
+            () = relist.notified() => {}
         }
         match list_shards(&api, &stream, &settings).await {
             Ok(shards) => {

@@ -33,8 +33,12 @@ pub(crate) struct Membership {
     /// Wakes the coordinator early: shards appeared or one finished.
     pub(crate) nudge: Notify,
     /// Asks for the shards to be listed again: the store has leases for
-    /// shards this process has not heard of.
-    pub(crate) relist: Notify,
+    /// shards this process has not heard of, or a shard waits for a parent
+    /// no listing has shown yet.
+    pub(crate) relist: Arc<Notify>,
+    /// Parents named by known shards but missing from a whole listing: past
+    /// retention, so they no longer hold their children back.
+    gone: Mutex<HashSet<String>>,
     /// Tells the consumer, between two records, that a Lost or Release
     /// message waits for it.
     pub(crate) alert: Arc<AtomicBool>,
@@ -68,6 +72,7 @@ impl Membership {
         settings: &Settings,
         stream_name: &str,
         control: mpsc::UnboundedSender<Control>,
+        relist: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -78,7 +83,8 @@ impl Membership {
             held: Mutex::new(Holdings::default()),
             known: Mutex::new(HashMap::new()),
             nudge: Notify::new(),
-            relist: Notify::new(),
+            relist,
+            gone: Mutex::new(HashSet::new()),
             alert: Arc::new(AtomicBool::new(false)),
             control,
         })
@@ -107,6 +113,19 @@ impl Membership {
         if added {
             self.nudge.notify_one();
         }
+    }
+
+    /// Every shard of the stream, as a whole listing shows it: parents it
+    /// lacks are gone.
+    pub(crate) fn listed(&self, shards: &[ShardInfo]) {
+        self.learn(shards);
+        let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+        let known = self.known();
+        let absent = known
+            .values()
+            .flat_map(parents_of)
+            .filter(|parent| !listed.contains(parent.as_str()) && !known.contains_key(parent));
+        self.gone.lock().unwrap_or_else(|p| p.into_inner()).extend(absent);
     }
 
     /// The lease held for `shard`, to fence a checkpoint write with.
@@ -348,7 +367,11 @@ impl Coordinator {
                 };
             }
         }
-        let view = View::new(&leases, &known, me);
+        let gone = membership.gone.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let view = View::new(&leases, &known, &gone, me);
+        if known.values().any(|shard| view.awaits_unknown_parent(shard)) {
+            membership.relist.notify_one();
+        }
 
         // What the store says about leases this worker holds or was given.
         for lease in &leases {
@@ -490,6 +513,7 @@ async fn watchdog(membership: &Membership) {
 struct View<'a> {
     by_shard: HashMap<&'a str, &'a Lease>,
     known: &'a HashMap<String, ShardInfo>,
+    gone: &'a HashSet<String>,
     me: &'a str,
 }
 
@@ -501,21 +525,30 @@ struct Plan<'a> {
 }
 
 impl<'a> View<'a> {
-    fn new(leases: &'a [Lease], known: &'a HashMap<String, ShardInfo>, me: &'a str) -> Self {
+    fn new(leases: &'a [Lease], known: &'a HashMap<String, ShardInfo>, gone: &'a HashSet<String>, me: &'a str) -> Self {
         Self {
             by_shard: leases.iter().map(|l| (l.key.shard_id.as_str(), l)).collect(),
             known,
+            gone,
             me,
         }
+    }
+
+    /// Whether `shard` names a parent that is neither known nor gone.
+    fn awaits_unknown_parent(&self, shard: &ShardInfo) -> bool {
+        parents_of(shard)
+            .iter()
+            .any(|parent| !self.known.contains_key(parent) && !self.gone.contains(parent))
     }
 
     fn finished(&self, lease: &Lease) -> bool {
         lease.checkpoint == Some(Checkpoint::ShardEnd)
     }
 
-    /// A shard this worker has listed, not finished, whose listed parents
-    /// are all finished: parents are read first. A shard no longer listed is
-    /// past retention: never read, and no longer holding its children back.
+    /// A shard this worker has listed, not finished, whose parents are all
+    /// finished: parents are read first. A parent missing from a whole
+    /// listing is past retention: never read, and no longer holding its
+    /// children back; a parent not listed yet holds them back until it is.
     fn eligible(&self, lease: &Lease) -> bool {
         let Some(info) = self.known.get(&lease.key.shard_id) else {
             return false;
@@ -524,7 +557,11 @@ impl<'a> View<'a> {
             return false;
         }
         parents_of(info).iter().all(|parent| {
-            !self.known.contains_key(parent) || self.by_shard.get(parent.as_str()).is_some_and(|p| self.finished(p))
+            if self.known.contains_key(parent) {
+                self.by_shard.get(parent.as_str()).is_some_and(|p| self.finished(p))
+            } else {
+                self.gone.contains(parent)
+            }
         })
     }
 
@@ -612,6 +649,9 @@ mod tests {
             .collect()
     }
 
+    /// No parent proven gone.
+    static NONE: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(HashSet::new);
+
     fn shards(plan: &[&Lease]) -> Vec<String> {
         let mut ids: Vec<String> = plan.iter().map(|l| l.key.shard_id.clone()).collect();
         ids.sort();
@@ -622,7 +662,7 @@ mod tests {
     fn a_lone_worker_takes_every_free_lease() {
         let leases = group(&[None; 6]);
         let known = listed(&leases);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert_eq!(plan.take.len(), 6);
         assert!(plan.steal.is_none());
     }
@@ -631,7 +671,7 @@ mod tests {
     fn a_worker_takes_only_its_fair_share_of_free_leases() {
         let leases = group(&[Some("w2"), None, None, None, None, None]);
         let known = listed(&leases);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert_eq!(plan.take.len(), 3, "six leases, two live workers");
     }
 
@@ -639,7 +679,7 @@ mod tests {
     fn expired_leases_are_taken_but_live_ones_are_not() {
         let leases = group(&[Some("dead"), Some("dead"), Some("w2"), Some("w2")]);
         let known = listed(&leases);
-        let plan = View::new(&leases, &known, "w1").plan(|l| l.owner.as_deref() == Some("dead"), false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|l| l.owner.as_deref() == Some("dead"), false);
         assert_eq!(shards(&plan.take), ["shard-0", "shard-1"]);
     }
 
@@ -647,10 +687,10 @@ mod tests {
     fn a_new_worker_asks_the_busiest_for_one_lease_at_a_time() {
         let leases = group(&[Some("w2"), Some("w2"), Some("w2"), Some("w2"), Some("w3"), Some("w3")]);
         let known = listed(&leases);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert!(plan.take.is_empty());
         assert_eq!(plan.steal.and_then(|l| l.owner.as_deref()), Some("w2"));
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, true);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, true);
         assert!(plan.steal.is_none(), "one request at a time");
     }
 
@@ -668,7 +708,7 @@ mod tests {
         ]);
         let known = listed(&leases);
         for me in ["w1", "w2", "w3"] {
-            let plan = View::new(&leases, &known, me).plan(|_| false, false);
+            let plan = View::new(&leases, &known, &NONE, me).plan(|_| false, false);
             assert!(
                 plan.take.is_empty() && plan.steal.is_none(),
                 "{me} must not move leases: {plan:?}"
@@ -684,15 +724,15 @@ mod tests {
         let mut c = lease("C", None, &["A"]);
         let leases = vec![parent.clone(), b.clone(), c.clone(), d.clone()];
         let known = listed(&leases);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert!(plan.take.is_empty(), "A is still read: {plan:?}");
         parent.checkpoint = Some(Checkpoint::ShardEnd);
         let leases = vec![parent.clone(), b.clone(), c.clone(), d.clone()];
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert_eq!(shards(&plan.take), ["B", "C"]);
         c.checkpoint = Some(Checkpoint::ShardEnd);
         let leases = vec![parent, b, c, d];
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert_eq!(shards(&plan.take), ["B"], "D waits for B too");
     }
 
@@ -700,7 +740,10 @@ mod tests {
     fn a_listed_parent_without_a_lease_yet_blocks_its_child() {
         let leases = vec![lease("B", None, &["A"])];
         let known = listed(&[lease("A", None, &[]), lease("B", None, &["A"])]);
-        assert!(View::new(&leases, &known, "w1").plan(|_| false, false).take.is_empty());
+        assert!(View::new(&leases, &known, &NONE, "w1")
+            .plan(|_| false, false)
+            .take
+            .is_empty());
     }
 
     #[test]
@@ -712,15 +755,29 @@ mod tests {
             lease("C", None, &["A"]),
         ];
         let known = listed(&leases[1..]);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let gone = HashSet::from(["A".to_string()]);
+        let plan = View::new(&leases, &known, &gone, "w1").plan(|_| false, false);
         assert_eq!(shards(&plan.take), ["B", "C"]);
+    }
+
+    #[test]
+    fn a_parent_no_listing_has_shown_yet_blocks_its_child_and_asks_for_a_listing() {
+        // M, a merge of A and B, was announced by A's end before this worker
+        // listed B: B is unknown, not gone.
+        let mut a = lease("A", None, &[]);
+        a.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![a, lease("M", None, &["A", "B"])];
+        let known = listed(&leases);
+        let view = View::new(&leases, &known, &NONE, "w1");
+        assert!(view.plan(|_| false, false).take.is_empty(), "M waits for B");
+        assert!(view.awaits_unknown_parent(&known["M"]));
     }
 
     #[test]
     fn shards_this_worker_has_not_listed_are_left_to_those_that_have() {
         let leases = group(&[None, None]);
         let known = listed(&leases[..1]);
-        let plan = View::new(&leases, &known, "w1").plan(|_| false, false);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
         assert_eq!(shards(&plan.take), ["shard-0"]);
     }
 }

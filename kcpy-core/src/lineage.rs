@@ -3,7 +3,7 @@
 //! was checkpointed, so records of a partition key stay in order across a
 //! reshard. Pure bookkeeping: the consumer feeds it what it learns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::config::StartPosition;
@@ -52,6 +52,12 @@ struct Node {
 #[derive(Debug)]
 pub(crate) struct Lineage {
     nodes: BTreeMap<String, Node>,
+    /// Parents named by a listed shard but missing from a whole listing:
+    /// past retention, so they hold their children back no longer. A parent
+    /// neither listed nor gone (a merge's other parent, named by ChildShards
+    /// before a listing showed it) blocks its child until a listing says
+    /// which it is.
+    gone: HashSet<String>,
     /// Shards are read only while their lease is held.
     leased: bool,
 }
@@ -119,7 +125,12 @@ impl Lineage {
                 },
             );
         }
-        let mut lineage = Self { nodes, leased };
+        let mut lineage = Self {
+            nodes,
+            gone: HashSet::new(),
+            leased,
+        };
+        lineage.mark_gone();
         // Under LATEST a closed shard holds nothing to read, unless a
         // checkpoint in its lineage says this consumer was reading it.
         if start == StartPosition::Latest {
@@ -140,8 +151,52 @@ impl Lineage {
         (lineage, starts)
     }
 
-    /// Shards seen later (ListShards, or ChildShards at a shard's end); returns
-    /// what can start now.
+    /// Every shard of the stream, listed again; returns what can start now.
+    pub(crate) fn listed(&mut self, shards: Vec<ShardInfo>, now: SystemTime) -> Vec<Start> {
+        let listed: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
+        let mut starts = self.discover(shards, now);
+        let before = self.gone.len();
+        let absent: Vec<String> = self
+            .nodes
+            .values()
+            .flat_map(|node| &node.parents)
+            .filter(|parent| !listed.contains(*parent) && !self.nodes.contains_key(*parent))
+            .cloned()
+            .collect();
+        self.gone.extend(absent);
+        if self.gone.len() > before {
+            starts.extend(self.start_ready(now));
+        }
+        starts
+    }
+
+    /// Parents named by known shards that are themselves unknown: with the
+    /// whole listing in hand, they are past retention.
+    fn mark_gone(&mut self) {
+        let absent: Vec<String> = self
+            .nodes
+            .values()
+            .flat_map(|node| &node.parents)
+            .filter(|parent| !self.nodes.contains_key(*parent))
+            .cloned()
+            .collect();
+        self.gone.extend(absent);
+    }
+
+    /// Whether a shard waits for a parent no listing has shown yet: the
+    /// shards should be listed again.
+    pub(crate) fn awaits_unknown_parent(&self) -> bool {
+        self.nodes.values().any(|node| {
+            node.state == State::Waiting
+                && node
+                    .parents
+                    .iter()
+                    .any(|p| !self.nodes.contains_key(p) && !self.gone.contains(p))
+        })
+    }
+
+    /// Shards announced by ChildShards at a shard's end (not a whole listing);
+    /// returns what can start now.
     pub(crate) fn discover(&mut self, shards: Vec<ShardInfo>, now: SystemTime) -> Vec<Start> {
         let mut added = false;
         for shard in shards {
@@ -216,8 +271,12 @@ impl Lineage {
         };
         let parents = node.parents.clone();
         for parent in parents {
-            if let Some(parent) = self.nodes.get_mut(&parent) {
-                parent.state = State::Finished;
+            match self.nodes.get_mut(&parent) {
+                Some(parent) => parent.state = State::Finished,
+                // The group judged it finished or gone when it let the lease go.
+                None => {
+                    self.gone.insert(parent);
+                }
             }
         }
         (self.start_ready(now), skipped)
@@ -266,10 +325,10 @@ impl Lineage {
             .filter(|(_, node)| {
                 node.state == State::Waiting
                     && node.owned
-                    && node
-                        .parents
-                        .iter()
-                        .all(|p| self.nodes.get(p).is_none_or(|parent| parent.state == State::Finished))
+                    && node.parents.iter().all(|p| match self.nodes.get(p) {
+                        Some(parent) => parent.state == State::Finished,
+                        None => self.gone.contains(p),
+                    })
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -528,5 +587,46 @@ mod tests {
         assert_eq!(ids(&starts), ["B", "C"]);
         assert_eq!(at(&starts, "C"), IteratorPosition::TrimHorizon);
         assert!(lineage.finished("A", now).is_empty(), "children start once");
+    }
+
+    #[test]
+    fn a_merge_child_announced_before_its_other_parent_was_listed_waits_for_it() {
+        let now = SystemTime::now();
+        // Only A is listed at startup; B appeared since. A's end names the
+        // merge child M of A and B.
+        let (mut lineage, starts) = Lineage::new(
+            vec![shard("A", &[], true)],
+            &HashMap::new(),
+            StartPosition::TrimHorizon,
+            now,
+        );
+        assert_eq!(ids(&starts), ["A"]);
+        assert!(lineage.discover(vec![shard("M", &["A", "B"], false)], now).is_empty());
+        assert!(lineage.finished("A", now).is_empty(), "B is unknown, not finished");
+        assert!(lineage.awaits_unknown_parent(), "a listing is needed");
+        let listing = vec![
+            shard("A", &[], true),
+            shard("B", &[], true),
+            shard("M", &["A", "B"], false),
+        ];
+        let starts = lineage.listed(listing, now);
+        assert_eq!(ids(&starts), ["B"], "B is read first");
+        assert!(!lineage.awaits_unknown_parent());
+        assert_eq!(ids(&lineage.finished("B", now)), ["M"]);
+    }
+
+    #[test]
+    fn a_parent_missing_from_a_later_listing_is_gone_and_releases_its_child() {
+        let now = SystemTime::now();
+        let (mut lineage, _) = Lineage::new(
+            vec![shard("A", &[], true)],
+            &HashMap::new(),
+            StartPosition::TrimHorizon,
+            now,
+        );
+        lineage.discover(vec![shard("M", &["A", "X"], false)], now);
+        assert!(lineage.finished("A", now).is_empty());
+        let starts = lineage.listed(vec![shard("A", &[], true), shard("M", &["A", "X"], false)], now);
+        assert_eq!(ids(&starts), ["M"], "X is past retention");
     }
 }

@@ -1102,3 +1102,44 @@ async fn a_store_panicking_while_build_loads_checkpoints_fails_the_build() {
         "{built:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_merge_child_waits_for_a_parent_that_appeared_after_the_last_listing() {
+    // Listed at build: X and A, both open. Then X splits (B is one child) and
+    // B merges with A into M; A's end names M before any listing shows B.
+    let throttled_then = |steps: Vec<Step>| (0..8).map(|_| Step::Throttle).chain(steps).collect();
+    let api = FakeKinesis::with_lineage(vec![
+        (
+            "X",
+            &[],
+            false,
+            throttled_then(vec![Step::Records(vec![100]), Step::End]),
+        ),
+        ("A", &[], false, vec![Step::Records(vec![1]), Step::End]),
+    ]);
+    let later = |id: &str, parents: &[&str], steps: Vec<Step>| {
+        api.scripts.lock().expect("lock").insert(id.to_string(), steps.into());
+        ShardInfo {
+            shard_id: id.into(),
+            parent_shard_id: parents.first().map(|p| p.to_string()),
+            adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
+            ending_sequence_number: None,
+        }
+    };
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("build");
+    let b = later("B", &["X"], vec![Step::Records(vec![200]), Step::End]);
+    let m = later("M", &["A", "B"], vec![Step::Records(vec![300])]);
+    api.listing.lock().expect("lock").extend([b, m]);
+    let read = tokio::time::timeout(Duration::from_secs(120), take(&mut consumer, 4))
+        .await
+        .expect("every shard is read");
+    let at = |n: u64| read.iter().position(|&r| r == n).expect("read");
+    assert!(at(100) < at(200), "B after its parent X: {read:?}");
+    assert!(at(200) < at(300), "M after both its parents, B included: {read:?}");
+    assert!(at(1) < at(300), "{read:?}");
+}
