@@ -50,6 +50,7 @@ pub(crate) struct Settings {
     pub(crate) max_get_records_per_second: u32,
     pub(crate) max_records_per_call: i32,
     pub(crate) prefetch_batches: usize,
+    pub(crate) max_unacknowledged: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) backoff_base: Duration,
     pub(crate) backoff_max: Duration,
@@ -75,6 +76,7 @@ impl Default for Settings {
             max_get_records_per_second: 5,
             max_records_per_call: 10_000,
             prefetch_batches: 2,
+            max_unacknowledged: 100_000,
             request_timeout: Duration::from_secs(20),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
@@ -112,6 +114,9 @@ impl Settings {
             return Err(Error::config(format!(
                 "prefetch_batches must be 1 to {MAX_PREFETCH_BATCHES} (each batch can hold 10 MiB)"
             )));
+        }
+        if self.max_unacknowledged == 0 {
+            return Err(Error::config("max_unacknowledged must be at least 1"));
         }
         if self.checkpoint_every == 0 {
             return Err(Error::config("checkpoint_every must be at least 1"));

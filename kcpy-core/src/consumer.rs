@@ -21,7 +21,7 @@ use crate::coordinator::{Coordinator, Membership};
 use crate::kinesis::{ApiError, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
 use crate::lineage::{Lineage, Start};
 use crate::poller::{Poller, ShardEvent};
-use crate::progress::{Progress, Writer};
+use crate::progress::{Gate, Progress, Writer};
 use crate::StartPosition;
 use crate::{
     Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Lease, LeaseStore, Record,
@@ -101,6 +101,9 @@ pub(crate) enum Control {
 
 /// Starts a poller task per shard.
 struct Spawner {
+    /// Manual mode with a store: each shard's delivered, uncheckpointed
+    /// records are capped at `max_unacknowledged`.
+    gated: bool,
     api: DynKinesis,
     stream: Arc<StreamRef>,
     settings: Arc<Settings>,
@@ -134,13 +137,16 @@ impl Spawner {
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
         let task = tokio::spawn(poller.run().instrument(span));
+        let gate = self.gated.then(|| Gate::new(self.settings.max_unacknowledged));
         let stream = ShardStream {
             slot,
             events,
             gone: Arc::clone(&gone),
+            gate: gate.clone(),
             _task: AbortOnDropHandle::new(task),
         };
         let slot = ShardSlot {
+            gate,
             id: shard_id,
             processed: None,
             dirty: false,
@@ -153,6 +159,8 @@ impl Spawner {
 }
 
 struct ShardSlot {
+    /// Manual mode: what caps the shard's unacknowledged records.
+    gate: Option<Arc<Gate>>,
     id: Arc<str>,
     processed: Option<SequenceNumber>,
     dirty: bool,
@@ -179,6 +187,7 @@ struct ShardStream {
     slot: usize,
     events: mpsc::Receiver<ShardEvent>,
     gone: Arc<AtomicBool>,
+    gate: Option<Arc<Gate>>,
     _task: AbortOnDropHandle<()>,
 }
 
@@ -188,6 +197,9 @@ impl Stream for ShardStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.gone.load(Ordering::Acquire) {
             return Poll::Ready(None);
+        }
+        if self.gate.as_ref().is_some_and(|gate| !gate.admits(cx)) {
+            return Poll::Pending;
         }
         let slot = self.slot;
         self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
@@ -532,8 +544,8 @@ impl Stream for Consumer {
                             continue;
                         }
                     }
-                    if let Some(progress) = this.progress.as_ref().filter(|_| !this.track) {
-                        progress.register(&this.slots[slot].id, &records);
+                    if let (Some(progress), Some(gate)) = (&this.progress, &this.slots[slot].gate) {
+                        progress.register(&this.slots[slot].id, &records, gate);
                     }
                     this.current = Some(Batch {
                         slot,
@@ -752,6 +764,17 @@ impl ConsumerBuilder {
         self
     }
 
+    /// In [`CheckpointMode::Manual`], the most records per shard that may be
+    /// delivered and not yet covered by its checkpoint (default 100,000). A
+    /// shard at this many hands out no further batch until acknowledgements
+    /// bring it below: backpressure, so a record never acknowledged holds
+    /// its shard back instead of growing memory without bound. A batch is
+    /// handed out whole, so a shard may pass it by up to one batch.
+    pub fn max_unacknowledged(mut self, records: usize) -> Self {
+        self.settings.max_unacknowledged = records;
+        self
+    }
+
     /// Time limit for one Kinesis call; a call over it is retried (default 20 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.settings.request_timeout = timeout;
@@ -896,6 +919,7 @@ impl ConsumerBuilder {
         );
 
         let spawner = Spawner {
+            gated: progress.is_some() && settings.checkpoint_mode == CheckpointMode::Manual,
             api,
             stream: Arc::clone(&stream),
             settings: Arc::clone(&settings),

@@ -1,8 +1,9 @@
 //! Processed-record bookkeeping and the task that writes checkpoints.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Context;
 
 use futures::task::AtomicWaker;
 use futures::StreamExt;
@@ -143,14 +144,17 @@ impl Progress {
         });
     }
 
-    /// Manual mode: records of `shard` that were delivered, in order.
-    pub(crate) fn register(&self, shard: &Arc<str>, records: &[Record]) {
+    /// Manual mode: records of `shard` that were delivered, in order, counted
+    /// against the shard's `gate` until the checkpoint covers them.
+    pub(crate) fn register(&self, shard: &Arc<str>, records: &[Record], gate: &Arc<Gate>) {
         let mut inner = self.lock();
         inner.dropped.remove(shard);
         let tracker = inner.trackers.entry(Arc::clone(shard)).or_default();
         tracker
             .entries
             .extend(records.iter().map(|r| (r.sequence_number.clone(), false)));
+        gate.delivered(records.len());
+        tracker.gate = Some(Arc::clone(gate));
     }
 
     fn acknowledge(&self, record: &Record) -> Result<(), Error> {
@@ -216,6 +220,49 @@ impl Inner {
     }
 }
 
+/// Manual mode, per shard: how many delivered records the checkpoint does
+/// not cover yet. At `max_unacknowledged` the shard hands over no further
+/// batch until acknowledgements bring it below, so one record never
+/// acknowledged cannot make the bookkeeping (or the caller's backlog) grow
+/// without bound.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    outstanding: AtomicUsize,
+    cap: usize,
+    waker: AtomicWaker,
+}
+
+impl Gate {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            outstanding: AtomicUsize::new(0),
+            cap,
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Whether the shard may hand over another batch; if not, `cx` is woken
+    /// once it may.
+    pub(crate) fn admits(&self, cx: &Context<'_>) -> bool {
+        if self.outstanding.load(Ordering::Acquire) < self.cap {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.outstanding.load(Ordering::Acquire) < self.cap
+    }
+
+    fn delivered(&self, records: usize) {
+        self.outstanding.fetch_add(records, Ordering::AcqRel);
+    }
+
+    fn committed(&self, records: usize) {
+        let before = self.outstanding.fetch_sub(records, Ordering::AcqRel);
+        if before >= self.cap && before - records < self.cap {
+            self.waker.wake();
+        }
+    }
+}
+
 /// Delivered records of one shard, in order, and which were acknowledged.
 #[derive(Debug, Default)]
 struct AckTracker {
@@ -223,6 +270,7 @@ struct AckTracker {
     committed: Option<SequenceNumber>,
     /// Every record of the shard was delivered.
     ended: bool,
+    gate: Option<Arc<Gate>>,
 }
 
 impl AckTracker {
@@ -244,6 +292,9 @@ impl AckTracker {
         }
         if moved == 0 {
             return Some(None);
+        }
+        if let Some(gate) = &self.gate {
+            gate.committed(moved as usize);
         }
         Some(self.committed.clone().map(|committed| (committed, moved)))
     }

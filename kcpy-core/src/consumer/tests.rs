@@ -1143,3 +1143,35 @@ async fn a_merge_child_waits_for_a_parent_that_appeared_after_the_last_listing()
     assert!(at(200) < at(300), "M after both its parents, B included: {read:?}");
     assert!(at(1) < at(300), "{read:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_manual_mode_a_shard_stops_handing_out_records_at_the_unacknowledged_cap() {
+    let api = FakeKinesis::new(vec![(
+        "shard-0",
+        vec![
+            Step::Records(vec![1, 2]),
+            Step::Records(vec![3, 4]),
+            Step::Records(vec![5, 6]),
+        ],
+    )]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_mode(CheckpointMode::Manual)
+        .max_unacknowledged(2)
+        .build()
+        .await
+        .expect("build");
+    let first = consumer.next().await.expect("record 1");
+    let second = consumer.next().await.expect("record 2");
+    consumer.checkpoint(&second).expect("ack 2");
+    // Record 1 is unacknowledged, so two records are outstanding: no more.
+    assert_quiet(&mut consumer).await;
+    consumer.checkpoint(&first).expect("ack 1");
+    assert_eq!(
+        take(&mut consumer, 2).await,
+        [3, 4],
+        "acknowledgements let the shard go on"
+    );
+    assert_quiet(&mut consumer).await;
+}
