@@ -39,7 +39,11 @@ use crate::{
 ///
 /// In [`CheckpointMode::Auto`] (the default) a record counts as processed
 /// when you ask for the next one; see the crate docs for what that means for
-/// at-least-once delivery. Dropping the consumer stops its pollers at once and
+/// at-least-once delivery. **Do not put read-ahead combinators** (`chunks`,
+/// `ready_chunks`, `buffered`, `for_each_concurrent`, `forward`) on a
+/// consumer in auto mode: they ask for the next record before you have
+/// processed the last, so a crash can lose what they held. Take batches
+/// with [`Consumer::next_batch`], or use [`CheckpointMode::Manual`]. Dropping the consumer stops its pollers at once and
 /// leaves the checkpoints of processed records to be saved in the background,
 /// without waiting; prefer [`Consumer::close`] or a [`ShutdownHandle`] to
 /// wait for that. Shutdown progresses while the consumer is polled (by
@@ -273,6 +277,45 @@ impl Consumer {
     /// [`Checkpointer::checkpoint`].
     pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
         self.checkpointer().checkpoint(record)
+    }
+
+    /// The next records of one shard, at most `max` (and at least one): what
+    /// was fetched and is ready, without waiting for more. `None` once the
+    /// stream has ended.
+    ///
+    /// In [`CheckpointMode::Auto`] the whole batch counts as processed when
+    /// you ask for the next item (by `next_batch` or `next`), as a single
+    /// record does: this is the safe way to work on records in batches.
+    /// Stream combinators that read ahead — `chunks`, `ready_chunks`,
+    /// `buffered`, `for_each_concurrent`, `forward` — ask for the next record
+    /// before you have processed the last, so in auto mode their records
+    /// count as processed too early; use this, or [`CheckpointMode::Manual`].
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<Record>> {
+        let first = self.next().await?;
+        let mut batch = Vec::with_capacity(max.clamp(1, 1024));
+        batch.push(first);
+        // The rest comes from the batch `first` was taken from: one shard, in
+        // order, so the last record's position covers all of them.
+        while batch.len() < max && !self.stopping.load(Ordering::Relaxed) {
+            // A lease lost or asked for is acted on before another record.
+            if self
+                .membership
+                .as_ref()
+                .is_some_and(|m| m.alert.load(Ordering::Acquire))
+            {
+                break;
+            }
+            match self.current.as_mut().and_then(|current| current.records.next()) {
+                Some(record) => batch.push(record),
+                None => break,
+            }
+        }
+        if self.in_flight.is_some() {
+            if let Some(last) = batch.last() {
+                self.in_flight_seq.assign(&last.sequence_number);
+            }
+        }
+        Some(batch)
     }
 
     /// Stops the consumer and waits until the checkpoints of processed records

@@ -30,6 +30,12 @@
 //! passed to [`Checkpointer::checkpoint`]. After a crash, records processed
 //! since the last written checkpoint are delivered again; none is skipped.
 //!
+//! Auto mode counts on you to finish with a record before asking for the
+//! next. Stream combinators that read ahead (`chunks`, `ready_chunks`,
+//! `buffered`, `for_each_concurrent`, `forward`) break that: records they
+//! hold count as processed before you have them. For batches use
+//! [`Consumer::next_batch`]; for concurrent work, [`CheckpointMode::Manual`].
+//!
 //! # Consumer groups
 //!
 //! Processes with the same consumer name and a shared [`LeaseStore`]

@@ -1175,3 +1175,29 @@ async fn in_manual_mode_a_shard_stops_handing_out_records_at_the_unacknowledged_
     );
     assert_quiet(&mut consumer).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_auto_mode_a_batch_is_checkpointed_only_once_the_next_is_asked_for() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3, 4, 5])])]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .checkpoint_every(1)
+        .checkpoint_interval(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("build");
+    let batch = consumer.next_batch(3).await.expect("a batch");
+    assert_eq!(batch.iter().map(number).collect::<Vec<_>>(), [1, 2, 3]);
+    // Checkpoint intervals pass while the caller works on the batch.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(store.get("shard-0"), None, "nothing of a batch in the caller's hands");
+    let rest = consumer.next_batch(100).await.expect("the rest of the page");
+    assert_eq!(rest.iter().map(number).collect::<Vec<_>>(), [4, 5]);
+    consumer.close().await.expect("close");
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(3))),
+        "asking for the next batch made the first one processed, and only it"
+    );
+}
