@@ -37,15 +37,27 @@ if not stored then
   redis.call('HSET', KEYS[1], ARGV[1], new)
   return {1, ''}
 end
-local function valid(s)
-  if s == 'SHARD_END' then return true end
-  if #s < 1 or #s > 129 or string.find(s, '^%d+$') == nil then return false end
+local function digits(s, most)
+  if #s < 1 or #s > most or string.find(s, '^%d+$') == nil then return false end
   return #s == 1 or string.sub(s, 1, 1) ~= '0'
 end
+local start = 'AT_TIMESTAMP:'
+local function is_start(s) return string.sub(s, 1, #start) == start end
+local function valid(s)
+  if s == 'SHARD_END' then return true end
+  if is_start(s) then return digits(string.sub(s, #start + 1), 20) end
+  return digits(s, 129)
+end
 if not valid(stored) then return {-1, stored} end
+-- Starts first, SHARD_END last; within a kind by length, then by text.
+local function rank(s)
+  if s == 'SHARD_END' then return 2 end
+  if is_start(s) then return 0 end
+  return 1
+end
 local function below(a, b)
-  if a == b or a == 'SHARD_END' then return false end
-  if b == 'SHARD_END' then return true end
+  if a == b then return false end
+  if rank(a) ~= rank(b) then return rank(a) < rank(b) end
   if #a ~= #b then return #a < #b end
   return a < b
 end

@@ -37,7 +37,8 @@ const COLUMNS: [&str; 5] = [
 // One statement, so the ordering check and the write are atomic. A row is only
 // replaced when the stored text is a well-formed checkpoint (a malformed one is
 // reported, never overwritten) and the new one does not order below it:
-// SHARD_END last, then by length, then by digits.
+// AT_TIMESTAMP starts first, SHARD_END last, else by length, then by digits
+// (the starts' common prefix makes that their order in time too).
 const SAVE: &str = "INSERT INTO kcpy_checkpoints
     (consumer_name, stream_name, shard_id, checkpoint, updated_at_ms)
     VALUES (?1, ?2, ?3, ?4, ?5)
@@ -46,9 +47,15 @@ ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE
     WHERE (kcpy_checkpoints.checkpoint = 'SHARD_END'
            OR (length(kcpy_checkpoints.checkpoint) BETWEEN 1 AND 129
                AND kcpy_checkpoints.checkpoint NOT GLOB '*[^0-9]*'
-               AND (kcpy_checkpoints.checkpoint = '0' OR kcpy_checkpoints.checkpoint NOT GLOB '0*')))
-      AND (excluded.checkpoint = 'SHARD_END', length(excluded.checkpoint), excluded.checkpoint)
-          >= (kcpy_checkpoints.checkpoint = 'SHARD_END', length(kcpy_checkpoints.checkpoint), kcpy_checkpoints.checkpoint)";
+               AND (kcpy_checkpoints.checkpoint = '0' OR kcpy_checkpoints.checkpoint NOT GLOB '0*'))
+           OR kcpy_checkpoints.checkpoint = 'AT_TIMESTAMP:0'
+           OR (length(kcpy_checkpoints.checkpoint) BETWEEN 14 AND 33
+               AND kcpy_checkpoints.checkpoint GLOB 'AT_TIMESTAMP:[1-9]*'
+               AND substr(kcpy_checkpoints.checkpoint, 14) NOT GLOB '*[^0-9]*'))
+      AND (excluded.checkpoint = 'SHARD_END', excluded.checkpoint NOT GLOB 'AT_TIMESTAMP:*',
+           length(excluded.checkpoint), excluded.checkpoint)
+          >= (kcpy_checkpoints.checkpoint = 'SHARD_END', kcpy_checkpoints.checkpoint NOT GLOB 'AT_TIMESTAMP:*',
+              length(kcpy_checkpoints.checkpoint), kcpy_checkpoints.checkpoint)";
 
 const LOAD: &str =
     "SELECT checkpoint FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";

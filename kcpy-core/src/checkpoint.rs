@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -44,6 +45,14 @@ impl fmt::Display for CheckpointKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Checkpoint {
+    /// Nothing of the shard processed yet; reading starts at the records
+    /// that arrived at or after this time. This is how a
+    /// [`StartPosition::Latest`](crate::StartPosition::Latest) start is kept:
+    /// the consumer saves it when it first positions the shard, so a restart
+    /// or a takeover before the first record resumes there, not at a later
+    /// tip. Stored as `AT_TIMESTAMP:` and the milliseconds since the Unix
+    /// epoch; it orders before every sequence number.
+    AtTimestamp(StartTime),
     /// Every record up to and including this sequence number was processed.
     Sequence(SequenceNumber),
     /// Every record of the (closed) shard was processed. Stored as the text
@@ -52,9 +61,11 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
-    /// The text form stored by the bundled backends: the digits, or `SHARD_END`.
+    /// The text form stored by the bundled backends: the digits, `SHARD_END`,
+    /// or `AT_TIMESTAMP:` and milliseconds.
     pub fn as_str(&self) -> &str {
         match self {
+            Checkpoint::AtTimestamp(at) => &at.text,
             Checkpoint::Sequence(seq) => seq.as_str(),
             Checkpoint::ShardEnd => Self::SHARD_END,
         }
@@ -62,6 +73,54 @@ impl Checkpoint {
 
     /// The text that marks a finished shard.
     pub const SHARD_END: &'static str = "SHARD_END";
+
+    /// What the text of an [`AtTimestamp`](Checkpoint::AtTimestamp) checkpoint starts with.
+    pub const AT_TIMESTAMP_PREFIX: &'static str = "AT_TIMESTAMP:";
+}
+
+/// A moment where a shard starts being read, to the millisecond (Kinesis'
+/// resolution for `AT_TIMESTAMP` iterators).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StartTime {
+    millis: u64,
+    text: Box<str>,
+}
+
+impl StartTime {
+    /// `time`, rounded down to the millisecond (times before 1970 become 1970).
+    pub fn new(time: SystemTime) -> Self {
+        let millis = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        Self::from_millis(millis)
+    }
+
+    fn from_millis(millis: u64) -> Self {
+        Self {
+            millis,
+            text: format!("{}{millis}", Checkpoint::AT_TIMESTAMP_PREFIX).into(),
+        }
+    }
+
+    /// The moment.
+    pub fn time(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn millis(&self) -> u64 {
+        self.millis
+    }
+
+    /// The stored form, `AT_TIMESTAMP:` and milliseconds: at most 20 digits,
+    /// no leading zero.
+    fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix(Checkpoint::AT_TIMESTAMP_PREFIX)?;
+        let canonical = (1..=20).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical.then(|| digits.parse().ok().map(Self::from_millis)).flatten()
+    }
 }
 
 impl From<SequenceNumber> for Checkpoint {
@@ -76,6 +135,8 @@ impl FromStr for Checkpoint {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text == Self::SHARD_END {
             Ok(Checkpoint::ShardEnd)
+        } else if let Some(at) = StartTime::parse(text) {
+            Ok(Checkpoint::AtTimestamp(at))
         } else {
             SequenceNumber::parse(text).map(Checkpoint::Sequence)
         }
@@ -84,11 +145,17 @@ impl FromStr for Checkpoint {
 
 impl Ord for Checkpoint {
     fn cmp(&self, other: &Self) -> Ordering {
+        fn rank(checkpoint: &Checkpoint) -> u8 {
+            match checkpoint {
+                Checkpoint::AtTimestamp(_) => 0,
+                Checkpoint::Sequence(_) => 1,
+                Checkpoint::ShardEnd => 2,
+            }
+        }
         match (self, other) {
+            (Checkpoint::AtTimestamp(a), Checkpoint::AtTimestamp(b)) => a.cmp(b),
             (Checkpoint::Sequence(a), Checkpoint::Sequence(b)) => a.cmp(b),
-            (Checkpoint::Sequence(_), Checkpoint::ShardEnd) => Ordering::Less,
-            (Checkpoint::ShardEnd, Checkpoint::Sequence(_)) => Ordering::Greater,
-            (Checkpoint::ShardEnd, Checkpoint::ShardEnd) => Ordering::Equal,
+            _ => rank(self).cmp(&rank(other)),
         }
     }
 }
@@ -332,6 +399,33 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn start_times_round_trip_and_order_before_every_sequence_number() {
+        let at = super::StartTime::new(SystemTime::UNIX_EPOCH + Duration::from_millis(1_733_140_000_123));
+        let marker = Checkpoint::AtTimestamp(at.clone());
+        assert_eq!(marker.as_str(), "AT_TIMESTAMP:1733140000123");
+        assert_eq!(marker.as_str().parse::<Checkpoint>().expect("parses"), marker);
+        assert_eq!(
+            at.time(),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_733_140_000_123)
+        );
+        let later = Checkpoint::AtTimestamp(super::StartTime::new(at.time() + Duration::from_secs(1)));
+        assert!(marker < later);
+        assert!(later < Checkpoint::Sequence(SequenceNumber::parse("0").expect("valid")));
+        assert!(later < Checkpoint::ShardEnd);
+        for bad in [
+            "AT_TIMESTAMP:",
+            "AT_TIMESTAMP:01",
+            "AT_TIMESTAMP:1.5",
+            "AT_TIMESTAMP:-1",
+            "AT_TIMESTAMP:123456789012345678901",
+            "at_timestamp:1",
+            "AT_TIMESTAMP:99999999999999999999",
+        ] {
+            assert!(bad.parse::<Checkpoint>().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn every_form_of_password_in_a_store_url_is_redacted() {
         for (url, shown) in [

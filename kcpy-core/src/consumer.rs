@@ -25,7 +25,7 @@ use crate::progress::{Gate, Progress, Writer};
 use crate::StartPosition;
 use crate::{
     Checkpoint, CheckpointKey, CheckpointMode, CheckpointStore, Checkpointer, Error, Lease, LeaseStore, Record,
-    SequenceNumber,
+    SequenceNumber, StartTime,
 };
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
@@ -369,6 +369,9 @@ impl Consumer {
     /// Starts the shards the lineage says may start now.
     fn start(&mut self, starts: Vec<Start>) {
         for start in starts {
+            if let (Some(at), Some(progress)) = (start.mark, &self.progress) {
+                progress.mark_start(&Arc::from(start.shard_id.as_str()), at);
+            }
             tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
             let (stream, slot) = self.spawner.spawn(self.slots.len(), start, None);
             self.shards.push(stream);
@@ -891,6 +894,13 @@ impl ConsumerBuilder {
             ),
             None => Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now()),
         };
+        // Starts at LATEST are saved before they are resolved: a restart, even
+        // one before any record came, resumes at this start, not a later tip.
+        if let Some(store) = &store {
+            save_marks(store.as_ref(), &stream, &settings, &starts)
+                .instrument(span.clone())
+                .await?;
+        }
         // Resolve the first iterators now: LATEST then means the tip as of
         // build() returning, and errors such as AccessDenied surface here.
         let mut resolved: Vec<(Start, Option<String>)> = futures::stream::iter(starts)
@@ -1104,6 +1114,34 @@ async fn load_checkpoint(
             Err(error) => return Err(Error::Checkpoint(error)),
         }
     }
+}
+
+/// Saves the start of every shard in `starts` that a later run could not find
+/// again.
+async fn save_marks(
+    store: &dyn CheckpointStore,
+    stream: &StreamRef,
+    settings: &Settings,
+    starts: &[Start],
+) -> Result<(), Error> {
+    futures::stream::iter(starts.iter().filter_map(|start| Some((start, start.mark?))))
+        .map(|(start, at)| async move {
+            let key = CheckpointKey::new(&settings.consumer_name, &stream.name, &start.shard_id);
+            let mark = Checkpoint::AtTimestamp(StartTime::new(at));
+            let mut backoff = Backoff::new(settings);
+            loop {
+                match crate::error::catch_panic("checkpoint save", store.save(&key, &mark)).await? {
+                    Ok(()) => return Ok(()),
+                    Err(error) if error.is_retryable() && backoff.attempts() < settings.checkpoint_retries => {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(error) => return Err(Error::Checkpoint(error)),
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
 }
 
 async fn retry_startup<T, F, Fut>(operation: &'static str, settings: &Settings, mut call: F) -> Result<T, Error>

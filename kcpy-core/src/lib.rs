@@ -62,7 +62,7 @@ mod sequence;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
-pub use checkpoint::{redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
+pub use checkpoint::{redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, StartTime};
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};

@@ -18,6 +18,10 @@ pub(crate) struct Start {
     pub(crate) position: IteratorPosition,
     /// Where to renew an expired iterator if nothing was fetched yet.
     pub(crate) fallback: IteratorPosition,
+    /// A start that a later run could not find again (LATEST, as of this
+    /// process's start): save it as the shard's checkpoint before anything
+    /// else, so a restart or takeover before the first record resumes here.
+    pub(crate) mark: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,9 @@ struct Node {
     closed: bool,
     state: State,
     checkpoint: Option<SequenceNumber>,
+    /// A saved start ([`Checkpoint::AtTimestamp`]): nothing processed yet,
+    /// reading starts there.
+    started: Option<SystemTime>,
     /// Where a child without a checkpoint starts. TRIM_HORIZON — the child
     /// holds exactly what came after this shard — unless this shard was
     /// positioned by the configured start (AT_TIMESTAMP, or skipped under
@@ -60,6 +67,9 @@ pub(crate) struct Lineage {
     gone: HashSet<String>,
     /// Shards are read only while their lease is held.
     leased: bool,
+    /// With [`StartPosition::Latest`]: this process's start, which shards
+    /// positioned at LATEST save as their start.
+    latest_at: Option<SystemTime>,
 }
 
 impl Lineage {
@@ -107,10 +117,11 @@ impl Lineage {
         };
         let mut nodes = BTreeMap::new();
         for shard in shards {
-            let (state, checkpoint) = match checkpoints.get(&shard.shard_id) {
-                Some(Checkpoint::ShardEnd) => (State::Finished, None),
-                Some(Checkpoint::Sequence(seq)) => (State::Waiting, Some(seq.clone())),
-                None => (State::Waiting, None),
+            let (state, checkpoint, started) = match checkpoints.get(&shard.shard_id) {
+                Some(Checkpoint::ShardEnd) => (State::Finished, None, None),
+                Some(Checkpoint::Sequence(seq)) => (State::Waiting, Some(seq.clone()), None),
+                Some(Checkpoint::AtTimestamp(at)) => (State::Waiting, None, Some(at.time())),
+                None => (State::Waiting, None, None),
             };
             nodes.insert(
                 shard.shard_id.clone(),
@@ -119,6 +130,7 @@ impl Lineage {
                     closed: shard.ending_sequence_number.is_some(),
                     state,
                     checkpoint,
+                    started,
                     child_start: IteratorPosition::TrimHorizon,
                     root: configured.clone(),
                     owned: !leased,
@@ -129,6 +141,7 @@ impl Lineage {
             nodes,
             gone: HashSet::new(),
             leased,
+            latest_at: (start == StartPosition::Latest).then_some(now),
         };
         lineage.mark_gone();
         // Under LATEST a closed shard holds nothing to read, unless a
@@ -211,6 +224,7 @@ impl Lineage {
                     closed: shard.ending_sequence_number.is_some(),
                     state: State::Waiting,
                     checkpoint: None,
+                    started: None,
                     child_start: IteratorPosition::TrimHorizon,
                     // Created after build(): all of it is new, whatever the
                     // configured start.
@@ -252,6 +266,7 @@ impl Lineage {
             closed: false,
             state: State::Waiting,
             checkpoint: None,
+            started: None,
             child_start: IteratorPosition::TrimHorizon,
             root: IteratorPosition::TrimHorizon,
             owned: false,
@@ -260,6 +275,11 @@ impl Lineage {
         let skipped = match checkpoint {
             Some(Checkpoint::Sequence(seq)) => {
                 node.checkpoint = Some(seq.clone());
+                node.state = State::Waiting;
+                false
+            }
+            Some(Checkpoint::AtTimestamp(at)) => {
+                node.started = Some(at.time());
                 node.state = State::Waiting;
                 false
             }
@@ -308,7 +328,7 @@ impl Lineage {
                 break;
             }
             if let Some(node) = self.nodes.get(id) {
-                if node.checkpoint.is_some() {
+                if node.checkpoint.is_some() || node.started.is_some() {
                     return true;
                 }
                 stack.extend(node.parents.iter().map(String::as_str));
@@ -336,11 +356,22 @@ impl Lineage {
         for id in ready {
             let inherited = self.inherited_start(&id);
             let Some(node) = self.nodes.get_mut(&id) else { continue };
-            let position = match (&node.checkpoint, inherited) {
-                (Some(seq), _) => IteratorPosition::AfterSequence(seq.clone()),
-                (None, Some(inherited)) => inherited,
-                (None, None) => node.root.clone(),
+            let position = match (&node.checkpoint, node.started, inherited) {
+                (Some(seq), _, _) => IteratorPosition::AfterSequence(seq.clone()),
+                (None, Some(at), _) => IteratorPosition::AtTimestamp(at),
+                (None, None, Some(inherited)) => inherited,
+                (None, None, None) => node.root.clone(),
             };
+            // LATEST, or this process's start standing in for it: a later
+            // run could not find this start again, so it is saved.
+            let mark = match (&node.checkpoint, node.started, &position) {
+                (None, None, IteratorPosition::Latest) => self.latest_at,
+                (None, None, IteratorPosition::AtTimestamp(at)) if Some(*at) == self.latest_at => Some(*at),
+                _ => None,
+            };
+            if mark.is_some() {
+                node.started = mark;
+            }
             node.child_start = match &position {
                 IteratorPosition::AtTimestamp(at) if node.checkpoint.is_none() => IteratorPosition::AtTimestamp(*at),
                 _ => IteratorPosition::TrimHorizon,
@@ -356,6 +387,7 @@ impl Lineage {
                 shard_id: id,
                 position,
                 fallback,
+                mark,
             });
         }
         starts
@@ -628,5 +660,57 @@ mod tests {
         assert!(lineage.finished("A", now).is_empty());
         let starts = lineage.listed(vec![shard("A", &[], true), shard("M", &["A", "X"], false)], now);
         assert_eq!(ids(&starts), ["M"], "X is past retention");
+    }
+
+    #[test]
+    fn a_latest_start_is_marked_for_saving_and_a_saved_one_resumes_there() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let (_, starts) = Lineage::new(split_then_merge(false), &HashMap::new(), StartPosition::Latest, now);
+        assert!(starts.iter().all(|s| s.mark == Some(now)), "{starts:?}");
+        let saved = HashMap::from([
+            ("B".to_string(), Checkpoint::AtTimestamp(crate::StartTime::new(now))),
+            ("C".to_string(), Checkpoint::Sequence(seq(5))),
+        ]);
+        let later = now + std::time::Duration::from_secs(60);
+        let (_, starts) = Lineage::new(split_then_merge(false), &saved, StartPosition::Latest, later);
+        assert_eq!(
+            at(&starts, "B"),
+            IteratorPosition::AtTimestamp(now),
+            "not the later tip"
+        );
+        assert_eq!(at(&starts, "C"), IteratorPosition::AfterSequence(seq(5)));
+        assert!(
+            starts.iter().all(|s| s.mark.is_none()),
+            "nothing new to save: {starts:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_shard_with_a_saved_start_is_read_not_skipped_under_latest() {
+        let now = SystemTime::now();
+        let saved = HashMap::from([("A".to_string(), Checkpoint::AtTimestamp(crate::StartTime::new(now)))]);
+        let (_, starts) = Lineage::new(split_then_merge(false), &saved, StartPosition::Latest, now);
+        assert_eq!(ids(&starts), ["A"], "A was being read when the last run stopped");
+    }
+
+    #[test]
+    fn a_taken_lease_with_a_saved_start_resumes_there_in_a_group() {
+        let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let taker_start = first + std::time::Duration::from_secs(300);
+        let mut lineage = Lineage::leased(
+            split_then_merge(false),
+            &HashMap::new(),
+            StartPosition::Latest,
+            taker_start,
+        );
+        let marker = Checkpoint::AtTimestamp(crate::StartTime::new(first));
+        let (starts, _) = lineage.acquire("B", &[], Some(&marker), taker_start);
+        assert_eq!(
+            at(&starts, "B"),
+            IteratorPosition::AtTimestamp(first),
+            "the first worker's start, not the taker's"
+        );
+        let (starts, _) = lineage.acquire("C", &[], None, taker_start);
+        assert_eq!(starts[0].mark, Some(taker_start), "a fresh start is saved");
     }
 }

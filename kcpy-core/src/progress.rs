@@ -102,6 +102,14 @@ impl Progress {
         let _ = self.commands.send(Command::Flush(None));
     }
 
+    /// `shard` starts at `at`, a start a later run could not find again:
+    /// saved as its checkpoint until a record's supersedes it.
+    pub(crate) fn mark_start(&self, shard: &Arc<str>, at: std::time::SystemTime) {
+        self.lock()
+            .advance(shard, Checkpoint::AtTimestamp(crate::StartTime::new(at)));
+        let _ = self.commands.send(Command::Flush(None));
+    }
+
     /// Every record of `shard` was handed out. In auto mode they are all
     /// processed now; in manual mode once each is acknowledged. Then the
     /// shard's end is checkpointed and the consumer told.

@@ -105,6 +105,41 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
         "a rejected save must change nothing"
     );
 
+    // A saved start (AT_TIMESTAMP) round-trips, moves forward in time, and
+    // orders before every sequence number, whatever its text length.
+    let k_start = key("shardId-start");
+    let at = |millis: u64| {
+        Checkpoint::AtTimestamp(crate::StartTime::new(
+            UNIX_EPOCH + std::time::Duration::from_millis(millis),
+        ))
+    };
+    for millis in [999, 1_733_140_000_123, 1_733_140_000_124] {
+        store
+            .save(&k_start, &at(millis))
+            .await
+            .unwrap_or_else(|e| panic!("a start at {millis} ms: {e}"));
+        assert_eq!(store.load(&k_start).await.expect("load"), Some(at(millis)));
+    }
+    assert!(
+        matches!(
+            store.save(&k_start, &at(1_000)).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "an earlier start must be a Conflict"
+    );
+    store
+        .save(&k_start, &seq("1"))
+        .await
+        .expect("a sequence number after a start");
+    assert!(
+        matches!(
+            store.save(&k_start, &at(1_733_140_000_125)).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "a start after a sequence number must be a Conflict"
+    );
+    assert_eq!(store.load(&k_start).await.expect("load"), Some(seq("1")));
+
     // SHARD_END orders after every sequence number and is final.
     store
         .save(&k, &Checkpoint::ShardEnd)
@@ -163,8 +198,9 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
 }
 
 /// Stored texts that are not checkpoints: a float (as Python kcpy once
-/// wrote), junk, too many digits, a leading zero, whitespace, nothing.
-pub const MALFORMED_VALUES: [&str; 7] = [
+/// wrote), junk, too many digits, a leading zero, whitespace, nothing, and
+/// start markers without a proper time.
+pub const MALFORMED_VALUES: [&str; 10] = [
     "",
     "abc",
     "4.95e+55",
@@ -172,6 +208,9 @@ pub const MALFORMED_VALUES: [&str; 7] = [
     "007",
     " 42",
     "SHARD_END ",
+    "AT_TIMESTAMP:",
+    "AT_TIMESTAMP:0123",
+    "AT_TIMESTAMP:12x",
 ];
 
 /// Checks that a stored value which is not a checkpoint loads as

@@ -1201,3 +1201,49 @@ async fn in_auto_mode_a_batch_is_checkpointed_only_once_the_next_is_asked_for() 
         "asking for the next batch made the first one processed, and only it"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_latest_start_is_saved_at_build_so_a_restart_before_any_record_resumes_there() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![]), ("shard-1", vec![])]);
+    let store = Arc::new(TestStore::default());
+    let first = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .start_position(StartPosition::Latest)
+        .build()
+        .await
+        .expect("build");
+    let saved = |shard: &str| match store.get(shard) {
+        Some(Checkpoint::AtTimestamp(at)) => at.time(),
+        other => panic!("{shard}: {other:?}"),
+    };
+    let marked = (saved("shard-0"), saved("shard-1"));
+    assert_eq!(marked.0, marked.1);
+    // A crash before any record arrived.
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let second = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .start_position(StartPosition::Latest)
+        .build()
+        .await
+        .expect("build");
+    let restarted: Vec<IteratorPosition> = api
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Iterator(_, position) => Some(position),
+            Call::Records(..) => None,
+        })
+        .skip(2)
+        .take(2)
+        .collect();
+    assert_eq!(
+        restarted,
+        [
+            IteratorPosition::AtTimestamp(marked.0),
+            IteratorPosition::AtTimestamp(marked.0)
+        ],
+        "the saved start, not the tip ten minutes later"
+    );
+    drop(second);
+}
