@@ -540,3 +540,82 @@ async fn a_restarted_emulator_is_ridden_through() {
         );
     }
 }
+
+/// Credentials that work until `failing` is set, then fail as a denied
+/// AssumeRole would. They expire at once, so every call asks for them.
+#[derive(Debug)]
+struct Revocable {
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for Revocable {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        use aws_credential_types::provider::{error::CredentialsError, future};
+        if self.failing.load(Ordering::SeqCst) {
+            return future::ProvideCredentials::ready(Err(CredentialsError::provider_error("AssumeRole denied")));
+        }
+        let expiry = std::time::SystemTime::now() + Duration::from_secs(1);
+        future::ProvideCredentials::ready(Ok(aws_credential_types::Credentials::new(
+            "test",
+            "test",
+            None,
+            Some(expiry),
+            "revocable",
+        )))
+    }
+}
+
+fn revocable_client(failing: &Arc<std::sync::atomic::AtomicBool>) -> kcpy::aws_sdk_kinesis::Client {
+    let config = kcpy::aws_sdk_kinesis::Config::builder()
+        .behavior_version(kcpy::aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .region(kcpy::aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .endpoint_url(support::endpoint())
+        .credentials_provider(Revocable {
+            failing: Arc::clone(failing),
+        })
+        .build();
+    kcpy::aws_sdk_kinesis::Client::from_conf(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_keep_failing_end_the_stream_with_a_typed_error_after_the_timeout() {
+    let stream = TestStream::create("creds", 1).await;
+    let puts = stream.put_many("rec", 20, 5).await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timeout = Duration::from_secs(2);
+    let mut consumer = Consumer::builder(revocable_client(&failing), &stream.name)
+        .idle_interval(Duration::from_millis(100))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .credentials_timeout(timeout)
+        .build()
+        .await
+        .expect("build");
+    let read = read_until(&mut consumer, LIMIT, |r| r.len() >= puts.len()).await;
+    assert_eq!(read.len(), puts.len());
+    failing.store(true, Ordering::SeqCst);
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(LIMIT, consumer.next())
+        .await
+        .expect("the stream ends");
+    assert!(ended.is_none(), "nothing more to read");
+    assert!(
+        revoked.elapsed() >= timeout,
+        "failures were retried for the timeout first"
+    );
+    match consumer.error() {
+        Some(error @ Error::Credentials { .. }) => assert!(error.is_retryable()),
+        other => panic!("expected Error::Credentials, got {other:?}"),
+    }
+
+    // From the start, build() gives up after its startup retries.
+    let built = Consumer::builder(revocable_client(&failing), &stream.name)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .startup_retries(2)
+        .build()
+        .await;
+    assert!(matches!(built, Err(Error::Credentials { .. })), "{built:?}");
+    stream.delete().await;
+}

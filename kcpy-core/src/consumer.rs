@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::{Backoff, Settings};
 use crate::coordinator::{Coordinator, Membership};
-use crate::kinesis::{ApiError, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
+use crate::kinesis::{ApiError, CredentialWatch, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
 use crate::lineage::{Lineage, Start};
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Gate, Progress, Writer};
@@ -138,6 +138,7 @@ impl Spawner {
                 .mul_f64((slot as f64 * 0.618_033_988_749_895).fract()),
             tx,
             cancel: cancel.clone(),
+            credentials: CredentialWatch::new(self.settings.credentials_timeout),
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
         let task = tokio::spawn(poller.run().instrument(span));
@@ -821,6 +822,16 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How long credentials may keep failing to resolve (an assumed role
+    /// denied, the metadata service down) before the stream ends with
+    /// [`Error::Credentials`] (default 5 min). Until then such failures are
+    /// retried like any transient fault; `build` gives up after its
+    /// [`startup_retries`](Self::startup_retries).
+    pub fn credentials_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.credentials_timeout = timeout;
+        self
+    }
+
     /// Time limit for one Kinesis call; a call over it is retried (default 20 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.settings.request_timeout = timeout;
@@ -907,7 +918,7 @@ impl ConsumerBuilder {
             .map(|start| {
                 let (api, stream, settings) = (&api, &stream, &settings);
                 async move {
-                    let iterator = match retry_startup("GetShardIterator", settings, || {
+                    let iterator = match retry_startup("GetShardIterator", stream, settings, || {
                         api.get_shard_iterator(stream, &start.shard_id, &start.position)
                     })
                     .await
@@ -1032,7 +1043,10 @@ async fn list_shards(api: &DynKinesis, stream: &StreamRef, settings: &Settings) 
     let mut shards = Vec::new();
     let mut token = None;
     loop {
-        let page = retry_startup("ListShards", settings, || api.list_shards(stream, token.clone())).await?;
+        let page = retry_startup("ListShards", stream, settings, || {
+            api.list_shards(stream, token.clone())
+        })
+        .await?;
         shards.extend(page.shards);
         match page.next_token {
             Some(next) => token = Some(next),
@@ -1144,7 +1158,12 @@ async fn save_marks(
         .await
 }
 
-async fn retry_startup<T, F, Fut>(operation: &'static str, settings: &Settings, mut call: F) -> Result<T, Error>
+async fn retry_startup<T, F, Fut>(
+    operation: &'static str,
+    stream: &StreamRef,
+    settings: &Settings,
+    mut call: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
@@ -1160,7 +1179,13 @@ where
                     message: "ExpiredIteratorException".into(),
                 })
             }
-            Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+            Err(ApiError::Credentials(source)) if backoff.attempts() >= settings.startup_retries => {
+                return Err(Error::Credentials {
+                    stream: stream.configured.clone(),
+                    source,
+                });
+            }
+            Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
                 if backoff.attempts() >= settings.startup_retries {
                     return Err(Error::Unavailable { operation, source });
                 }

@@ -208,7 +208,7 @@ impl Route {
             .identity_cache()
             .resolve_cached_identity(self.resolver.clone(), &self.components, &ConfigBag::base())
             .await
-            .map_err(|e| ApiError::Transient(BoxError::from(e)))?;
+            .map_err(|e| ApiError::Credentials(BoxError::from(e)))?;
         let time = self
             .components
             .time_source()

@@ -39,6 +39,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// No credentials could be had for the stream: the credentials provider
+    /// (an assumed role, the instance metadata service…) kept failing for
+    /// `credentials_timeout`. Retrying later may succeed.
+    #[error("no credentials could be had to read stream {stream:?}")]
+    Credentials {
+        /// The stream name or ARN as configured.
+        stream: String,
+        /// The provider's last error.
+        #[source]
+        source: BoxError,
+    },
     /// The stream is encrypted and its KMS key cannot be used.
     #[error("the KMS key of stream {stream:?} cannot be used")]
     Kms {
@@ -116,7 +127,7 @@ impl Error {
     /// Whether the same operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unavailable { .. } | Error::ShutdownTimedOut { .. } => true,
+            Error::Unavailable { .. } | Error::ShutdownTimedOut { .. } | Error::Credentials { .. } => true,
             Error::Checkpoint(e) => e.is_retryable(),
             _ => false,
         }

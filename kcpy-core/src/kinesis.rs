@@ -111,6 +111,9 @@ pub(crate) enum ApiError {
     Transient(BoxError),
     /// The shard iterator is too old; get a new one.
     ExpiredIterator,
+    /// No credentials could be had (the provider failed): retried like a
+    /// transient fault, but only for `credentials_timeout`.
+    Credentials(BoxError),
     /// Retrying cannot help; the consumer stops.
     Fatal(Error),
 }
@@ -336,11 +339,65 @@ where
         error,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
     );
+    let credentials = is_credentials_error(&error);
     let source: BoxError = Arc::new(error);
+    if credentials {
+        return ApiError::Credentials(source);
+    }
     if transport_fault {
         return ApiError::Transient(source);
     }
     sort_code(code.as_deref(), server_fault, source, operation, stream)
+}
+
+/// Whether `error` (or what caused it) is a failure to get credentials: the
+/// SDK reports one as a dispatch failure, like a connection fault.
+pub(crate) fn is_credentials_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// Credential failures of one task: transient while they are new, fatal
+/// once they have lasted `limit` without a success in between.
+#[derive(Debug)]
+pub(crate) struct CredentialWatch {
+    since: Option<tokio::time::Instant>,
+    limit: std::time::Duration,
+}
+
+impl CredentialWatch {
+    pub(crate) fn new(limit: std::time::Duration) -> Self {
+        Self { since: None, limit }
+    }
+
+    /// `result` with a credential failure made transient, or fatal once
+    /// failures have lasted the limit.
+    pub(crate) fn sort<T>(&mut self, result: Result<T, ApiError>, stream: &StreamRef) -> Result<T, ApiError> {
+        match result {
+            Err(ApiError::Credentials(source)) => {
+                let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= self.limit {
+                    Err(ApiError::Fatal(Error::Credentials {
+                        stream: stream.configured.clone(),
+                        source,
+                    }))
+                } else {
+                    Err(ApiError::Transient(source))
+                }
+            }
+            Ok(value) => {
+                self.since = None;
+                Ok(value)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Sorts an error reply from Kinesis, by its error code, into retry, renew
@@ -383,5 +440,46 @@ pub(crate) fn sort_code(
             stream,
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+
+    use super::*;
+
+    #[test]
+    fn a_credentials_failure_dispatched_by_the_sdk_is_told_apart_from_a_connection_fault() {
+        let stream = StreamRef::parse("s").expect("valid");
+        let denied = ConnectorError::other(Box::new(CredentialsError::provider_error("AssumeRole denied")), None);
+        let error: SdkError<GetRecordsError, HttpResponse> = SdkError::dispatch_failure(denied);
+        assert!(matches!(
+            classify(error, "GetRecords", &stream),
+            ApiError::Credentials(_)
+        ));
+        let reset = ConnectorError::io(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let error: SdkError<GetRecordsError, HttpResponse> = SdkError::dispatch_failure(reset);
+        assert!(matches!(classify(error, "GetRecords", &stream), ApiError::Transient(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credential_failures_are_transient_until_they_have_lasted_the_limit() {
+        let stream = StreamRef::parse("s").expect("valid");
+        let mut watch = CredentialWatch::new(std::time::Duration::from_secs(60));
+        let failed = || Err::<(), _>(ApiError::Credentials(Arc::new(std::io::Error::other("denied"))));
+        assert!(matches!(watch.sort(failed(), &stream), Err(ApiError::Transient(_))));
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        assert!(matches!(watch.sort(failed(), &stream), Err(ApiError::Transient(_))));
+        assert!(watch.sort(Ok(()), &stream).is_ok(), "a success resets the clock");
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        assert!(matches!(watch.sort(failed(), &stream), Err(ApiError::Transient(_))));
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        assert!(matches!(
+            watch.sort(failed(), &stream),
+            Err(ApiError::Fatal(Error::Credentials { .. }))
+        ));
     }
 }

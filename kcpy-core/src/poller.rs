@@ -10,7 +10,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Settings};
-use crate::kinesis::{within, ApiError, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
+use crate::kinesis::{
+    within, ApiError, CredentialWatch, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef,
+};
 use crate::{Error, Record, SequenceNumber};
 
 /// What a poller hands to the consumer.
@@ -59,6 +61,7 @@ pub(crate) struct Poller {
     pub(crate) phase: Duration,
     pub(crate) tx: mpsc::Sender<ShardEvent>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) credentials: CredentialWatch,
 }
 
 impl Poller {
@@ -109,7 +112,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(());
             };
-            match result {
+            match self.credentials.sort(result, &self.stream) {
                 Ok(page) => {
                     backoff.reset();
                     let count = page.records.len();
@@ -159,7 +162,7 @@ impl Poller {
                         next_call = next_call.max(started + self.settings.idle_interval + phase);
                     }
                 }
-                Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, attempt = backoff.attempts(), ?delay, "GetRecords failed; retrying");
                     // Iterators stay valid until they expire; retry the same one.
@@ -196,7 +199,7 @@ impl Poller {
     /// Whether the stream's listing shows this shard closed (or gone: past
     /// retention), with its children as listed. A stream that is itself gone
     /// is the fatal error it always was.
-    async fn confirm_end(&self, backoff: &mut Backoff) -> Result<Confirmed, Error> {
+    async fn confirm_end(&mut self, backoff: &mut Backoff) -> Result<Confirmed, Error> {
         let mut shards = Vec::new();
         let mut token = None;
         loop {
@@ -204,7 +207,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(Confirmed::Cancelled);
             };
-            match result {
+            match self.credentials.sort(result, &self.stream) {
                 Ok(page) => {
                     shards.extend(page.shards);
                     match page.next_token {
@@ -213,7 +216,7 @@ impl Poller {
                     }
                 }
                 Err(ApiError::Fatal(error)) => return Err(error),
-                Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, ?delay, "ListShards failed; retrying");
                     if self.until_cancelled(sleep(delay)).await.is_none() {
@@ -260,7 +263,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(Next::Stop);
             };
-            match result {
+            match self.credentials.sort(result, &self.stream) {
                 Ok(iterator) => return Ok(Next::Iterator(iterator)),
                 // One shard past retention is that shard's end, not the
                 // stream's: only a stream missing from the listing is fatal.
@@ -279,7 +282,7 @@ impl Poller {
                     }
                 },
                 Err(ApiError::Fatal(error)) => return Err(error),
-                Err(ApiError::Throttled(source) | ApiError::Transient(source)) => {
+                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, ?delay, "GetShardIterator failed; retrying");
                     if self.until_cancelled(sleep(delay)).await.is_none() {
