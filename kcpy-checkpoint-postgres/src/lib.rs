@@ -513,6 +513,43 @@ mod tests {
         assert_eq!(columns, 1, "the foreign table must be left as it was");
     }
 
+    /// A server that takes TLS connections only (`scripts/postgres-tls`,
+    /// started by `scripts/test`), with its self-signed certificate.
+    fn tls_server() -> (String, String) {
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("{name} is not set: run scripts/test, or scripts/postgres-tls start"))
+        };
+        (var("KCPY_POSTGRES_TLS_URL"), var("KCPY_POSTGRES_TLS_CA"))
+    }
+
+    #[tokio::test]
+    async fn a_server_that_requires_tls_is_reached_over_tls_and_its_certificate_checked() {
+        let (url, ca) = tls_server();
+        for mode in [
+            "sslmode=require".to_string(),
+            format!("sslmode=verify-full&sslrootcert={ca}"),
+        ] {
+            let store = PostgresCheckpointStore::connect(&format!("{url}?{mode}"))
+                .await
+                .unwrap_or_else(|e| panic!("{mode}: {e:?}"));
+            let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(store.pool())
+                .await
+                .expect("query");
+            assert!(encrypted, "{mode}: the connection is encrypted");
+            kcpy_core::test_util::checkpoint_store_conformance(&store).await;
+        }
+        // Plaintext is refused by that server, and an unknown certificate by us.
+        for mode in ["sslmode=disable", "sslmode=verify-full"] {
+            let result = PostgresCheckpointStore::connect(&format!("{url}?{mode}")).await;
+            assert!(
+                matches!(result, Err(CheckpointError::Open { .. })),
+                "{mode}: {result:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn an_unreachable_server_is_an_open_error_without_the_password() {
         for (url, shown) in [
