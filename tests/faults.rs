@@ -264,6 +264,34 @@ async fn access_denied_and_kms_errors_end_the_stream_with_typed_errors_and_intac
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_minutes_off_from_kinesis_costs_one_refused_call_and_loses_nothing() {
+    let stream = TestStream::create("skew", 2).await;
+    let mut puts = stream.put_many("before", 100, 13).await;
+    let proxy = proxy_for_emulator(8).await;
+    proxy.set_clock_ahead(Duration::from_secs(10 * 60));
+    let mut consumer = builder(&proxy, &stream).build().await.expect("build");
+    let mut read = read_through_markers(&mut consumer, &stream).await;
+    let refused = proxy.injected(&Fault::SignatureExpired);
+    assert!(
+        (1..=2).contains(&refused),
+        "the first call is refused and teaches the SDK Kinesis's clock; the direct calls learn it from the SDK's first GetRecords answer: {refused} refused"
+    );
+
+    // The clock jumps again: the direct calls meet the refusal themselves.
+    proxy.set_clock_ahead(Duration::from_secs(40 * 60));
+    puts.extend(stream.put_many("after", 100, 17).await);
+    read.extend(read_through_markers(&mut consumer, &stream).await);
+    assert!(
+        proxy.injected(&Fault::SignatureExpired) > refused,
+        "calls were refused after the jump"
+    );
+    assert!(consumer.error().is_none(), "{:?}", consumer.error());
+    consumer.close().await.expect("close");
+    assert_exactly_once_in_order(&read, &puts);
+    stream.delete().await;
+}
+
 /// Fails the first `failures` saves with a transient error.
 #[derive(Debug)]
 struct FlakyStore {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::config::{Backoff, Settings};
 use crate::coordinator::{Coordinator, Membership};
-use crate::kinesis::{ApiError, CredentialWatch, DynKinesis, SdkKinesis, ShardInfo, StreamRef};
+use crate::kinesis::{ApiError, DynKinesis, FaultWatch, SdkKinesis, ShardInfo, StreamRef};
 use crate::lineage::{Lineage, Start};
 use crate::poller::{Poller, ShardEvent};
 use crate::progress::{Gate, Progress, Writer};
@@ -138,7 +138,7 @@ impl Spawner {
                 .mul_f64((slot as f64 * 0.618_033_988_749_895).fract()),
             tx,
             cancel: cancel.clone(),
-            credentials: CredentialWatch::new(self.settings.credentials_timeout),
+            watch: FaultWatch::new(self.settings.credentials_timeout),
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
         let task = tokio::spawn(poller.run().instrument(span));
@@ -1169,9 +1169,20 @@ where
     Fut: Future<Output = Result<T, ApiError>>,
 {
     let mut backoff = Backoff::new(settings);
+    let mut skew_retried = false;
     loop {
         match crate::kinesis::within(settings.request_timeout, call()).await {
             Ok(value) => return Ok(value),
+            // The refusal taught the client Kinesis's clock: one retry at once.
+            Err(ApiError::ClockSkew(source)) if !std::mem::replace(&mut skew_retried, true) => {
+                tracing::warn!(operation, error = %source, "a signature was refused for this machine's clock; retrying");
+            }
+            Err(ApiError::ClockSkew(source)) => {
+                return Err(Error::AccessDenied {
+                    stream: stream.configured.clone(),
+                    source,
+                });
+            }
             Err(ApiError::Fatal(error)) => return Err(error),
             Err(ApiError::ExpiredIterator) => {
                 return Err(Error::InvalidResponse {

@@ -17,7 +17,9 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::SystemTime;
 
-use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_kinesis::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4::SigningParams;
@@ -27,11 +29,13 @@ use aws_smithy_runtime_api::client::identity::{ResolveCachedIdentity, SharedIden
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::runtime_components::GetIdentityResolver;
 use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http_body_util::BodyExt;
 
+use crate::clock::Skew;
 use crate::error::BoxError;
 use crate::kinesis::{sort_code, ApiError, StreamRef};
 use crate::records::{append_capped, MAX_PRESIZE};
@@ -52,6 +56,7 @@ pub(crate) struct Route {
     region: String,
     service: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    skew: Arc<Skew>,
 }
 
 impl std::fmt::Debug for Route {
@@ -75,15 +80,23 @@ pub(crate) struct ServiceError {
 
 impl ServiceError {
     fn parse(status: u16, error_type: Option<&str>, body: &[u8]) -> Self {
+        // Separate fields, not serde aliases: a body may carry both
+        // spellings, and aliases of one field make that a duplicate.
         #[derive(serde::Deserialize)]
         struct Body<'a> {
-            #[serde(rename = "__type", alias = "code", borrow)]
+            #[serde(rename = "__type", borrow)]
             kind: Option<std::borrow::Cow<'a, str>>,
-            #[serde(alias = "Message", borrow)]
+            #[serde(borrow)]
+            code: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
             message: Option<std::borrow::Cow<'a, str>>,
+            #[serde(rename = "Message", borrow)]
+            upper_message: Option<std::borrow::Cow<'a, str>>,
         }
         let parsed: Option<Body<'_>> = serde_json::from_slice(body).ok();
-        let (kind, message) = parsed.map(|b| (b.kind, b.message)).unwrap_or_default();
+        let (kind, message) = parsed
+            .map(|b| (b.kind.or(b.code), b.message.or(b.upper_message)))
+            .unwrap_or_default();
         let code = error_type.or(kind.as_deref()).map(sanitize_code);
         Self {
             status,
@@ -103,7 +116,7 @@ fn sanitize_code(raw: &str) -> String {
 impl Route {
     /// What the SDK's signed request shows, or `None` where it is not a plain
     /// SigV4 GetRecords call over the SDK's own HTTP client.
-    fn learn(request: &HttpRequest, components: &RuntimeComponents, cfg: &ConfigBag) -> Option<Self> {
+    fn learn(request: &HttpRequest, components: &RuntimeComponents, cfg: &ConfigBag, skew: &Arc<Skew>) -> Option<Self> {
         let headers = request.headers();
         if !headers.get("x-amz-target")?.ends_with(".GetRecords") {
             return None;
@@ -138,6 +151,7 @@ impl Route {
             region: (*region).to_owned(),
             service: (*service).to_owned(),
             headers: carried,
+            skew: Arc::clone(skew),
         })
     }
 
@@ -166,11 +180,13 @@ impl Route {
         self.sign(&mut request, &body).await?;
         let request = HttpRequest::try_from(request.map(|()| SdkBody::from(body))).map_err(|e| unusable("built", e))?;
 
+        let sent = self.now();
         let response = self
             .connector
             .call(request)
             .await
             .map_err(|e| ApiError::Transient(Arc::new(e)))?;
+        let off = self.skew.measure(response.headers().get("date"), sent, self.now());
         let status = response.status().as_u16();
         let length = response
             .headers()
@@ -194,6 +210,7 @@ impl Route {
         Err(sort_code(
             code.as_deref(),
             status >= 500,
+            off,
             Arc::new(error),
             "GetRecords",
             stream,
@@ -209,10 +226,7 @@ impl Route {
             .resolve_cached_identity(self.resolver.clone(), &self.components, &ConfigBag::base())
             .await
             .map_err(|e| ApiError::Credentials(BoxError::from(e)))?;
-        let time = self
-            .components
-            .time_source()
-            .map_or_else(SystemTime::now, |source| source.now());
+        let time = self.skew.apply(self.now());
         let params = SigningParams::builder()
             .identity(&identity)
             .region(&self.region)
@@ -234,6 +248,18 @@ impl Route {
     }
 }
 
+impl Route {
+    fn now(&self) -> SystemTime {
+        now(&self.components)
+    }
+}
+
+fn now(components: &RuntimeComponents) -> SystemTime {
+    components
+        .time_source()
+        .map_or_else(SystemTime::now, |source| source.now())
+}
+
 /// A request that could not be made from what was learned: retrying the
 /// same cannot help.
 fn unusable(what: &str, error: impl std::fmt::Display) -> ApiError {
@@ -242,13 +268,23 @@ fn unusable(what: &str, error: impl std::fmt::Display) -> ApiError {
     )))
 }
 
-/// Learns a [`Route`] from the SDK's GetRecords request as it is sent.
+/// Learns a [`Route`] from the SDK's GetRecords request as it is sent, and
+/// the clock skew from its answer.
 #[derive(Debug)]
 pub(crate) struct Learn {
     /// Weak: the route keeps the call's runtime components, which hold this
     /// interceptor; a strong reference would make a cycle that outlives the
     /// consumer, with its HTTP connections.
     pub(crate) into: Weak<OnceLock<Route>>,
+    pub(crate) skew: Arc<Skew>,
+}
+
+/// When the learnt request was sent, for measuring the skew.
+#[derive(Debug, Clone, Copy)]
+struct SentAt(SystemTime);
+
+impl Storable for SentAt {
+    type Storer = StoreReplace<Self>;
 }
 
 impl Intercept for Learn {
@@ -266,10 +302,24 @@ impl Intercept for Learn {
             return Ok(());
         };
         if into.get().is_none() {
-            if let Some(route) = Route::learn(context.request(), runtime_components, cfg) {
+            if let Some(route) = Route::learn(context.request(), runtime_components, cfg, &self.skew) {
                 tracing::debug!(?route, "GetRecords calls go direct from now on");
                 let _ = into.set(route);
             }
+        }
+        cfg.interceptor_state().store_put(SentAt(now(runtime_components)));
+        Ok(())
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_sdk_kinesis::error::BoxError> {
+        if let Some(SentAt(sent)) = cfg.load::<SentAt>().copied() {
+            let date = context.response().headers().get("date");
+            self.skew.measure(date, sent, now(runtime_components));
         }
         Ok(())
     }
@@ -301,6 +351,18 @@ mod tests {
 
         let error = ServiceError::parse(400, None, body);
         assert_eq!(error.code.as_deref(), Some("LimitExceededException"));
+    }
+
+    #[test]
+    fn an_error_reply_with_both_spellings_of_code_and_message_is_still_read() {
+        let body = br#"{"__type":"ExpiredIteratorException","code":"ExpiredIteratorException","message":"old","Message":"old"}"#;
+        let error = ServiceError::parse(400, None, body);
+        assert_eq!(error.code.as_deref(), Some("ExpiredIteratorException"));
+        assert_eq!(error.message.as_deref(), Some("old"));
+
+        let error = ServiceError::parse(400, None, br#"{"code":"AccessDeniedException","Message":"no"}"#);
+        assert_eq!(error.code.as_deref(), Some("AccessDeniedException"));
+        assert_eq!(error.message.as_deref(), Some("no"));
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub(crate) enum ApiError {
     /// No credentials could be had (the provider failed): retried like a
     /// transient fault, but only for `credentials_timeout`.
     Credentials(BoxError),
+    /// The signature was refused, and it was made at a time far from
+    /// Kinesis's clock: retried once (the next call is signed at the time
+    /// the refusal showed), then access is denied.
+    ClockSkew(BoxError),
     /// Retrying cannot help; the consumer stops.
     Fatal(Error),
 }
@@ -161,6 +165,8 @@ pub(crate) struct SdkKinesis {
     client: aws_sdk_kinesis::Client,
     /// How GetRecords calls go once the first one went through the SDK.
     route: RouteCell,
+    /// Kinesis's clock as the direct calls see it.
+    skew: Arc<crate::clock::Skew>,
     /// Whether to learn that route: not when the client has interceptors of
     /// its own, which must see every call.
     direct: bool,
@@ -180,6 +186,7 @@ impl SdkKinesis {
         Self {
             client: aws_sdk_kinesis::Client::from_conf(config),
             route: RouteCell::default(),
+            skew: Arc::default(),
             direct,
         }
     }
@@ -274,6 +281,7 @@ impl KinesisApi for SdkKinesis {
         if self.direct {
             request = request.interceptor(Learn {
                 into: Arc::downgrade(&self.route),
+                skew: Arc::clone(&self.skew),
             });
         }
         let output = request.send().await.map_err(|e| classify(e, "GetRecords", stream))?;
@@ -335,6 +343,15 @@ where
 {
     let code = error.code().map(str::to_owned);
     let server_fault = error.raw_response().is_some_and(|raw| raw.status().is_server_error());
+    // The SDK signed at local time plus the skew it had learned, which is
+    // not exposed; local time is near enough to tell minutes from seconds.
+    let off = error
+        .raw_response()
+        .and_then(|raw| crate::clock::server_time(raw.headers().get("date")?))
+        .map(|server| {
+            let now = SystemTime::now();
+            server.duration_since(now).unwrap_or_else(|behind| behind.duration())
+        });
     let transport_fault = matches!(
         error,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
@@ -347,7 +364,7 @@ where
     if transport_fault {
         return ApiError::Transient(source);
     }
-    sort_code(code.as_deref(), server_fault, source, operation, stream)
+    sort_code(code.as_deref(), server_fault, off, source, operation, stream)
 }
 
 /// Whether `error` (or what caused it) is a failure to get credentials: the
@@ -363,21 +380,27 @@ pub(crate) fn is_credentials_error(error: &(dyn std::error::Error + 'static)) ->
     false
 }
 
-/// Credential failures of one task: transient while they are new, fatal
-/// once they have lasted `limit` without a success in between.
+/// The failures of one task that are retried only for a while: credential
+/// failures until they have lasted `limit` without a success in between, a
+/// clock-skew refusal once.
 #[derive(Debug)]
-pub(crate) struct CredentialWatch {
+pub(crate) struct FaultWatch {
     since: Option<tokio::time::Instant>,
     limit: std::time::Duration,
+    skew_retried: bool,
 }
 
-impl CredentialWatch {
+impl FaultWatch {
     pub(crate) fn new(limit: std::time::Duration) -> Self {
-        Self { since: None, limit }
+        Self {
+            since: None,
+            limit,
+            skew_retried: false,
+        }
     }
 
-    /// `result` with a credential failure made transient, or fatal once
-    /// failures have lasted the limit.
+    /// `result` with such a failure made transient, or fatal once it is
+    /// past its allowance.
     pub(crate) fn sort<T>(&mut self, result: Result<T, ApiError>, stream: &StreamRef) -> Result<T, ApiError> {
         match result {
             Err(ApiError::Credentials(source)) => {
@@ -391,8 +414,20 @@ impl CredentialWatch {
                     Err(ApiError::Transient(source))
                 }
             }
+            Err(ApiError::ClockSkew(source)) => {
+                if std::mem::replace(&mut self.skew_retried, true) {
+                    Err(ApiError::Fatal(Error::AccessDenied {
+                        stream: stream.configured.clone(),
+                        source,
+                    }))
+                } else {
+                    tracing::warn!(error = %source, "a signature was refused for this machine's clock; signing at Kinesis's time and retrying");
+                    Err(ApiError::Transient(source))
+                }
+            }
             Ok(value) => {
                 self.since = None;
+                self.skew_retried = false;
                 Ok(value)
             }
             other => other,
@@ -401,14 +436,19 @@ impl CredentialWatch {
 }
 
 /// Sorts an error reply from Kinesis, by its error code, into retry, renew
-/// or stop.
+/// or stop; `off` is how far the call's signing time was from the server's
+/// clock, where the reply showed it.
 pub(crate) fn sort_code(
     code: Option<&str>,
     server_fault: bool,
+    off: Option<std::time::Duration>,
     source: BoxError,
     operation: &'static str,
     stream: &StreamRef,
 ) -> ApiError {
+    if crate::clock::is_skew_refusal(code, off) {
+        return ApiError::ClockSkew(source);
+    }
     let stream = stream.configured.clone();
     match code {
         Some("ExpiredIteratorException") => ApiError::ExpiredIterator,
@@ -468,7 +508,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn credential_failures_are_transient_until_they_have_lasted_the_limit() {
         let stream = StreamRef::parse("s").expect("valid");
-        let mut watch = CredentialWatch::new(std::time::Duration::from_secs(60));
+        let mut watch = FaultWatch::new(std::time::Duration::from_secs(60));
         let failed = || Err::<(), _>(ApiError::Credentials(Arc::new(std::io::Error::other("denied"))));
         assert!(matches!(watch.sort(failed(), &stream), Err(ApiError::Transient(_))));
         tokio::time::advance(std::time::Duration::from_secs(59)).await;
@@ -480,6 +520,50 @@ mod tests {
         assert!(matches!(
             watch.sort(failed(), &stream),
             Err(ApiError::Fatal(Error::Credentials { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_clock_skew_refusal_is_retried_once_then_denies_access_until_a_success() {
+        let stream = StreamRef::parse("s").expect("valid");
+        let mut watch = FaultWatch::new(std::time::Duration::from_secs(60));
+        let refused = || {
+            Err::<(), _>(ApiError::ClockSkew(Arc::new(std::io::Error::other(
+                "Signature expired",
+            ))))
+        };
+        assert!(matches!(watch.sort(refused(), &stream), Err(ApiError::Transient(_))));
+        assert!(matches!(
+            watch.sort(refused(), &stream),
+            Err(ApiError::Fatal(Error::AccessDenied { .. }))
+        ));
+        let mut watch = FaultWatch::new(std::time::Duration::from_secs(60));
+        assert!(matches!(watch.sort(refused(), &stream), Err(ApiError::Transient(_))));
+        assert!(watch.sort(Ok(()), &stream).is_ok());
+        assert!(
+            matches!(watch.sort(refused(), &stream), Err(ApiError::Transient(_))),
+            "a success in between allows another retry"
+        );
+    }
+
+    #[test]
+    fn a_refused_signature_is_a_clock_problem_only_when_the_signing_time_was_far_off() {
+        let stream = StreamRef::parse("s").expect("valid");
+        let source = || -> BoxError { Arc::new(std::io::Error::other("refused")) };
+        let far = Some(std::time::Duration::from_secs(600));
+        let near = Some(std::time::Duration::from_secs(1));
+        let code = Some("InvalidSignatureException");
+        assert!(matches!(
+            sort_code(code, false, far, source(), "GetRecords", &stream),
+            ApiError::ClockSkew(_)
+        ));
+        assert!(matches!(
+            sort_code(code, false, near, source(), "GetRecords", &stream),
+            ApiError::Fatal(Error::AccessDenied { .. })
+        ));
+        assert!(matches!(
+            sort_code(code, false, None, source(), "GetRecords", &stream),
+            ApiError::Fatal(Error::AccessDenied { .. })
         ));
     }
 }

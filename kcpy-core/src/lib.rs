@@ -46,6 +46,7 @@
 //! a lease cannot overwrite the progress of the one that took it over.
 
 mod checkpoint;
+mod clock;
 mod config;
 mod consumer;
 mod coordinator;

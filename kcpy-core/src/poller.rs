@@ -10,9 +10,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Settings};
-use crate::kinesis::{
-    within, ApiError, CredentialWatch, DynKinesis, IteratorPosition, RecordsPage, ShardInfo, StreamRef,
-};
+use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::{Error, Record, SequenceNumber};
 
 /// What a poller hands to the consumer.
@@ -61,7 +59,7 @@ pub(crate) struct Poller {
     pub(crate) phase: Duration,
     pub(crate) tx: mpsc::Sender<ShardEvent>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) credentials: CredentialWatch,
+    pub(crate) watch: FaultWatch,
 }
 
 impl Poller {
@@ -112,7 +110,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(());
             };
-            match self.credentials.sort(result, &self.stream) {
+            match self.watch.sort(result, &self.stream) {
                 Ok(page) => {
                     backoff.reset();
                     let count = page.records.len();
@@ -162,7 +160,12 @@ impl Poller {
                         next_call = next_call.max(started + self.settings.idle_interval + phase);
                     }
                 }
-                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
+                Err(
+                    ApiError::Throttled(source)
+                    | ApiError::Transient(source)
+                    | ApiError::Credentials(source)
+                    | ApiError::ClockSkew(source),
+                ) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, attempt = backoff.attempts(), ?delay, "GetRecords failed; retrying");
                     // Iterators stay valid until they expire; retry the same one.
@@ -207,7 +210,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(Confirmed::Cancelled);
             };
-            match self.credentials.sort(result, &self.stream) {
+            match self.watch.sort(result, &self.stream) {
                 Ok(page) => {
                     shards.extend(page.shards);
                     match page.next_token {
@@ -216,7 +219,12 @@ impl Poller {
                     }
                 }
                 Err(ApiError::Fatal(error)) => return Err(error),
-                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
+                Err(
+                    ApiError::Throttled(source)
+                    | ApiError::Transient(source)
+                    | ApiError::Credentials(source)
+                    | ApiError::ClockSkew(source),
+                ) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, ?delay, "ListShards failed; retrying");
                     if self.until_cancelled(sleep(delay)).await.is_none() {
@@ -263,7 +271,7 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(Next::Stop);
             };
-            match self.credentials.sort(result, &self.stream) {
+            match self.watch.sort(result, &self.stream) {
                 Ok(iterator) => return Ok(Next::Iterator(iterator)),
                 // One shard past retention is that shard's end, not the
                 // stream's: only a stream missing from the listing is fatal.
@@ -282,7 +290,12 @@ impl Poller {
                     }
                 },
                 Err(ApiError::Fatal(error)) => return Err(error),
-                Err(ApiError::Throttled(source) | ApiError::Transient(source) | ApiError::Credentials(source)) => {
+                Err(
+                    ApiError::Throttled(source)
+                    | ApiError::Transient(source)
+                    | ApiError::Credentials(source)
+                    | ApiError::ClockSkew(source),
+                ) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %source, ?delay, "GetShardIterator failed; retrying");
                     if self.until_cancelled(sleep(delay)).await.is_none() {

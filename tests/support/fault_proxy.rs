@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::primitives::{DateTime, DateTimeFormat};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -35,6 +36,8 @@ pub enum Fault {
     Reset,
     /// Accept and never answer.
     BlackHole,
+    /// A signature refused for its time (the proxy's clock is set apart).
+    SignatureExpired,
 }
 
 /// Which calls get a fault, how often.
@@ -108,6 +111,8 @@ struct State {
     /// Shard iterator -> shard, learnt from the responses passing through.
     iterators: Mutex<HashMap<String, String>>,
     calls: Mutex<Vec<Call>>,
+    /// How far the clock the proxy plays Kinesis with is ahead of this one.
+    clock_ahead: Mutex<Option<Duration>>,
     /// Bumped on every call, so tests can wait for calls instead of sleeping.
     seen: tokio::sync::watch::Sender<usize>,
     rng: Mutex<fastrand::Rng>,
@@ -137,6 +142,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             iterators: Mutex::new(HashMap::new()),
             calls: Mutex::new(Vec::new()),
+            clock_ahead: Mutex::new(None),
             seen: tokio::sync::watch::channel(0).0,
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -166,6 +172,13 @@ impl FaultProxy {
 
     pub fn set_upstream(&self, upstream: &str) {
         *self.state.upstream.lock().expect("lock") = upstream.to_owned();
+    }
+
+    /// Plays a Kinesis whose clock is `ahead` of this machine's: every
+    /// answer's `Date` shows that clock, and a call signed more than five
+    /// minutes from it is refused, as Kinesis refuses it.
+    pub fn set_clock_ahead(&self, ahead: Duration) {
+        *self.state.clock_ahead.lock().expect("lock") = Some(ahead);
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -257,7 +270,12 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             .and_then(|it| state.iterators.lock().expect("lock").get(it).cloned()),
         _ => None,
     };
-    let fault = state.pick(&operation, shard.as_deref());
+    let ahead = *state.clock_ahead.lock().expect("lock");
+    let server_now = ahead.map(|ahead| std::time::SystemTime::now() + ahead);
+    let fault = match server_now {
+        Some(server) if !signed_near(&parts.headers, server) => Some(Fault::SignatureExpired),
+        _ => state.pick(&operation, shard.as_deref()),
+    };
     state.calls.lock().expect("lock").push(Call {
         operation: operation.clone(),
         shard: shard.clone(),
@@ -266,13 +284,72 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         request: (operation == "GetShardIterator").then(|| json.clone()),
     });
     state.seen.send_modify(|n| *n += 1);
+    let response = answer(&state, parts, body, shard, fault).await;
+    Ok(match server_now {
+        Some(server) => with_date(response, server),
+        None => response,
+    })
+}
+
+/// Whether the request was signed within five minutes of `server`.
+fn signed_near(headers: &hyper::HeaderMap, server: std::time::SystemTime) -> bool {
+    let Some(stamp) = headers.get("x-amz-date").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    // 20261202T183512Z -> 2026-12-02T18:35:12Z
+    if stamp.len() != 16 {
+        return false;
+    }
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &stamp[0..4],
+        &stamp[4..6],
+        &stamp[6..8],
+        &stamp[9..11],
+        &stamp[11..13],
+        &stamp[13..15]
+    );
+    let Ok(signed) = DateTime::from_str(&rfc3339, DateTimeFormat::DateTime) else {
+        return false;
+    };
+    let Ok(signed) = std::time::SystemTime::try_from(signed) else {
+        return false;
+    };
+    let off = server.duration_since(signed).unwrap_or_else(|e| e.duration());
+    off <= Duration::from_secs(300)
+}
+
+fn with_date(mut response: Response<Body>, server: std::time::SystemTime) -> Response<Body> {
+    let date = DateTime::from(server).fmt(DateTimeFormat::HttpDate).expect("formats");
+    response.headers_mut().insert(
+        "date",
+        hyper::header::HeaderValue::from_str(&date).expect("a header value"),
+    );
+    response
+}
+
+async fn answer(
+    state: &State,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    shard: Option<String>,
+    fault: Option<Fault>,
+) -> Response<Body> {
     match &fault {
+        Some(Fault::SignatureExpired) => {
+            let body = serde_json::json!({
+                "__type": "InvalidSignatureException",
+                "message": "Signature expired: the request's time is more than 5 minutes from the server's"
+            })
+            .to_string();
+            return full(StatusCode::BAD_REQUEST, body);
+        }
         Some(Fault::Kinesis(code)) => {
             let body = serde_json::json!({"__type": code, "message": format!("injected {code}")}).to_string();
-            return Ok(full(StatusCode::BAD_REQUEST, body));
+            return full(StatusCode::BAD_REQUEST, body);
         }
         Some(Fault::Status(status)) => {
-            return Ok(full(StatusCode::from_u16(*status).expect("status"), "{}"));
+            return full(StatusCode::from_u16(*status).expect("status"), "{}");
         }
         Some(Fault::BlackHole) => futures::future::pending::<()>().await,
         Some(Fault::Latency(delay)) => tokio::time::sleep(*delay).await,
@@ -291,11 +368,11 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     let response = match state.client.request(forward).await {
         Ok(response) => response,
         // The emulator is down: what a load balancer in front of it would say.
-        Err(_) => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "{}")),
+        Err(_) => return full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
     };
     let (parts, body) = response.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-        return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "{}"));
+        return full(StatusCode::SERVICE_UNAVAILABLE, "{}");
     };
     if let Some(shard) = &shard {
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -318,5 +395,5 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
     } else {
         Full::new(body).map_err(|never| match never {}).boxed()
     };
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
