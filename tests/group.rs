@@ -452,7 +452,7 @@ async fn a_rolling_restart_loses_nothing(backend: Backend) {
     group.stop().await;
 }
 
-async fn parents_are_read_before_children_across_workers(backend: Backend) {
+async fn parents_are_read_before_children_across_workers_and_finished_leases_are_deleted(backend: Backend) {
     let group = Group::start(backend, 2).await;
     let producer = slow_producer(&group.stream);
     group.wait_balanced(&[0, 1]).await;
@@ -475,8 +475,24 @@ async fn parents_are_read_before_children_across_workers(backend: Backend) {
     .unwrap_or_else(|_| panic!("the children {children:?} were never read"))
     .expect("delivery watch");
     drop(delivered);
+
+    // Both children have checkpoints: the finished parent's lease goes, and
+    // a worker that joins afterwards neither recreates nor reads it again.
+    group
+        .wait_leases("the finished parent's lease is deleted", |leases| {
+            leases.iter().all(|l| l.key.shard_id != parent.shard_id)
+        })
+        .await;
+    let mut group = group;
+    let joined = group.spawn();
+    group.wait_balanced(&[0, 1, joined]).await;
     let puts = producer.stop().await;
     group.wait_delivered(&puts).await;
+    assert!(
+        group.leases().await.iter().all(|l| l.key.shard_id != parent.shard_id),
+        "the parent's lease was not created again"
+    );
+    assert_one_reader_at_a_time_and_no_replay(&group.all_delivered());
     let merged: Vec<Put> = group.all_delivered().into_iter().map(|(_, put)| put).collect();
     support::assert_ordered_across_reshards(&merged, &shards);
     group.stop().await;
@@ -517,5 +533,5 @@ on_every_backend!(
     a_paused_worker_is_fenced_out_and_stops_its_lost_shards,
     a_joining_worker_gets_its_share_and_nothing_is_replayed,
     a_rolling_restart_loses_nothing,
-    parents_are_read_before_children_across_workers,
+    parents_are_read_before_children_across_workers_and_finished_leases_are_deleted,
 );

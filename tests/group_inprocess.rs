@@ -212,6 +212,10 @@ impl kcpy::LeaseStore for Severable {
         self.check()?;
         self.inner.save_leased(held, checkpoint).await
     }
+    async fn delete_lease(&self, observed: &kcpy::Lease) -> Result<(), kcpy::CheckpointError> {
+        self.check()?;
+        self.inner.delete_lease(observed).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

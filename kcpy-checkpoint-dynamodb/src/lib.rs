@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue, ScalarAttributeType,
@@ -482,6 +483,26 @@ impl LeaseStore for DynamoDbCheckpointStore {
 
     async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         self.advance(&held.key, checkpoint, Some(held)).await
+    }
+
+    async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item_key(&observed.key)))
+            .condition_expression("attribute_not_exists(#owner) AND epoch = :epoch AND #cp = :end")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#cp", "checkpoint")
+            .expression_attribute_values(":epoch", n(observed.epoch))
+            .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(error) if is_condition_failure(&error) => Err(CheckpointError::lease_lost(&observed.key)),
+            Err(error) => Err(store_error::<DeleteItemError>(error)),
+        }
     }
 }
 

@@ -139,6 +139,21 @@ impl LeaseStore for MemoryCheckpointStore {
     async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         self.if_held(held, |stored| advance(&held.key, &mut stored.checkpoint, checkpoint))
     }
+
+    async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError> {
+        let mut entries = self.lock();
+        match entries.get(&observed.key) {
+            Some(stored)
+                if stored.owner.is_none()
+                    && stored.epoch == observed.epoch
+                    && stored.checkpoint == Some(Checkpoint::ShardEnd) =>
+            {
+                entries.remove(&observed.key);
+                Ok(())
+            }
+            _ => Err(CheckpointError::lease_lost(&observed.key)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -430,6 +430,25 @@ impl LeaseStore for MySqlCheckpointStore {
         }
         Self::advance(tx, key, stored_checkpoint, checkpoint).await
     }
+
+    async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError> {
+        let key = &observed.key;
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM kcpy_checkpoints WHERE {WHERE_KEY} AND owner IS NULL AND epoch = ? AND checkpoint = ?"
+        ))
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(observed.epoch)
+        .bind(Checkpoint::ShardEnd.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if deleted.rows_affected() == 0 {
+            return Err(CheckpointError::lease_lost(key));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,8 @@ pub(crate) struct Settings {
     pub(crate) worker_id: String,
     pub(crate) lease_duration: Duration,
     pub(crate) lease_renew_interval: Duration,
+    /// Keep the leases of finished shards instead of deleting them.
+    pub(crate) keep_finished_leases: bool,
 }
 
 impl Default for Settings {
@@ -88,6 +90,7 @@ impl Default for Settings {
             worker_id: default_worker_id(),
             lease_duration: Duration::from_secs(20),
             lease_renew_interval: Duration::from_secs(5),
+            keep_finished_leases: false,
         }
     }
 }

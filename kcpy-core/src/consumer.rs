@@ -374,10 +374,33 @@ impl Consumer {
                 progress.mark_start(&Arc::from(start.shard_id.as_str()), at);
             }
             tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
-            let (stream, slot) = self.spawner.spawn(self.slots.len(), start, None);
-            self.shards.push(stream);
-            self.slots.push(slot);
+            match self.free_slot() {
+                Some(index) => {
+                    let (stream, slot) = self.spawner.spawn(index, start, None);
+                    self.shards.push(stream);
+                    self.slots[index] = slot;
+                }
+                None => {
+                    let (stream, slot) = self.spawner.spawn(self.slots.len(), start, None);
+                    self.shards.push(stream);
+                    self.slots.push(slot);
+                }
+            }
         }
+    }
+
+    /// A slot nothing refers to any more, for a new shard: shards come and go
+    /// with reshards and lease moves, and the slots would otherwise only grow.
+    /// A stopped or ended shard's stream yields nothing once `gone` is set.
+    fn free_slot(&self) -> Option<usize> {
+        let current = self.current.as_ref().map(|batch| batch.slot);
+        self.slots.iter().enumerate().position(|(index, slot)| {
+            slot.ended
+                && slot.gone.load(Ordering::Acquire)
+                && !slot.dirty
+                && current != Some(index)
+                && self.in_flight != Some(index)
+        })
     }
 
     fn on_control(&mut self, control: Control) {
@@ -390,6 +413,9 @@ impl Consumer {
             Control::Shards(shards) => {
                 if let Some(membership) = &self.membership {
                     membership.listed(&shards);
+                }
+                if let Some(progress) = &self.progress {
+                    progress.listed(&shards.iter().map(|s| s.shard_id.as_str()).collect());
                 }
                 let starts = self.lineage.listed(shards, SystemTime::now());
                 self.start(starts);
@@ -457,6 +483,7 @@ impl Consumer {
     fn on_shard_end(&mut self, slot: usize, children: Vec<ShardInfo>) {
         let entry = &mut self.slots[slot];
         entry.ended = true;
+        entry.gone.store(true, Ordering::Release);
         // Its end checkpoint supersedes the last sequence number.
         if std::mem::take(&mut entry.dirty) {
             self.dirty.retain(|&dirty| dirty != slot);
@@ -746,6 +773,14 @@ impl ConsumerBuilder {
     /// most half the lease duration).
     pub fn lease_renew_interval(mut self, interval: Duration) -> Self {
         self.settings.lease_renew_interval = interval;
+        self
+    }
+
+    /// Keep the leases of finished shards in the lease store (default: they
+    /// are deleted once every child shard has a checkpoint of its own, or
+    /// once the shard is past the stream's retention, as the KCL does).
+    pub fn keep_finished_leases(mut self, keep: bool) -> Self {
+        self.settings.keep_finished_leases = keep;
         self
     }
 

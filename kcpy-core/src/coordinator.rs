@@ -39,6 +39,9 @@ pub(crate) struct Membership {
     /// Parents named by known shards but missing from a whole listing: past
     /// retention, so they no longer hold their children back.
     gone: Mutex<HashSet<String>>,
+    /// Known shards missing from the last whole listings, and how many in a
+    /// row: past two, the shard is past retention and forgotten.
+    absent: Mutex<HashMap<String, u32>>,
     /// Tells the consumer, between two records, that a Lost or Release
     /// message waits for it.
     pub(crate) alert: Arc<AtomicBool>,
@@ -85,6 +88,7 @@ impl Membership {
             nudge: Notify::new(),
             relist,
             gone: Mutex::new(HashSet::new()),
+            absent: Mutex::new(HashMap::new()),
             alert: Arc::new(AtomicBool::new(false)),
             control,
         })
@@ -116,16 +120,36 @@ impl Membership {
     }
 
     /// Every shard of the stream, as a whole listing shows it: parents it
-    /// lacks are gone.
+    /// lacks are gone. Known shards it lacks twice in a row (once could be a
+    /// child announced after the listing was made) are past retention and
+    /// forgotten, and so are gone parents no known shard names any more.
     pub(crate) fn listed(&self, shards: &[ShardInfo]) {
         self.learn(shards);
         let listed: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
-        let known = self.known();
-        let absent = known
-            .values()
-            .flat_map(parents_of)
-            .filter(|parent| !listed.contains(parent.as_str()) && !known.contains_key(parent));
-        self.gone.lock().unwrap_or_else(|p| p.into_inner()).extend(absent);
+        let mut known = self.known();
+        {
+            let mut absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
+            absent.retain(|shard, _| !listed.contains(shard.as_str()));
+            for shard in known.keys().filter(|shard| !listed.contains(shard.as_str())) {
+                *absent.entry(shard.clone()).or_default() += 1;
+            }
+            absent.retain(|shard, misses| {
+                if *misses < 2 {
+                    return true;
+                }
+                known.remove(shard);
+                false
+            });
+        }
+        let named: HashSet<String> = known.values().flat_map(parents_of).collect();
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        gone.extend(
+            named
+                .iter()
+                .filter(|parent| !listed.contains(parent.as_str()) && !known.contains_key(*parent))
+                .cloned(),
+        );
+        gone.retain(|parent| named.contains(parent));
     }
 
     /// The lease held for `shard`, to fence a checkpoint write with.
@@ -156,6 +180,20 @@ impl Membership {
                 false
             }
             None => false,
+        }
+    }
+
+    /// Loses `shard`'s lease if it is still held at `epoch`; whether it was
+    /// (a lease taken again since then is not).
+    pub(crate) fn lose_at(&self, shard: &str, epoch: u64) -> bool {
+        let held = self.held().leases.get(shard).map(|held| held.lease.epoch);
+        match held {
+            Some(held) if held == epoch => {
+                self.lose(shard);
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 
@@ -214,7 +252,6 @@ pub(crate) struct Coordinator {
     pub(crate) settings: Arc<Settings>,
     pub(crate) cancel: CancellationToken,
     seen: HashMap<String, Seen>,
-    listed: HashSet<String>,
     /// The handoff this worker asked for, and when.
     requested: Option<(String, Instant)>,
     /// Shards the store had leases for before this process listed them.
@@ -228,7 +265,6 @@ impl Coordinator {
             settings,
             cancel,
             seen: HashMap::new(),
-            listed: HashSet::new(),
             requested: None,
             asked: HashSet::new(),
         }
@@ -329,16 +365,16 @@ impl Coordinator {
         let store = &membership.store;
         let me = membership.worker.as_str();
         let known: HashMap<String, ShardInfo> = membership.known().clone();
-        let mut missing: Vec<&ShardInfo> = known.values().filter(|s| !self.listed.contains(&s.shard_id)).collect();
-        missing.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-        for shard in missing {
-            let key = CheckpointKey::new(&membership.consumer_name, &membership.stream_name, &shard.shard_id);
-            store.create_lease(&key, &parents_of(shard)).await?;
-        }
-        let listed_at = Instant::now();
-        let leases = store
+        let mut listed_at = Instant::now();
+        let mut leases = store
             .list_leases(&membership.consumer_name, &membership.stream_name)
             .await?;
+        if self.create_missing(&known, &leases).await? {
+            listed_at = Instant::now();
+            leases = store
+                .list_leases(&membership.consumer_name, &membership.stream_name)
+                .await?;
+        }
         let now = Instant::now();
         // Leases for shards this process has not listed: new children another
         // worker learned of first (or shards past retention). Ask once each.
@@ -349,7 +385,14 @@ impl Coordinator {
         if unheard {
             membership.relist.notify_one();
         }
-        self.listed = leases.iter().map(|l| l.key.shard_id.clone()).collect();
+        let listed: HashSet<&str> = leases.iter().map(|l| l.key.shard_id.as_str()).collect();
+        self.asked
+            .retain(|shard| listed.contains(shard.as_str()) && !known.contains_key(shard));
+        self.seen.retain(|shard, _| listed.contains(shard.as_str()));
+        membership
+            .held()
+            .last_epoch
+            .retain(|shard, _| listed.contains(shard.as_str()));
         for lease in &leases {
             let seen = self.seen.entry(lease.key.shard_id.clone()).or_insert_with(|| Seen {
                 owner: None,
@@ -450,7 +493,41 @@ impl Coordinator {
                 Err(error) => return Err(error),
             }
         }
+        if !self.settings.keep_finished_leases {
+            for lease in leases.iter().filter(|lease| view.deletable(lease)) {
+                match store.delete_lease(lease).await {
+                    Ok(()) => tracing::info!(shard = %lease.key.shard_id, "deleted the lease of a finished shard"),
+                    Err(CheckpointError::LeaseLost { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Creates the leases of known shards that have none, except shards with
+    /// a descendant that has one: those were finished and their lease
+    /// deleted (a new lease would read them again). Whether any was created.
+    async fn create_missing(
+        &self,
+        known: &HashMap<String, ShardInfo>,
+        leases: &[Lease],
+    ) -> Result<bool, CheckpointError> {
+        let membership = &self.membership;
+        let leased: HashSet<&str> = leases.iter().map(|l| l.key.shard_id.as_str()).collect();
+        let children = children_of(known);
+        let mut missing: Vec<&ShardInfo> = known
+            .values()
+            .filter(|s| {
+                !leased.contains(s.shard_id.as_str()) && !has_leased_descendant(&s.shard_id, &children, &leased)
+            })
+            .collect();
+        missing.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+        for shard in &missing {
+            let key = CheckpointKey::new(&membership.consumer_name, &membership.stream_name, &shard.shard_id);
+            membership.store.create_lease(&key, &parents_of(shard)).await?;
+        }
+        Ok(!missing.is_empty())
     }
 
     /// Records a lease the store confirmed at `confirmed` and tells the
@@ -509,9 +586,43 @@ async fn watchdog(membership: &Membership) {
     }
 }
 
+/// Per known shard, the known shards it is a parent of.
+fn children_of(known: &HashMap<String, ShardInfo>) -> HashMap<&str, Vec<&str>> {
+    let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+    for shard in known.values() {
+        for parent in [&shard.parent_shard_id, &shard.adjacent_parent_shard_id]
+            .into_iter()
+            .flatten()
+        {
+            children
+                .entry(parent.as_str())
+                .or_default()
+                .push(shard.shard_id.as_str());
+        }
+    }
+    children
+}
+
+/// Whether a child, grandchild, … of `shard` has a lease.
+fn has_leased_descendant(shard: &str, children: &HashMap<&str, Vec<&str>>, leased: &HashSet<&str>) -> bool {
+    let mut todo: Vec<&str> = children.get(shard).cloned().unwrap_or_default();
+    let mut visited: HashSet<&str> = HashSet::new();
+    while let Some(next) = todo.pop() {
+        if !visited.insert(next) {
+            continue;
+        }
+        if leased.contains(next) {
+            return true;
+        }
+        todo.extend(children.get(next).into_iter().flatten());
+    }
+    false
+}
+
 /// The leases of a group as one worker sees them in one round.
 struct View<'a> {
     by_shard: HashMap<&'a str, &'a Lease>,
+    children: HashMap<&'a str, Vec<&'a str>>,
     known: &'a HashMap<String, ShardInfo>,
     gone: &'a HashSet<String>,
     me: &'a str,
@@ -528,6 +639,7 @@ impl<'a> View<'a> {
     fn new(leases: &'a [Lease], known: &'a HashMap<String, ShardInfo>, gone: &'a HashSet<String>, me: &'a str) -> Self {
         Self {
             by_shard: leases.iter().map(|l| (l.key.shard_id.as_str(), l)).collect(),
+            children: children_of(known),
             known,
             gone,
             me,
@@ -556,6 +668,11 @@ impl<'a> View<'a> {
         if self.finished(lease) {
             return false;
         }
+        // A checkpoint is written only by a holder, and a lease is held only
+        // once its parents were finished: their leases may be deleted since.
+        if lease.checkpoint.is_some() {
+            return true;
+        }
         parents_of(info).iter().all(|parent| {
             if self.known.contains_key(parent) {
                 self.by_shard.get(parent.as_str()).is_some_and(|p| self.finished(p))
@@ -563,6 +680,24 @@ impl<'a> View<'a> {
                 self.gone.contains(parent)
             }
         })
+    }
+
+    /// Whether the lease of a finished, free shard may go: every child has
+    /// a checkpoint of its own (so none needs it to start), or the shard is
+    /// past retention.
+    fn deletable(&self, lease: &Lease) -> bool {
+        if !self.finished(lease) || lease.owner.is_some() {
+            return false;
+        }
+        let shard = lease.key.shard_id.as_str();
+        if self.gone.contains(shard) {
+            return true;
+        }
+        let children = self.children.get(shard).map(Vec::as_slice).unwrap_or_default();
+        !children.is_empty()
+            && children
+                .iter()
+                .all(|child| self.by_shard.get(child).is_some_and(|lease| lease.checkpoint.is_some()))
     }
 
     /// Takes free and expired eligible leases up to this worker's fair share;
@@ -771,6 +906,159 @@ mod tests {
         let view = View::new(&leases, &known, &NONE, "w1");
         assert!(view.plan(|_| false, false).take.is_empty(), "M waits for B");
         assert!(view.awaits_unknown_parent(&known["M"]));
+    }
+
+    /// A lease store the test never reaches.
+    #[derive(Debug)]
+    struct Unused;
+
+    #[async_trait::async_trait]
+    impl LeaseStore for Unused {
+        async fn list_leases(&self, _: &str, _: &str) -> Result<Vec<Lease>, CheckpointError> {
+            Ok(Vec::new())
+        }
+        async fn create_lease(&self, key: &CheckpointKey, _: &[String]) -> Result<bool, CheckpointError> {
+            Err(CheckpointError::lease_lost(key))
+        }
+        async fn take_lease(&self, observed: &Lease, _: &str) -> Result<Lease, CheckpointError> {
+            Err(CheckpointError::lease_lost(&observed.key))
+        }
+        async fn renew_lease(&self, held: &Lease) -> Result<Lease, CheckpointError> {
+            Err(CheckpointError::lease_lost(&held.key))
+        }
+        async fn request_handoff(&self, observed: &Lease, _: &str) -> Result<(), CheckpointError> {
+            Err(CheckpointError::lease_lost(&observed.key))
+        }
+        async fn release_lease(&self, held: &Lease, _: Option<&str>) -> Result<(), CheckpointError> {
+            Err(CheckpointError::lease_lost(&held.key))
+        }
+        async fn save_leased(&self, held: &Lease, _: &Checkpoint) -> Result<(), CheckpointError> {
+            Err(CheckpointError::lease_lost(&held.key))
+        }
+        async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError> {
+            Err(CheckpointError::lease_lost(&observed.key))
+        }
+    }
+
+    fn seq(n: &str) -> Option<Checkpoint> {
+        Some(Checkpoint::Sequence(n.parse().expect("valid")))
+    }
+
+    #[test]
+    fn a_finished_lease_is_deletable_once_every_child_has_a_checkpoint() {
+        let mut a = lease("A", None, &[]);
+        a.checkpoint = Some(Checkpoint::ShardEnd);
+        let mut b = lease("B", Some("w1"), &["A"]);
+        let c = lease("C", Some("w2"), &["A"]);
+        let known = listed(&[a.clone(), b.clone(), c.clone()]);
+        let leases = vec![a.clone(), b.clone(), c.clone()];
+        assert!(
+            !View::new(&leases, &known, &NONE, "w1").deletable(&a),
+            "C has no checkpoint yet"
+        );
+        b.checkpoint = seq("7");
+        let mut c = c;
+        c.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![a.clone(), b.clone(), c.clone()];
+        let view = View::new(&leases, &known, &NONE, "w1");
+        assert!(view.deletable(&a));
+        assert!(!view.deletable(&b), "B is not finished");
+        assert!(!view.deletable(&c), "C has no children");
+        let mut held = a.clone();
+        held.owner = Some("w3".into());
+        assert!(!view.deletable(&held), "a held lease stays");
+    }
+
+    #[test]
+    fn a_finished_lease_past_retention_is_deletable() {
+        let mut a = lease("A", None, &[]);
+        a.checkpoint = Some(Checkpoint::ShardEnd);
+        let leases = vec![a.clone(), lease("B", None, &["A"])];
+        let known = listed(&leases[1..]);
+        let gone = HashSet::from(["A".to_string()]);
+        assert!(View::new(&leases, &known, &gone, "w1").deletable(&a));
+    }
+
+    #[test]
+    fn a_child_that_has_a_checkpoint_is_taken_though_its_parents_lease_was_deleted() {
+        // A (listed) was finished, its children started, its lease deleted.
+        let mut b = lease("B", Some("dead"), &["A"]);
+        b.checkpoint = seq("9");
+        let c = lease("C", Some("dead"), &["A"]);
+        let leases = vec![b, c];
+        let known = listed(&[lease("A", None, &[]), leases[0].clone(), leases[1].clone()]);
+        let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| true, false);
+        assert_eq!(
+            shards(&plan.take),
+            ["B"],
+            "C never started, so A's end is not proven to it"
+        );
+    }
+
+    #[test]
+    fn a_shard_whose_descendant_has_a_lease_gets_none_again() {
+        let shards = [
+            lease("A", None, &[]),
+            lease("B", None, &["A"]),
+            lease("D", None, &["B", "C"]),
+        ];
+        let known = listed(&shards);
+        let children = children_of(&known);
+        assert!(has_leased_descendant("A", &children, &HashSet::from(["D"])));
+        assert!(has_leased_descendant("B", &children, &HashSet::from(["D"])));
+        assert!(!has_leased_descendant("D", &children, &HashSet::from(["D"])));
+        assert!(!has_leased_descendant("A", &children, &HashSet::new()));
+    }
+
+    #[tokio::test]
+    async fn shards_missing_from_two_listings_in_a_row_are_forgotten_with_their_gone_parents() {
+        let (control, _rx) = mpsc::unbounded_channel();
+        let store: Arc<dyn LeaseStore> = Arc::new(Unused);
+        let membership = Membership::new(store, &Settings::default(), "s", control, Arc::default());
+        let info = |shard: &str, parent: Option<&str>| ShardInfo {
+            shard_id: shard.into(),
+            parent_shard_id: parent.map(str::to_owned),
+            adjacent_parent_shard_id: None,
+            ending_sequence_number: None,
+        };
+        membership.listed(&[info("B", Some("A")), info("C", Some("B"))]);
+        assert!(membership.gone.lock().expect("lock").contains("A"));
+        membership.listed(&[info("C", Some("B"))]);
+        assert!(
+            membership.known().contains_key("B"),
+            "once could be a listing made early"
+        );
+        membership.listed(&[info("C", Some("B"))]);
+        assert!(!membership.known().contains_key("B"), "twice: past retention");
+        let gone = membership.gone.lock().expect("lock").clone();
+        assert_eq!(
+            gone,
+            HashSet::from(["B".to_string()]),
+            "A is named by no known shard any more"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_under_an_old_epoch_does_not_drop_the_lease_taken_again_since() {
+        let (control, mut told) = mpsc::unbounded_channel();
+        let store: Arc<dyn LeaseStore> = Arc::new(Unused);
+        let membership = Membership::new(store, &Settings::default(), "s", control, Arc::default());
+        let mut taken = lease("A", Some("w1"), &[]);
+        taken.epoch = 5;
+        membership.held().leases.insert(
+            Arc::from("A"),
+            Held {
+                lease: taken,
+                renewed: Instant::now(),
+                releasing: false,
+            },
+        );
+        assert!(!membership.lose_at("A", 3), "epoch 3 was an earlier tenure");
+        assert!(membership.lease("A").is_some(), "the lease at epoch 5 is kept");
+        assert!(told.try_recv().is_err(), "the shard is not stopped");
+        assert!(membership.lose_at("A", 5));
+        assert!(membership.lease("A").is_none());
+        assert!(matches!(told.try_recv(), Ok(Control::Lost(shard)) if &*shard == "A"));
     }
 
     #[test]

@@ -92,6 +92,10 @@ impl Lease {
 ///   epoch; then it follows [`CheckpointStore::save`](crate::CheckpointStore::save)'s
 ///   contract (durable, never backwards: [`CheckpointError::Conflict`]).
 ///   Checkpoints written through either trait are the same checkpoints.
+/// - `delete_lease` removes the lease only if the stored lease is free, has
+///   the observed epoch and its checkpoint is
+///   [`Checkpoint::ShardEnd`]; otherwise (also when there is no lease) it
+///   returns [`CheckpointError::LeaseLost`].
 /// - Transient failures are [`CheckpointError::Unavailable`].
 #[async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
@@ -115,6 +119,11 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
 
     /// Saves the checkpoint of a `held` lease's shard, fenced by its epoch.
     async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+
+    /// Removes the `observed` lease of a finished shard, free and at
+    /// `SHARD_END`: the group deletes it once every child shard has a
+    /// checkpoint of its own, or once the shard is past retention.
+    async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError>;
 }
 
 macro_rules! forward_lease_store {
@@ -141,6 +150,9 @@ macro_rules! forward_lease_store {
             }
             async fn save_leased(&self, held: &Lease, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
                 (**self).save_leased(held, checkpoint).await
+            }
+            async fn delete_lease(&self, observed: &Lease) -> Result<(), CheckpointError> {
+                (**self).delete_lease(observed).await
             }
         }
     };

@@ -143,7 +143,7 @@ impl Lineage {
             leased,
             latest_at: (start == StartPosition::Latest).then_some(now),
         };
-        lineage.mark_gone();
+        lineage.mark_gone(None);
         // Under LATEST a closed shard holds nothing to read, unless a
         // checkpoint in its lineage says this consumer was reading it.
         if start == StartPosition::Latest {
@@ -168,29 +168,38 @@ impl Lineage {
     pub(crate) fn listed(&mut self, shards: Vec<ShardInfo>, now: SystemTime) -> Vec<Start> {
         let listed: HashSet<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
         let mut starts = self.discover(shards, now);
-        let before = self.gone.len();
-        let absent: Vec<String> = self
+        // Finished shards the listing lacks are past retention: they become
+        // gone parents, so what is kept stays as large as the listing.
+        let aged: Vec<String> = self
             .nodes
-            .values()
-            .flat_map(|node| &node.parents)
-            .filter(|parent| !listed.contains(*parent) && !self.nodes.contains_key(*parent))
-            .cloned()
+            .iter()
+            .filter(|(id, node)| node.state == State::Finished && !listed.contains(*id))
+            .map(|(id, _)| id.clone())
             .collect();
-        self.gone.extend(absent);
-        if self.gone.len() > before {
+        for id in aged {
+            self.nodes.remove(&id);
+            self.gone.insert(id);
+        }
+        let before = self.gone.len();
+        self.mark_gone(Some(&listed));
+        let added = self.gone.len() > before;
+        let named: HashSet<&String> = self.nodes.values().flat_map(|node| &node.parents).collect();
+        self.gone.retain(|parent| named.contains(parent));
+        if added {
             starts.extend(self.start_ready(now));
         }
         starts
     }
 
-    /// Parents named by known shards that are themselves unknown: with the
-    /// whole listing in hand, they are past retention.
-    fn mark_gone(&mut self) {
+    /// Parents named by known shards that are themselves unknown and not in
+    /// the whole `listed` (when given, else the nodes are the listing): past
+    /// retention.
+    fn mark_gone(&mut self, listed: Option<&HashSet<String>>) {
         let absent: Vec<String> = self
             .nodes
             .values()
             .flat_map(|node| &node.parents)
-            .filter(|parent| !self.nodes.contains_key(*parent))
+            .filter(|parent| !self.nodes.contains_key(*parent) && listed.is_none_or(|l| !l.contains(*parent)))
             .cloned()
             .collect();
         self.gone.extend(absent);
@@ -660,6 +669,28 @@ mod tests {
         assert!(lineage.finished("A", now).is_empty());
         let starts = lineage.listed(vec![shard("A", &[], true), shard("M", &["A", "X"], false)], now);
         assert_eq!(ids(&starts), ["M"], "X is past retention");
+    }
+
+    #[test]
+    fn finished_shards_past_retention_are_forgotten_and_still_do_not_block_their_children() {
+        let now = SystemTime::now();
+        let (mut lineage, _) = Lineage::new(split_then_merge(true), &HashMap::new(), StartPosition::TrimHorizon, now);
+        lineage.finished("A", now);
+        // A aged out of the listing; B and C are still being read.
+        lineage.listed(split_then_merge(true).split_off(1), now);
+        assert!(
+            !lineage.nodes.contains_key("A"),
+            "a finished shard past retention is forgotten"
+        );
+        assert!(lineage.gone.contains("A"), "and counts as gone for B and C");
+        lineage.finished("B", now);
+        let starts = lineage.finished("C", now);
+        assert_eq!(ids(&starts), ["D"]);
+        // B and C age out too: only D is kept, and nothing names A any more.
+        lineage.listed(vec![shard("D", &["B", "C"], false)], now);
+        assert_eq!(lineage.nodes.keys().collect::<Vec<_>>(), ["D"]);
+        assert_eq!(lineage.gone, HashSet::from(["B".to_string(), "C".to_string()]));
+        assert!(lineage.is_pending("D"), "D is still being read");
     }
 
     #[test]

@@ -140,6 +140,12 @@ impl Progress {
         inner.dropped.insert(Arc::clone(shard));
     }
 
+    /// Forgets given-up shards the stream no longer lists (past retention),
+    /// so the set does not grow with every shard ever given up.
+    pub(crate) fn listed(&self, shards: &HashSet<&str>) {
+        self.lock().dropped.retain(|shard| shards.contains(&**shard));
+    }
+
     /// Saves what is pending, then hands `shard`'s lease to `to`.
     pub(crate) fn release(&self, shard: &Arc<str>, to: String) {
         let mut inner = self.lock();
@@ -378,7 +384,8 @@ pub(crate) struct Writer {
 enum Saved {
     Yes,
     /// The shard's lease is held by another worker now: nothing was written.
-    Fenced,
+    /// With the epoch of the lease the save was made under, if one was held.
+    Fenced(Option<u64>),
 }
 
 impl Writer {
@@ -456,11 +463,17 @@ impl Writer {
                     let _ = self.progress.control.send(Control::Finished(shard));
                 }
                 Ok(Saved::Yes) => {}
-                Ok(Saved::Fenced) => {
+                Ok(Saved::Fenced(epoch)) => {
                     tracing::warn!(%shard, %checkpoint, "checkpoint rejected: the shard's lease was taken over");
-                    self.progress.forget(&shard);
-                    if let Some(membership) = &self.membership {
-                        membership.lose(&shard);
+                    // A lease taken again since the save began is a new
+                    // tenure: neither it nor what was processed under it is
+                    // dropped for the old one's refusal.
+                    let current = match (&self.membership, epoch) {
+                        (Some(membership), Some(epoch)) => !membership.lose_at(&shard, epoch),
+                        _ => false,
+                    };
+                    if !current {
+                        self.progress.forget(&shard);
                     }
                 }
                 Err(error) => {
@@ -478,7 +491,7 @@ impl Writer {
         let lease = match &self.membership {
             Some(membership) => match membership.lease(shard) {
                 Some(lease) => Some(lease),
-                None => return Ok(Saved::Fenced),
+                None => return Ok(Saved::Fenced(None)),
             },
             None => None,
         };
@@ -493,7 +506,7 @@ impl Writer {
                     tracing::debug!(shard, %checkpoint, "checkpoint saved");
                     return Ok(Saved::Yes);
                 }
-                Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced),
+                Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced(lease.as_ref().map(|l| l.epoch))),
                 Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
                     let delay = backoff.next_delay();
                     tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");

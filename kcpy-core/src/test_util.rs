@@ -437,6 +437,26 @@ pub async fn lease_store_conformance<S: LeaseStore + CheckpointStore>(store: &S)
     let again = store.take_lease(&free, "worker-2").await.expect("take a free lease");
     assert_eq!(again.epoch, 5);
 
+    // Deleting: only a free lease at SHARD_END, as observed.
+    assert_lost(store.delete_lease(&again).await, "deleting a held lease");
+    store.release_lease(&again, None).await.expect("release");
+    assert_lost(store.delete_lease(&again).await, "deleting from a stale observation");
+    let finished = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");
+    let b = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-b");
+    assert_lost(store.delete_lease(&b).await, "deleting an unfinished lease");
+    store.delete_lease(&finished).await.expect("delete a finished lease");
+    let leases = store.list_leases(&app, &stream).await.expect("list");
+    assert!(
+        leases.iter().all(|l| l.key.shard_id != "shardId-a"),
+        "a deleted lease is no longer listed: {leases:?}"
+    );
+    assert_eq!(
+        store.load(&key("shardId-a")).await.expect("load"),
+        None,
+        "its checkpoint went with it"
+    );
+    assert_lost(store.delete_lease(&finished).await, "deleting a deleted lease");
+
     // The other lease was untouched; groups are separate.
     let b = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-b");
     assert_eq!((b.owner.as_deref(), b.epoch, b.heartbeat), (None, 0, 0));

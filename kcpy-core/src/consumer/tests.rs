@@ -1247,3 +1247,22 @@ async fn a_latest_start_is_saved_at_build_so_a_restart_before_any_record_resumes
     );
     drop(second);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_slots_of_finished_shards_are_reused_so_reshards_do_not_grow_the_consumer() {
+    let api = FakeKinesis::with_lineage(vec![
+        ("A", &[], true, vec![Step::Records(vec![1]), Step::End]),
+        ("B", &["A"], true, vec![Step::Records(vec![2]), Step::End]),
+        ("C", &["B"], true, vec![Step::Records(vec![3]), Step::End]),
+        ("D", &["C"], false, vec![Step::Records(vec![4])]),
+    ]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 4).await, [1, 2, 3, 4]);
+    assert_eq!(consumer.shard_ids().collect::<Vec<_>>(), ["D"]);
+    assert_eq!(consumer.slots.len(), 1, "each child took its finished parent's slot");
+}
