@@ -271,3 +271,51 @@ async fn a_member_cut_off_from_the_store_stops_its_shards_within_the_lease_and_o
     a.close().await.expect("close a");
     b.close().await.expect("close b");
 }
+
+/// The heartbeats and epochs of the group's leases, summed.
+fn beats_and_epochs(store: &MemoryCheckpointStore, stream: &TestStream) -> (u64, u64) {
+    let leases = futures::FutureExt::now_or_never(kcpy::LeaseStore::list_leases(store, "group", &stream.name))
+        .expect("the memory store answers at once")
+        .expect("list");
+    leases
+        .iter()
+        .fold((0, 0), |(beats, epochs), l| (beats + l.heartbeat, epochs + l.epoch))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_worker_id_adopts_no_live_lease_and_takes_them_once_they_expire() {
+    let stream = TestStream::create("group-twin", 2).await;
+    let mut puts = stream.put_many("rec", 60, 13).await;
+    let store = MemoryCheckpointStore::new();
+    let mut a = member(&stream, &store, "same").await;
+    let mut read = Vec::new();
+    drive(&mut [&mut a], &mut read, |m, _| owned(m[0]).len() == 2).await;
+
+    let mut twin = member(&stream, &store, "same").await;
+    let (beats, epochs) = beats_and_epochs(&store, &stream);
+    // Five renewal rounds of `a` (each raises both heartbeats), with the
+    // twin balancing all the while.
+    drive(&mut [&mut a, &mut twin], &mut read, |_, _| {
+        beats_and_epochs(&store, &stream).0 >= beats + 10
+    })
+    .await;
+    assert!(
+        owned(&twin).is_empty(),
+        "the twin adopted live leases: {:?}",
+        owned(&twin)
+    );
+    assert_eq!(beats_and_epochs(&store, &stream).1, epochs, "no lease changed hands");
+    assert!(read.iter().all(|(member, _)| *member == 0), "only `a` delivered");
+
+    // `a` dies without releasing: once its leases expire, the twin takes them.
+    drop(a);
+    puts.extend(stream.put_many("after", 40, 7).await);
+    let mut read_by_twin = Vec::new();
+    drive(&mut [&mut twin], &mut read_by_twin, |_, r| {
+        distinct(r) + distinct(&read) >= puts.len() && puts.iter().all(|p| r.iter().chain(&read).any(|(_, q)| q == p))
+    })
+    .await;
+    assert_eq!(owned(&twin).len(), 2);
+    twin.close().await.expect("close");
+    stream.delete().await;
+}

@@ -186,6 +186,10 @@ where
     }
 }
 
+/// Conditional checkpoint writes lost to other writers in a row before a
+/// save gives up (retryably).
+const MAX_RACES: u32 = 8;
+
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
@@ -251,6 +255,7 @@ impl DynamoDbCheckpointStore {
         checkpoint: &Checkpoint,
         lease: Option<&Lease>,
     ) -> Result<(), CheckpointError> {
+        let mut raced = 0u32;
         loop {
             let item = self.get(key).await?;
             if let Some(lease) = lease {
@@ -284,12 +289,16 @@ impl DynamoDbCheckpointStore {
                 .expression_attribute_values(":consumer", s(&key.consumer_name))
                 .expression_attribute_values(":stream", s(&key.stream_name))
                 .expression_attribute_values(":zero", n(0));
-            let mut condition = match &stored {
-                Some(stored) => {
-                    update = update.expression_attribute_values(":stored", s(stored.as_str()));
+            // The value exactly as read, not as re-rendered: a stored form
+            // that parses but is spelt otherwise would never match, and the
+            // loop would spin.
+            let raw = item.as_ref().and_then(|item| item.get("checkpoint")).cloned();
+            let mut condition = match (&stored, raw) {
+                (Some(_), Some(raw)) => {
+                    update = update.expression_attribute_values(":stored", raw);
                     "#cp = :stored".to_owned()
                 }
-                None => "attribute_not_exists(#cp)".to_owned(),
+                _ => "attribute_not_exists(#cp)".to_owned(),
             };
             if let Some(lease) = lease {
                 condition.push_str(" AND #owner = :owner AND epoch = :epoch");
@@ -300,8 +309,18 @@ impl DynamoDbCheckpointStore {
             }
             match update.condition_expression(condition).send().await {
                 Ok(_) => return Ok(()),
-                // Someone wrote in between: read again.
-                Err(error) if is_condition_failure(&error) => {}
+                // Someone wrote in between: read again, after a pause that
+                // grows, and not forever.
+                Err(error) if is_condition_failure(&error) => {
+                    raced += 1;
+                    if raced >= MAX_RACES {
+                        return Err(CheckpointError::backend(
+                            SchemaError(format!("{key}: the checkpoint kept changing under {MAX_RACES} writes")),
+                            true,
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10 << raced.min(6))).await;
+                }
                 Err(error) => return Err(store_error(error)),
             }
         }

@@ -449,11 +449,16 @@ impl Coordinator {
                         // Given up since: the listing predates the release.
                     } else if view.finished(lease) {
                         let _ = store.release_lease(lease, None).await;
-                    } else if view.eligible(lease) {
-                        // Handed over to this worker; the handoff itself was
-                        // a change of owner, no older than the listing.
+                    } else if view.eligible(lease) && self.requested.as_ref().is_some_and(|(asked, _)| asked == shard) {
+                        // Handed over to this worker, as it asked; the
+                        // handoff itself was a change of owner, no older
+                        // than the listing.
                         self.hold(lease.clone(), listed_at).await;
                     }
+                    // Else it was held under this worker's name by another
+                    // process: a predecessor, or a live process given the
+                    // same worker id. It is taken like any other lease once
+                    // it expires, never adopted while it is renewed.
                 }
                 None => {}
             }
