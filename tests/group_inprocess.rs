@@ -319,3 +319,22 @@ async fn a_second_process_with_the_same_worker_id_adopts_no_live_lease_and_takes
     twin.close().await.expect("close");
     stream.delete().await;
 }
+
+/// A frozen process (GC pause, SIGSTOP, VM freeze) wakes up in the middle of
+/// a batch. The freeze is the fault here: the test thread blocks, and with
+/// it every task of this single-threaded runtime, the lease watchdog too.
+#[tokio::test]
+async fn a_process_frozen_past_its_lease_mid_batch_hands_out_no_further_record_of_it() {
+    let stream = TestStream::create("group-frozen", 1).await;
+    stream.put_many("rec", 50, 7).await;
+    let store = MemoryCheckpointStore::new();
+    let mut a = member(&stream, &store, "a").await;
+    a.next().await.expect("a record");
+    std::thread::sleep(Duration::from_millis(2500));
+    let after_waking = futures::FutureExt::now_or_never(a.next());
+    assert!(
+        !matches!(after_waking, Some(Some(_))),
+        "a record was handed out after the lease had run out unrenewed"
+    );
+    stream.delete().await;
+}

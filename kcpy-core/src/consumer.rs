@@ -179,6 +179,10 @@ struct ShardSlot {
 struct Batch {
     slot: usize,
     records: std::vec::IntoIter<Record>,
+    /// In a group: until when the lease, as last confirmed, lets these
+    /// records be handed out; checked per record, as a paused process may
+    /// wake in the middle of a batch.
+    until: Option<tokio::time::Instant>,
 }
 
 enum Phase {
@@ -306,6 +310,9 @@ impl Consumer {
             {
                 break;
             }
+            if !self.batch_deliverable() {
+                break;
+            }
             match self.current.as_mut().and_then(|current| current.records.next()) {
                 Some(record) => batch.push(record),
                 None => break,
@@ -332,6 +339,33 @@ impl Consumer {
         // Closing hands out no records; this only drives the final flush.
         while self.next().await.is_some() {}
         self.error.clone().map_or(Ok(()), Err)
+    }
+
+    /// Whether the current batch's lease still lets its next record out: past
+    /// the lease as last confirmed, the membership is asked again (renewals
+    /// may have come since; if none did, the lease counts as lost and the
+    /// shard is stopped, the rest of the batch dropped).
+    fn batch_deliverable(&mut self) -> bool {
+        let (Some(batch), Some(membership)) = (&mut self.current, &self.membership) else {
+            return true;
+        };
+        let Some(until) = batch.until else {
+            return true;
+        };
+        if tokio::time::Instant::now() < until {
+            return true;
+        }
+        let shard = Arc::clone(&self.slots[batch.slot].id);
+        if membership.may_deliver(&shard) {
+            batch.until = Some(
+                membership
+                    .deliverable_until(&shard)
+                    .unwrap_or_else(tokio::time::Instant::now),
+            );
+            return true;
+        }
+        self.stop_shard(&shard);
+        false
     }
 
     fn mark_processed(&mut self, slot: usize) {
@@ -588,6 +622,9 @@ impl Stream for Consumer {
             {
                 this.hand_over();
             }
+            if !this.batch_deliverable() {
+                continue;
+            }
             if let Some(batch) = &mut this.current {
                 if let Some(record) = batch.records.next() {
                     if this.track {
@@ -621,9 +658,14 @@ impl Stream for Consumer {
                     if let (Some(progress), Some(gate)) = (&this.progress, &this.slots[slot].gate) {
                         progress.register(&this.slots[slot].id, &records, gate);
                     }
+                    let until = this.membership.as_ref().map(|m| {
+                        m.deliverable_until(&this.slots[slot].id)
+                            .unwrap_or_else(tokio::time::Instant::now)
+                    });
                     this.current = Some(Batch {
                         slot,
                         records: records.into_iter(),
+                        until,
                     });
                 }
                 Poll::Ready(Some((slot, ShardEvent::End(children)))) => this.on_shard_end(slot, children),

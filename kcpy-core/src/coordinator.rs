@@ -166,6 +166,15 @@ impl Membership {
             .is_some_and(|held| held.renewed.elapsed() < self.lease_duration)
     }
 
+    /// Until when records of `shard` may be handed out, as the lease was last
+    /// confirmed; `None` if they may not be now.
+    pub(crate) fn deliverable_until(&self, shard: &str) -> Option<Instant> {
+        match self.held().leases.get(shard) {
+            Some(held) if !held.releasing => Some(held.renewed + self.lease_duration),
+            _ => None,
+        }
+    }
+
     /// Whether records of `shard` may be handed out now. A lease unconfirmed
     /// for the lease duration counts as lost from here on: another worker
     /// may hold it already.
