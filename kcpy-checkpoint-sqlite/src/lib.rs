@@ -81,15 +81,27 @@ impl SqliteCheckpointStore {
     /// Opens the database with `options` (journal mode, synchronous and busy
     /// timeout are set by this crate); `location` names it in errors.
     pub async fn connect_with(options: SqliteConnectOptions, location: &str) -> Result<Self, CheckpointError> {
-        let in_memory = options.get_filename().as_os_str().is_empty()
-            || options.get_filename().to_string_lossy().contains(":memory:");
+        // sqlx names `sqlite::memory:` `file:sqlx-in-memory-<n>` (shared cache).
+        let in_memory = {
+            let name = options.get_filename().to_string_lossy();
+            name.is_empty()
+                || name.contains(":memory:")
+                || name.starts_with("file:sqlx-in-memory-")
+                || location.contains("mode=memory")
+        };
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         // Each in-memory connection would be a database of its own.
         let max_connections = if in_memory { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
+        let mut pool = SqlitePoolOptions::new();
+        if in_memory {
+            // The one connection is the database: sqlx's default idle timeout
+            // (10 min) and lifetime (30 min) would replace it with an empty one.
+            pool = pool.idle_timeout(None).max_lifetime(None);
+        }
+        let pool = pool
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
@@ -245,6 +257,22 @@ mod tests {
     async fn sqlite_file_store_meets_the_checkpoint_store_contract() {
         let (_dir, _path, store) = file_store().await;
         kcpy_core::test_util::checkpoint_store_conformance(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_never_reaped_with_its_connection() {
+        let store = SqliteCheckpointStore::connect("sqlite::memory:").await.expect("open");
+        let options = store.pool().options();
+        assert_eq!(options.get_idle_timeout(), None, "an idle connection is not closed");
+        assert_eq!(options.get_max_lifetime(), None, "nor an old one replaced");
+        let file = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteCheckpointStore::connect(file.path().join("c.db").to_str().expect("utf-8"))
+            .await
+            .expect("open");
+        assert!(
+            store.pool().options().get_max_lifetime().is_some(),
+            "files keep the defaults"
+        );
     }
 
     #[tokio::test]
