@@ -215,6 +215,8 @@ struct TestStore {
     saved: Mutex<HashMap<String, Checkpoint>>,
     failures: Mutex<VecDeque<CheckpointError>>,
     saves: Mutex<u32>,
+    /// Told after every successful save.
+    saved_now: tokio::sync::Notify,
 }
 
 impl TestStore {
@@ -238,6 +240,7 @@ impl CheckpointStore for TestStore {
             .lock()
             .expect("lock")
             .insert(key.shard_id.clone(), checkpoint.clone());
+        self.saved_now.notify_waiters();
         Ok(())
     }
 }
@@ -1265,4 +1268,37 @@ async fn the_slots_of_finished_shards_are_reused_so_reshards_do_not_grow_the_con
     assert_eq!(take(&mut consumer, 4).await, [1, 2, 3, 4]);
     assert_eq!(consumer.shard_ids().collect::<Vec<_>>(), ["D"]);
     assert_eq!(consumer.slots.len(), 1, "each child took its finished parent's slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_consumer_saves_the_processed_records_checkpoints_in_the_background() {
+    let api = FakeKinesis::new(vec![("shard-0", vec![Step::Records(vec![1, 2, 3, 4, 5])])]);
+    let store = Arc::new(TestStore::default());
+    let mut consumer = builder(&api)
+        .checkpoint_store(Arc::clone(&store))
+        // Nothing falls due while reading: only the drop can save.
+        .checkpoint_interval(Duration::from_secs(3600))
+        .checkpoint_every(1000)
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 3).await, [1, 2, 3]);
+    assert_eq!(store.get("shard-0"), None);
+    drop(consumer);
+    let saved = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let told = store.saved_now.notified();
+            if store.get("shard-0").is_some() {
+                break;
+            }
+            told.await;
+        }
+    })
+    .await;
+    assert!(saved.is_ok(), "no checkpoint was saved after the drop");
+    assert_eq!(
+        store.get("shard-0"),
+        Some(Checkpoint::Sequence(seq(2))),
+        "records 1 and 2 were processed; 3, handed out last, was not"
+    );
 }
