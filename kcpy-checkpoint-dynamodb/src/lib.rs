@@ -186,10 +186,6 @@ where
     }
 }
 
-/// Conditional checkpoint writes lost to other writers in a row before a
-/// save gives up (retryably).
-const MAX_RACES: u32 = 8;
-
 fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
@@ -255,7 +251,6 @@ impl DynamoDbCheckpointStore {
         checkpoint: &Checkpoint,
         lease: Option<&Lease>,
     ) -> Result<(), CheckpointError> {
-        let mut raced = 0u32;
         loop {
             let item = self.get(key).await?;
             if let Some(lease) = lease {
@@ -309,18 +304,8 @@ impl DynamoDbCheckpointStore {
             }
             match update.condition_expression(condition).send().await {
                 Ok(_) => return Ok(()),
-                // Someone wrote in between: read again, after a pause that
-                // grows, and not forever.
-                Err(error) if is_condition_failure(&error) => {
-                    raced += 1;
-                    if raced >= MAX_RACES {
-                        return Err(CheckpointError::backend(
-                            SchemaError(format!("{key}: the checkpoint kept changing under {MAX_RACES} writes")),
-                            true,
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(10 << raced.min(6))).await;
-                }
+                // Someone wrote in between: read again.
+                Err(error) if is_condition_failure(&error) => {}
                 Err(error) => return Err(store_error(error)),
             }
         }
