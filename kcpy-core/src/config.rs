@@ -37,7 +37,7 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The most batches a shard may fetch ahead.
 const MAX_PREFETCH_BATCHES: usize = 1000;
 
-/// Tuning shared by the pollers, the checkpoint writer and shutdown.
+/// Tuning shared by the shard readers, the checkpoint writer and shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) consumer_name: String,
@@ -193,64 +193,9 @@ fn default_worker_id() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
-/// Jittered exponential backoff ("full jitter").
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(settings: &Settings) -> Self {
-        Self {
-            base: settings.backoff_base,
-            max: settings.backoff_max,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next retry: random in `[ceiling/2, ceiling]`, where
-    /// the ceiling doubles per attempt up to the maximum.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
-        let settings = Settings {
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            ..Settings::default()
-        };
-        let mut backoff = Backoff::new(&settings);
-        let first = backoff.next_delay();
-        assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
-        for _ in 0..30 {
-            let delay = backoff.next_delay();
-            assert!(delay <= Duration::from_secs(1), "{delay:?}");
-        }
-        let late = backoff.next_delay();
-        assert!(late >= Duration::from_millis(500), "{late:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn settings_past_what_timers_and_channels_can_take_are_rejected_by_name() {

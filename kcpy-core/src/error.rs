@@ -108,7 +108,7 @@ pub enum Error {
     /// store, say. The consumer stops rather than go on without that task.
     #[error("the consumer's {task} panicked: {message}")]
     Panicked {
-        /// Which task: `shard poller`, `checkpoint writer`, `lease
+        /// Which task: `shard reader`, `checkpoint writer`, `lease
         /// coordinator`, `shard sync` or `checkpoint load`.
         task: &'static str,
         /// The panic's message, when it had one.

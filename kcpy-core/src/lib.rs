@@ -45,30 +45,33 @@
 //! Checkpoint writes are fenced by the lease's epoch, so a process that lost
 //! a lease cannot overwrite the progress of the one that took it over.
 
+// The layout follows the data: `kinesis` is the transport, `read` the ways
+// of reading a shard, `lineage` which shards to read when, `checkpoint` and
+// `group` where progress and leases are kept, `consumer` what ties them
+// together; `signal` is how background tasks reach the consumer.
 mod checkpoint;
 mod clock;
 mod config;
 mod consumer;
-mod coordinator;
-mod direct;
 mod error;
+mod group;
 mod kinesis;
-mod lease;
 mod lineage;
-mod poller;
-mod progress;
+mod read;
 mod record;
-mod records;
+mod retry;
 mod sequence;
+mod signal;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
-pub use checkpoint::{redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, StartTime};
+pub use checkpoint::{
+    redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, StartTime,
+};
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};
-pub use lease::{Lease, LeaseStore};
-pub use progress::Checkpointer;
+pub use group::{Lease, LeaseStore};
 pub use record::Record;
 pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};
 

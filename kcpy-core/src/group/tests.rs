@@ -1,6 +1,28 @@
 //! The lease plan, pruning and fencing of the coordinator.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::membership::Held;
+use super::plan::{children_of, has_leased_descendant, View};
 use super::*;
+use crate::config::Settings;
+use crate::kinesis::ShardInfo;
+use crate::signal::Outbox;
+
+/// An outbox whose events a test reads.
+fn outbox() -> (Outbox<GroupEvent>, mpsc::UnboundedReceiver<GroupEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Outbox::new(move |event| {
+            let _ = tx.send(event);
+        }),
+        rx,
+    )
+}
 
 fn lease(shard: &str, owner: Option<&str>, parents: &[&str]) -> Lease {
     let mut lease = Lease::new(
@@ -263,7 +285,7 @@ fn a_shard_whose_descendant_has_a_lease_gets_none_again() {
 
 #[tokio::test]
 async fn shards_missing_from_two_listings_in_a_row_are_forgotten_with_their_gone_parents() {
-    let (control, _rx) = mpsc::unbounded_channel();
+    let (control, _rx) = outbox();
     let store: Arc<dyn LeaseStore> = Arc::new(Unused);
     let membership = Membership::new(store, &Settings::default(), "s", control, Arc::default());
     let info = |shard: &str, parent: Option<&str>| ShardInfo {
@@ -291,7 +313,7 @@ async fn shards_missing_from_two_listings_in_a_row_are_forgotten_with_their_gone
 
 #[tokio::test]
 async fn a_refusal_under_an_old_epoch_does_not_drop_the_lease_taken_again_since() {
-    let (control, mut told) = mpsc::unbounded_channel();
+    let (control, mut told) = outbox();
     let store: Arc<dyn LeaseStore> = Arc::new(Unused);
     let membership = Membership::new(store, &Settings::default(), "s", control, Arc::default());
     let mut taken = lease("A", Some("w1"), &[]);
@@ -309,7 +331,7 @@ async fn a_refusal_under_an_old_epoch_does_not_drop_the_lease_taken_again_since(
     assert!(told.try_recv().is_err(), "the shard is not stopped");
     assert!(membership.lose_at("A", 5));
     assert!(membership.lease("A").is_none());
-    assert!(matches!(told.try_recv(), Ok(Control::Lost(shard)) if &*shard == "A"));
+    assert!(matches!(told.try_recv(), Ok(GroupEvent::Lost(shard)) if &*shard == "A"));
 }
 
 #[test]

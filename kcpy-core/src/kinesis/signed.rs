@@ -35,10 +35,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http_body_util::BodyExt;
 
+use super::page::{append_capped, MAX_PRESIZE};
+use super::{sort_code, ApiError, StreamRef};
 use crate::clock::Skew;
 use crate::error::BoxError;
-use crate::kinesis::{sort_code, ApiError, StreamRef};
-use crate::records::{append_capped, MAX_PRESIZE};
 use crate::Error;
 
 /// The headers a learned request carries over; the signer adds the rest.

@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 
-use crate::kinesis::{RecordsPage, ShardInfo};
+use super::{RecordsPage, ShardInfo};
 use crate::{Error, Record, SequenceNumber};
 
 /// The most a body buffer is sized to up front from its `Content-Length`: a
@@ -241,6 +241,53 @@ pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage
         millis_behind_latest,
         child_shards,
     })
+}
+
+/// Records as the SDK parsed them (GetRecords without a captured body, and
+/// SubscribeToShard events), built as [`parse_page`] builds them.
+pub(crate) fn records_from_sdk(
+    operation: &'static str,
+    records: Vec<aws_sdk_kinesis::types::Record>,
+    shard_id: &Arc<str>,
+    millis_behind_latest: Option<i64>,
+) -> Result<Vec<Record>, Error> {
+    records
+        .into_iter()
+        .map(|record| {
+            let sequence_number =
+                SequenceNumber::try_from(record.sequence_number).map_err(|e| Error::InvalidResponse {
+                    operation,
+                    message: e.to_string(),
+                })?;
+            Ok(Record {
+                data: Bytes::from(record.data.into_inner()),
+                partition_key: record.partition_key.unwrap_or_default(),
+                sequence_number,
+                shard_id: Arc::clone(shard_id),
+                approximate_arrival_timestamp: record
+                    .approximate_arrival_timestamp
+                    .and_then(|at| SystemTime::try_from(at).ok()),
+                explicit_hash_key: None,
+                millis_behind_latest,
+            })
+        })
+        .collect()
+}
+
+/// The shards that continue a closed one, as the SDK parsed them.
+pub(crate) fn children_from_sdk(children: Vec<aws_sdk_kinesis::types::ChildShard>) -> Vec<ShardInfo> {
+    children
+        .into_iter()
+        .map(|child| {
+            let mut parents = child.parent_shards.into_iter();
+            ShardInfo {
+                shard_id: child.shard_id,
+                parent_shard_id: parents.next(),
+                adjacent_parent_shard_id: parents.next(),
+                ending_sequence_number: None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! Where the consumer keeps its place: the [`CheckpointStore`] trait.
 
+mod tracker;
+mod writer;
+
+pub use tracker::Checkpointer;
+pub(crate) use tracker::{Gate, Progress};
+pub(crate) use writer::{EndSaved, Writer};
+
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,5 @@
-//! Processed-record bookkeeping and the task that writes checkpoints.
+//! Processed-record bookkeeping: what the consumer and its [`Checkpointer`]s
+//! mark processed, per shard, until the writer saves it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -6,14 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Context;
 
 use futures::task::AtomicWaker;
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backoff, CheckpointMode, Settings};
-use crate::consumer::Control;
-use crate::coordinator::Membership;
-use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Error, Record, SequenceNumber};
+use crate::config::{CheckpointMode, Settings};
+use crate::signal::Fatal;
+use crate::{Checkpoint, Error, Record, SequenceNumber};
 
 pub(crate) enum Command {
     /// Save what is pending; answer when it is durable (or failed).
@@ -34,9 +32,8 @@ pub(crate) struct Progress {
     pub(crate) flush_due: AtomicBool,
     /// Wakes an idle consumer when a flush is due.
     pub(crate) waker: AtomicWaker,
-    fatal: Mutex<Option<Error>>,
-    /// Tells the consumer when a shard's end is durably checkpointed.
-    control: mpsc::UnboundedSender<Control>,
+    /// Why checkpoints stopped being written, for [`Checkpointer`]'s errors.
+    pub(super) fatal: Fatal,
     mode: CheckpointMode,
     every: u64,
 }
@@ -64,18 +61,14 @@ impl std::fmt::Debug for Command {
 }
 
 impl Progress {
-    pub(crate) fn new(
-        settings: &Settings,
-        control: mpsc::UnboundedSender<Control>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+    pub(crate) fn new(settings: &Settings, fatal: Fatal) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             commands,
             flush_due: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            fatal: Mutex::new(None),
-            control,
+            fatal,
             mode: settings.checkpoint_mode,
             every: settings.checkpoint_every,
         });
@@ -198,14 +191,14 @@ impl Progress {
         Ok(())
     }
 
-    fn take_pending(&self) -> HashMap<Arc<str>, Checkpoint> {
+    pub(super) fn take_pending(&self) -> HashMap<Arc<str>, Checkpoint> {
         let mut inner = self.lock();
         inner.acked_since_flush = 0;
         std::mem::take(&mut inner.pending)
     }
 
     /// Puts back positions that were not saved, unless newer ones arrived.
-    fn restore_pending(&self, unsaved: Vec<(Arc<str>, Checkpoint)>) {
+    pub(super) fn restore_pending(&self, unsaved: Vec<(Arc<str>, Checkpoint)>) {
         let mut inner = self.lock();
         for (shard, checkpoint) in unsaved {
             inner.advance(&shard, checkpoint);
@@ -213,7 +206,7 @@ impl Progress {
     }
 
     pub(crate) fn fatal(&self) -> Option<Error> {
-        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.fatal.error()
     }
 
     pub(crate) fn stop(&self) {
@@ -362,158 +355,6 @@ impl Checkpointer {
         match answer.await {
             Ok(result) => result,
             Err(_) => Err(progress.fatal().unwrap_or(Error::Closed)),
-        }
-    }
-}
-
-/// The task that saves checkpoints.
-pub(crate) struct Writer {
-    pub(crate) store: Arc<dyn CheckpointStore>,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
-    pub(crate) settings: Arc<Settings>,
-    pub(crate) stream_name: String,
-    /// Cancelled on a fatal store error, which stops the consumer.
-    pub(crate) cancel: CancellationToken,
-    /// With a lease store: every save is fenced by the shard's lease.
-    pub(crate) membership: Option<Arc<Membership>>,
-}
-
-/// How a save ended, short of an error.
-#[derive(Debug, PartialEq, Eq)]
-enum Saved {
-    Yes,
-    /// The shard's lease is held by another worker now: nothing was written.
-    /// With the epoch of the lease the save was made under, if one was held.
-    Fenced(Option<u64>),
-}
-
-impl Writer {
-    pub(crate) async fn run(mut self) -> Result<(), Error> {
-        let result = crate::error::catch_panic("checkpoint writer", self.serve())
-            .await
-            .and_then(|r| r);
-        if let Err(error) = &result {
-            tracing::error!(error = %error, source = ?std::error::Error::source(error), "checkpoint writer stopped");
-            *self.progress.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
-            self.cancel.cancel();
-        }
-        result
-    }
-
-    async fn serve(&mut self) -> Result<(), Error> {
-        let mut tick = tokio::time::interval(self.settings.checkpoint_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    self.progress.flush_due.store(true, Ordering::Release);
-                    self.progress.waker.wake();
-                    self.save_pending().await?;
-                }
-                command = self.commands.recv() => match command {
-                    Some(Command::Flush(reply)) => {
-                        let result = self.save_pending().await;
-                        if let Some(reply) = reply {
-                            let _ = reply.send(result.clone());
-                        }
-                        result?;
-                    }
-                    Some(Command::Release { shard, to }) => {
-                        self.save_pending().await?;
-                        if let Some(membership) = &self.membership {
-                            membership.release(&shard, Some(&to)).await;
-                        }
-                    }
-                    Some(Command::Stop) | None => {
-                        let result = self.save_pending().await;
-                        // Let other workers take over at once, not after expiry.
-                        if let Some(membership) = &self.membership {
-                            membership.release_all().await;
-                        }
-                        return result;
-                    }
-                },
-            }
-        }
-    }
-
-    async fn save_pending(&self) -> Result<(), Error> {
-        let pending = self.progress.take_pending();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let results: Vec<_> = futures::stream::iter(pending)
-            .map(|(shard, checkpoint)| async move {
-                let result = self.save(&shard, &checkpoint).await;
-                (shard, checkpoint, result)
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        let mut first_error = None;
-        let mut unsaved = Vec::new();
-        for (shard, checkpoint, result) in results {
-            match result {
-                Ok(Saved::Yes) if checkpoint == Checkpoint::ShardEnd => {
-                    if let Some(membership) = &self.membership {
-                        membership.release(&shard, None).await;
-                    }
-                    let _ = self.progress.control.send(Control::Finished(shard));
-                }
-                Ok(Saved::Yes) => {}
-                Ok(Saved::Fenced(epoch)) => {
-                    tracing::warn!(%shard, %checkpoint, "checkpoint rejected: the shard's lease was taken over");
-                    // A lease taken again since the save began is a new
-                    // tenure: neither it nor what was processed under it is
-                    // dropped for the old one's refusal.
-                    let current = match (&self.membership, epoch) {
-                        (Some(membership), Some(epoch)) => !membership.lose_at(&shard, epoch),
-                        _ => false,
-                    };
-                    if !current {
-                        self.progress.forget(&shard);
-                    }
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                    unsaved.push((shard, checkpoint));
-                }
-            }
-        }
-        self.progress.restore_pending(unsaved);
-        first_error.map_or(Ok(()), Err)
-    }
-
-    async fn save(&self, shard: &str, checkpoint: &Checkpoint) -> Result<Saved, Error> {
-        let key = CheckpointKey::new(&self.settings.consumer_name, &self.stream_name, shard);
-        let lease = match &self.membership {
-            Some(membership) => match membership.lease(shard) {
-                Some(lease) => Some(lease),
-                None => return Ok(Saved::Fenced(None)),
-            },
-            None => None,
-        };
-        let mut backoff = Backoff::new(&self.settings);
-        loop {
-            let result = match (&lease, &self.membership) {
-                (Some(lease), Some(membership)) => membership.store.save_leased(lease, checkpoint).await,
-                _ => self.store.save(&key, checkpoint).await,
-            };
-            match result {
-                Ok(()) => {
-                    tracing::debug!(shard, %checkpoint, "checkpoint saved");
-                    return Ok(Saved::Yes);
-                }
-                Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced(lease.as_ref().map(|l| l.epoch))),
-                Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(Error::Checkpoint(error)),
-            }
         }
     }
 }

@@ -1,28 +1,99 @@
-//! One task per shard: GetShardIterator, then GetRecords in a loop, handing
-//! batches to the consumer through a bounded channel.
+//! Reading a shard by polling: GetShardIterator, then GetRecords in a loop
+//! within the shard's call budget.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backoff, Settings};
+use super::{ReadShard, ShardEvent, ShardReader};
+use crate::config::Settings;
 use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
-use crate::{Error, Record, SequenceNumber};
+use crate::lineage::Start;
+use crate::retry::{retry_startup, Backoff};
+use crate::{Error, SequenceNumber};
 
-/// What a poller hands to the consumer.
-#[derive(Debug)]
-pub(crate) enum ShardEvent {
-    /// Records in shard order; never empty.
-    Records(Vec<Record>),
-    /// The shard is closed and every record of it was handed over; with the
-    /// shards that continue it, as GetRecords reported them.
-    End(Vec<ShardInfo>),
-    /// The poller stopped; the consumer must stop too.
-    Fatal(Error),
+/// The polling reader: GetRecords, at most `max_get_records_per_second`
+/// calls per shard.
+pub(crate) struct PollingReader {
+    api: DynKinesis,
+    settings: Arc<Settings>,
+    /// Iterators resolved by `prepare`, each used by the shard's first read;
+    /// `None` for a shard that aged out since it was listed.
+    prepared: Mutex<HashMap<String, Option<String>>>,
+}
+
+impl PollingReader {
+    pub(crate) fn new(api: DynKinesis, settings: Arc<Settings>) -> Self {
+        Self {
+            api,
+            settings,
+            prepared: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl ShardReader for PollingReader {
+    async fn prepare(&self, stream: &StreamRef, starts: &[Start]) -> Result<(), Error> {
+        let (api, settings) = (&self.api, &self.settings);
+        // Owned starts: a stream of borrowed ones trips async_trait's
+        // lifetimes (the closure is not general enough over them).
+        let resolved: Vec<(String, Option<String>)> = futures::stream::iter(starts.to_vec())
+            .map(|start| async move {
+                let iterator = match retry_startup("GetShardIterator", stream, settings, || {
+                    api.get_shard_iterator(stream, &start.shard_id, &start.position)
+                })
+                .await
+                {
+                    Ok(iterator) => Some(iterator),
+                    // Aged out since the listing: the poller finds its end.
+                    Err(Error::StreamNotFound { .. }) => None,
+                    Err(error) => return Err(error),
+                };
+                Ok::<_, Error>((start.shard_id, iterator))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).extend(resolved);
+        Ok(())
+    }
+
+    async fn read(&self, shard: ReadShard) -> Result<(), Error> {
+        let iterator = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&*shard.shard_id)
+            .flatten();
+        let mut poller = Poller {
+            api: Arc::clone(&self.api),
+            stream: shard.stream,
+            shard_id: shard.shard_id,
+            settings: Arc::clone(&self.settings),
+            position: shard.position,
+            fallback: shard.fallback,
+            iterator,
+            // Shard k's idle polls are shifted by frac(k × 0.618…) of the
+            // idle interval (0.618… = 1/φ): whatever the number of shards,
+            // they spread evenly over the interval rather than coming at once.
+            phase: self
+                .settings
+                .idle_interval
+                .mul_f64((shard.slot as f64 * 0.618_033_988_749_895).fract()),
+            tx: shard.tx,
+            cancel: shard.cancel,
+            watch: FaultWatch::new(self.settings.credentials_timeout),
+        };
+        poller.poll_loop().await
+    }
 }
 
 /// What the listing says of a shard that seemed to end.
@@ -43,34 +114,26 @@ enum Next {
     Stop,
 }
 
-pub(crate) struct Poller {
-    pub(crate) api: DynKinesis,
-    pub(crate) stream: Arc<StreamRef>,
-    pub(crate) shard_id: Arc<str>,
-    pub(crate) settings: Arc<Settings>,
+struct Poller {
+    api: DynKinesis,
+    stream: Arc<StreamRef>,
+    shard_id: Arc<str>,
+    settings: Arc<Settings>,
     /// Where the shard starts.
-    pub(crate) position: IteratorPosition,
+    position: IteratorPosition,
     /// Where to start again if the first iterator expires unused.
-    pub(crate) fallback: IteratorPosition,
+    fallback: IteratorPosition,
     /// An iterator for `position` resolved before the consumer was built.
-    pub(crate) iterator: Option<String>,
+    iterator: Option<String>,
     /// Added once, to the wait before the first idle poll, so that shards
     /// polled at the same interval do not all call at the same moment.
-    pub(crate) phase: Duration,
-    pub(crate) tx: mpsc::Sender<ShardEvent>,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) watch: FaultWatch,
+    phase: Duration,
+    tx: mpsc::Sender<ShardEvent>,
+    cancel: CancellationToken,
+    watch: FaultWatch,
 }
 
 impl Poller {
-    pub(crate) async fn run(mut self) {
-        let result = crate::error::catch_panic("shard poller", self.poll_loop()).await;
-        if let Err(error) = result.and_then(|r| r) {
-            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "shard poller stopped");
-            let _ = self.until_cancelled(self.tx.send(ShardEvent::Fatal(error))).await;
-        }
-    }
-
     /// Runs `fut` unless shutdown comes first.
     async fn until_cancelled<F: Future>(&self, fut: F) -> Option<F::Output> {
         tokio::select! {

@@ -11,6 +11,15 @@
 //! when its `heartbeat`, raised by every renewal, has not changed for the
 //! lease duration on the observer's own clock (as in the KCL).
 
+mod coordinator;
+mod membership;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use coordinator::Coordinator;
+pub(crate) use membership::{GroupEvent, Membership};
+
 use std::fmt;
 use std::sync::Arc;
 

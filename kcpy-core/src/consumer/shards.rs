@@ -1,0 +1,210 @@
+//! The shards being read: a reader task per shard, its slot in the consumer,
+//! and starting and stopping them as the lineage and the group decide.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
+
+use super::Consumer;
+use crate::checkpoint::Gate;
+use crate::config::Settings;
+use crate::kinesis::{ShardInfo, StreamRef};
+use crate::lineage::Start;
+use crate::read::{DynReader, ReadShard, ShardEvent};
+use crate::signal::Fatal;
+use crate::{Record, SequenceNumber};
+
+/// Starts a reader task per shard.
+pub(super) struct Spawner {
+    /// Manual mode with a store: each shard's delivered, uncheckpointed
+    /// records are capped at `max_unacknowledged`.
+    pub(super) gated: bool,
+    pub(super) reader: DynReader,
+    pub(super) stream: Arc<StreamRef>,
+    pub(super) settings: Arc<Settings>,
+    pub(super) fatal: Fatal,
+    pub(super) span: tracing::Span,
+}
+
+impl Spawner {
+    pub(super) fn spawn(&self, slot: usize, start: Start) -> (ShardStream, ShardSlot) {
+        let (tx, events) = mpsc::channel(self.settings.prefetch_batches);
+        let shard_id: Arc<str> = start.shard_id.into();
+        let cancel = self.fatal.token().child_token();
+        let gone = Arc::new(AtomicBool::new(false));
+        let read = ReadShard {
+            stream: Arc::clone(&self.stream),
+            shard_id: Arc::clone(&shard_id),
+            position: start.position,
+            fallback: start.fallback,
+            slot,
+            tx,
+            cancel: cancel.clone(),
+        };
+        let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
+        let task = tokio::spawn(crate::read::run(Arc::clone(&self.reader), read, self.fatal.clone()).instrument(span));
+        let gate = self.gated.then(|| Gate::new(self.settings.max_unacknowledged));
+        let stream = ShardStream {
+            slot,
+            events,
+            gone: Arc::clone(&gone),
+            gate: gate.clone(),
+            _task: AbortOnDropHandle::new(task),
+        };
+        let slot = ShardSlot {
+            gate,
+            id: shard_id,
+            processed: None,
+            dirty: false,
+            ended: false,
+            cancel,
+            gone,
+        };
+        (stream, slot)
+    }
+}
+
+pub(super) struct ShardSlot {
+    /// Manual mode: what caps the shard's unacknowledged records.
+    pub(super) gate: Option<Arc<Gate>>,
+    pub(super) id: Arc<str>,
+    pub(super) processed: Option<SequenceNumber>,
+    pub(super) dirty: bool,
+    /// Every record of the shard was handed out, or the shard was stopped.
+    pub(super) ended: bool,
+    pub(super) cancel: CancellationToken,
+    /// Stopped: whatever its reader fetched is never handed out.
+    pub(super) gone: Arc<AtomicBool>,
+}
+
+pub(super) struct Batch {
+    pub(super) slot: usize,
+    pub(super) records: std::vec::IntoIter<Record>,
+    /// In a group: until when the lease, as last confirmed, lets these
+    /// records be handed out; checked per record, as a paused process may
+    /// wake in the middle of a batch.
+    pub(super) until: Option<tokio::time::Instant>,
+}
+
+/// One shard's reader, as a stream of its events.
+pub(super) struct ShardStream {
+    slot: usize,
+    events: mpsc::Receiver<ShardEvent>,
+    gone: Arc<AtomicBool>,
+    gate: Option<Arc<Gate>>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Stream for ShardStream {
+    type Item = (usize, ShardEvent);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.gone.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if self.gate.as_ref().is_some_and(|gate| !gate.admits(cx)) {
+            return Poll::Pending;
+        }
+        let slot = self.slot;
+        self.events.poll_recv(cx).map(|event| event.map(|event| (slot, event)))
+    }
+}
+
+impl Consumer {
+    /// Starts the shards the lineage says may start now.
+    pub(super) fn start(&mut self, starts: Vec<Start>) {
+        for start in starts {
+            if let (Some(at), Some(progress)) = (start.mark, &self.progress) {
+                progress.mark_start(&Arc::from(start.shard_id.as_str()), at);
+            }
+            tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
+            match self.free_slot() {
+                Some(index) => {
+                    let (stream, slot) = self.spawner.spawn(index, start);
+                    self.shards.push(stream);
+                    self.slots[index] = slot;
+                }
+                None => {
+                    let (stream, slot) = self.spawner.spawn(self.slots.len(), start);
+                    self.shards.push(stream);
+                    self.slots.push(slot);
+                }
+            }
+        }
+    }
+
+    /// A slot nothing refers to any more, for a new shard: shards come and go
+    /// with reshards and lease moves, and the slots would otherwise only grow.
+    /// A stopped or ended shard's stream yields nothing once `gone` is set.
+    fn free_slot(&self) -> Option<usize> {
+        let current = self.current.as_ref().map(|batch| batch.slot);
+        self.slots.iter().enumerate().position(|(index, slot)| {
+            slot.ended
+                && slot.gone.load(Ordering::Acquire)
+                && !slot.dirty
+                && current != Some(index)
+                && self.in_flight != Some(index)
+        })
+    }
+
+    /// Stops reading `shard` at once: its reader ends, and records it fetched
+    /// but did not hand out are dropped.
+    pub(super) fn stop_shard(&mut self, shard: &str) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if &*slot.id != shard || slot.ended {
+                continue;
+            }
+            slot.ended = true;
+            slot.gone.store(true, Ordering::Release);
+            slot.cancel.cancel();
+            if std::mem::take(&mut slot.dirty) {
+                self.dirty.retain(|&dirty| dirty != index);
+            }
+            if self.current.as_ref().is_some_and(|batch| batch.slot == index) {
+                self.current = None;
+            }
+            if self.in_flight == Some(index) {
+                self.in_flight = None;
+            }
+        }
+    }
+
+    /// Every record of the shard in `slot` was handed out (and, since the
+    /// caller asked for more, processed in auto mode).
+    pub(super) fn on_shard_end(&mut self, slot: usize, children: Vec<ShardInfo>) {
+        let entry = &mut self.slots[slot];
+        entry.ended = true;
+        entry.gone.store(true, Ordering::Release);
+        // Its end checkpoint supersedes the last sequence number.
+        if std::mem::take(&mut entry.dirty) {
+            self.dirty.retain(|&dirty| dirty != slot);
+        }
+        let shard = Arc::clone(&entry.id);
+        tracing::debug!(parent: &self.spawner.span, %shard, children = children.len(), "reached the end of a shard");
+        if let Some(membership) = &self.membership {
+            membership.learn(&children);
+        }
+        let now = SystemTime::now();
+        let starts = self.lineage.discover(children, now);
+        self.start(starts);
+        if self.lineage.awaits_unknown_parent() {
+            // A merge child whose other parent appeared after the last listing.
+            self.relist.notify_one();
+        }
+        match &self.progress {
+            Some(progress) => progress.end_shard(&shard),
+            None => {
+                let starts = self.lineage.finished(&shard, now);
+                self.start(starts);
+            }
+        }
+    }
+}

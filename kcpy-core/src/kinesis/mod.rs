@@ -1,0 +1,165 @@
+//! The transport: the Kinesis calls the consumer makes, with errors already
+//! sorted into what to do about them ([`ApiError`]). The SDK client
+//! implements [`KinesisApi`] (`sdk`), sending GetRecords signed by hand once
+//! it has learned how (`signed`); `page` turns a GetRecords answer into
+//! records. Unit tests script the trait to produce faults the emulator
+//! cannot.
+
+mod errors;
+mod page;
+mod sdk;
+mod signed;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub(crate) use errors::{sort_code, FaultWatch};
+pub(crate) use sdk::SdkKinesis;
+
+use crate::error::BoxError;
+use crate::{Error, Record, SequenceNumber};
+
+/// The stream as configured, and its name for checkpoint keys.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamRef {
+    /// The name or ARN as the user gave it.
+    pub(crate) configured: String,
+    pub(crate) name: String,
+    pub(crate) arn: Option<String>,
+}
+
+impl StreamRef {
+    pub(crate) fn parse(stream: &str) -> Result<Self, Error> {
+        if stream.is_empty() {
+            return Err(Error::config("the stream name must not be empty"));
+        }
+        if let Some(rest) = stream.strip_prefix("arn:") {
+            // arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
+            let parts: Vec<&str> = rest.splitn(5, ':').collect();
+            let name = match parts.as_slice() {
+                [_, "kinesis", _, _, resource] => resource.strip_prefix("stream/"),
+                _ => None,
+            };
+            return match name {
+                Some(name) if is_valid_stream_name(name) => Ok(Self {
+                    configured: stream.to_owned(),
+                    name: name.to_owned(),
+                    arn: Some(stream.to_owned()),
+                }),
+                _ => Err(Error::config(format!("{stream:?} is not a Kinesis stream ARN"))),
+            };
+        }
+        if !is_valid_stream_name(stream) {
+            return Err(Error::config(format!(
+                "{stream:?} is not a valid stream name (1-128 of a-z A-Z 0-9 _ . -)"
+            )));
+        }
+        Ok(Self {
+            configured: stream.to_owned(),
+            name: stream.to_owned(),
+            arn: None,
+        })
+    }
+}
+
+fn is_valid_stream_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// One shard as ListShards describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardInfo {
+    pub(crate) shard_id: String,
+    pub(crate) parent_shard_id: Option<String>,
+    pub(crate) adjacent_parent_shard_id: Option<String>,
+    /// Set once the shard is closed (by a split or merge).
+    pub(crate) ending_sequence_number: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ShardPage {
+    pub(crate) shards: Vec<ShardInfo>,
+    pub(crate) next_token: Option<String>,
+}
+
+/// Where a shard iterator starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IteratorPosition {
+    TrimHorizon,
+    Latest,
+    AtTimestamp(SystemTime),
+    AfterSequence(SequenceNumber),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RecordsPage {
+    pub(crate) records: Vec<Record>,
+    /// `None` once the shard is closed and fully read.
+    pub(crate) next_iterator: Option<String>,
+    pub(crate) millis_behind_latest: Option<i64>,
+    /// At a shard's end: the shards that continue it.
+    pub(crate) child_shards: Vec<ShardInfo>,
+}
+
+/// What a failed call means for the caller.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// Over a limit; back off and retry.
+    Throttled(BoxError),
+    /// A fault that passes (5xx, reset, timeout); back off and retry.
+    Transient(BoxError),
+    /// The shard iterator is too old; get a new one.
+    ExpiredIterator,
+    /// No credentials could be had (the provider failed): retried like a
+    /// transient fault, but only for `credentials_timeout`.
+    Credentials(BoxError),
+    /// The signature was refused, and it was made at a time far from
+    /// Kinesis's clock: retried once (the next call is signed at the time
+    /// the refusal showed), then access is denied.
+    ClockSkew(BoxError),
+    /// Retrying cannot help; the consumer stops.
+    Fatal(Error),
+}
+
+#[async_trait]
+pub(crate) trait KinesisApi: Send + Sync + 'static {
+    async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError>;
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &StreamRef,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<String, ApiError>;
+
+    /// Records of `shard_id`, in order.
+    async fn get_records(
+        &self,
+        stream: &StreamRef,
+        shard_id: &Arc<str>,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<RecordsPage, ApiError>;
+}
+
+pub(crate) type DynKinesis = Arc<dyn KinesisApi>;
+
+/// A Kinesis call took longer than `request_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request timed out")]
+pub(crate) struct RequestTimedOut;
+
+/// Runs a call within `limit`; running over it is a transient failure.
+pub(crate) async fn within<T>(
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_elapsed| Err(ApiError::Transient(Arc::new(RequestTimedOut))))
+}
