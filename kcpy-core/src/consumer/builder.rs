@@ -248,7 +248,7 @@ impl ConsumerBuilder {
     }
 
     /// A token whose cancellation shuts the consumer down, as
-    /// [`ShutdownHandle::shutdown`] does.
+    /// [`ShutdownHandle::shutdown`](super::ShutdownHandle::shutdown) does.
     pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
         self.shutdown = Some(token);
         self

@@ -36,6 +36,8 @@ use crate::kinesis::{SdkKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::ShardEvent;
 use crate::signal::{Fatal, Outbox};
+#[cfg(doc)]
+use crate::CheckpointMode;
 use crate::{Checkpointer, Error, Record, SequenceNumber};
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
