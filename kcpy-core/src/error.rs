@@ -30,6 +30,17 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The enhanced fan-out consumer (see
+    /// [`ConsumerBuilder::fan_out`](crate::ConsumerBuilder::fan_out)) does
+    /// not exist, was deleted, or belongs to another stream.
+    #[error("enhanced fan-out consumer {consumer:?} was not found")]
+    ConsumerNotFound {
+        /// The consumer's name or ARN as configured.
+        consumer: String,
+        /// What Kinesis answered, or why it does not fit the stream.
+        #[source]
+        source: BoxError,
+    },
     /// The credentials in use may not read the stream.
     #[error("access to stream {stream:?} was denied")]
     AccessDenied {

@@ -72,6 +72,7 @@ pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};
 pub use group::{Lease, LeaseStore};
+pub use read::FanOut;
 pub use record::Record;
 pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};
 

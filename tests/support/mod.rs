@@ -132,6 +132,19 @@ impl TestStream {
         Self { client, name }
     }
 
+    /// The stream's ARN.
+    pub async fn arn(&self) -> String {
+        self.client
+            .describe_stream_summary()
+            .stream_name(&self.name)
+            .send()
+            .await
+            .expect("DescribeStreamSummary")
+            .stream_description_summary
+            .expect("summary")
+            .stream_arn
+    }
+
     pub async fn delete(self) {
         let _ = self
             .client

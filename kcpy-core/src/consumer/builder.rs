@@ -19,9 +19,9 @@ use super::{Consumer, Control};
 use crate::checkpoint::{Progress, Writer};
 use crate::config::Settings;
 use crate::group::{Coordinator, Membership};
-use crate::kinesis::{DynKinesis, StreamRef};
+use crate::kinesis::{DynFanOut, DynKinesis, StreamRef};
 use crate::lineage::Lineage;
-use crate::read::{DynReader, PollingReader};
+use crate::read::{resolve, DynReader, FanOut, FanOutReader, PollingReader};
 use crate::signal::Fatal;
 use crate::{CheckpointMode, CheckpointStore, Error, LeaseStore, SequenceNumber, StartPosition};
 
@@ -36,6 +36,8 @@ pub struct ConsumerBuilder {
     settings: Settings,
     /// How shards are read; polling unless set.
     reader: Option<DynReader>,
+    fan_out: Option<FanOut>,
+    fan_out_api: Option<DynFanOut>,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -59,13 +61,36 @@ impl ConsumerBuilder {
             shutdown: None,
             settings: Settings::default(),
             reader: None,
+            fan_out: None,
+            fan_out_api: None,
         }
+    }
+
+    pub(crate) fn with_fan_out_api(mut self, api: DynFanOut) -> Self {
+        self.fan_out_api = Some(api);
+        self
     }
 
     /// Reads shards with `reader` instead of polling (tests of the seam).
     #[cfg(test)]
     pub(crate) fn reader(mut self, reader: DynReader) -> Self {
         self.reader = Some(reader);
+        self
+    }
+
+    /// Reads with enhanced fan-out (SubscribeToShard) through the stream
+    /// consumer `fan_out` names, instead of polling with GetRecords (the
+    /// default). Records are pushed as they arrive, and the stream consumer
+    /// has a read budget of its own (2 MiB/s per shard) instead of sharing
+    /// one with every polling reader. Checkpoints, resharding, consumer
+    /// groups and shutdown work as with polling.
+    ///
+    /// `build` registers the stream consumer if asked ([`FanOut::register`])
+    /// and waits until it is ACTIVE. On AWS, SubscribeToShard needs HTTP/2:
+    /// the SDK's default HTTPS client negotiates it; a client limited to
+    /// HTTP/1.1 works only with emulators.
+    pub fn fan_out(mut self, fan_out: FanOut) -> Self {
+        self.fan_out = Some(fan_out);
         self
     }
 
@@ -261,6 +286,9 @@ impl ConsumerBuilder {
     /// returns is delivered.
     pub async fn build(self) -> Result<Consumer, Error> {
         self.settings.validate()?;
+        if let Some(fan_out) = &self.fan_out {
+            fan_out.validate()?;
+        }
         let stream = Arc::new(StreamRef::parse(&self.stream)?);
         let settings = Arc::new(self.settings);
         let api = self.api;
@@ -293,9 +321,24 @@ impl ConsumerBuilder {
                 .instrument(span.clone())
                 .await?;
         }
-        let reader = self
-            .reader
-            .unwrap_or_else(|| Arc::new(PollingReader::new(Arc::clone(&api), Arc::clone(&settings))));
+        let reader: DynReader = match (self.reader, self.fan_out, self.fan_out_api) {
+            (Some(reader), _, _) => reader,
+            (None, Some(fan_out), Some(fan_out_api)) => {
+                let consumer = resolve(&fan_out_api, &stream, &fan_out, &settings)
+                    .instrument(span.clone())
+                    .await?;
+                tracing::info!(parent: &span, consumer = %consumer.arn, "reading with enhanced fan-out");
+                Arc::new(FanOutReader {
+                    api: fan_out_api,
+                    kinesis: Arc::clone(&api),
+                    settings: Arc::clone(&settings),
+                    consumer,
+                    stall: fan_out.stall(),
+                })
+            }
+            (None, Some(_), None) => return Err(Error::config("this client cannot read with enhanced fan-out")),
+            (None, None, _) => Arc::new(PollingReader::new(Arc::clone(&api), Arc::clone(&settings))),
+        };
         reader.prepare(&stream, &starts).instrument(span.clone()).await?;
 
         let fatal = Fatal::new(self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token()));

@@ -140,7 +140,8 @@ impl Consumer {
     /// interceptors of its own, every call goes through the SDK instead, so
     /// that they see every call.
     pub fn builder(client: aws_sdk_kinesis::Client, stream: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder::with_api(Arc::new(SdkKinesis::new(&client)), stream.into())
+        let sdk = Arc::new(SdkKinesis::new(&client));
+        ConsumerBuilder::with_api(Arc::clone(&sdk) as _, stream.into()).with_fan_out_api(sdk)
     }
 
     /// The fatal error that ended the stream, if one did.

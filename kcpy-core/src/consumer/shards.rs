@@ -45,6 +45,7 @@ impl Spawner {
             shard_id: Arc::clone(&shard_id),
             position: start.position,
             fallback: start.fallback,
+            latest_at: start.mark,
             slot,
             tx,
             cancel: cancel.clone(),

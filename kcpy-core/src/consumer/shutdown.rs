@@ -36,18 +36,26 @@ impl Consumer {
         let writer = self.writer.take().map(AbortOnDropHandle::new);
         let progress = self.progress.clone();
         let deadline = self.settings.shutdown_timeout;
+        let reader = Arc::clone(&self.spawner.reader);
+        let clean = self.error.is_none();
         self.phase = Phase::Closing(Box::pin(async move {
-            let (Some(writer), Some(progress)) = (writer, progress) else {
-                return Ok(());
+            let saved = match (writer, progress) {
+                (Some(writer), Some(progress)) => {
+                    progress.stop();
+                    match tokio::time::timeout(deadline, writer).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(join_error)) => Err(Error::Checkpoint(crate::CheckpointError::Backend {
+                            source: Arc::new(join_error),
+                        })),
+                        Err(_) => Err(Error::ShutdownTimedOut { deadline }),
+                    }
+                }
+                _ => Ok(()),
             };
-            progress.stop();
-            match tokio::time::timeout(deadline, writer).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(join_error)) => Err(Error::Checkpoint(crate::CheckpointError::Backend {
-                    source: Arc::new(join_error),
-                })),
-                Err(_) => Err(Error::ShutdownTimedOut { deadline }),
+            if clean && saved.is_ok() {
+                let _ = tokio::time::timeout(deadline, reader.finish()).await;
             }
+            saved
         }));
     }
 }

@@ -9,6 +9,7 @@ mod errors;
 mod page;
 mod sdk;
 mod signed;
+mod subscribe;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -61,6 +62,18 @@ impl StreamRef {
             name: stream.to_owned(),
             arn: None,
         })
+    }
+}
+
+impl StreamRef {
+    /// A stream (or stream consumer) known only by an ARN, for naming it in
+    /// errors.
+    pub(crate) fn unnamed(arn: &str) -> Self {
+        Self {
+            configured: arn.to_owned(),
+            name: arn.to_owned(),
+            arn: Some(arn.to_owned()),
+        }
     }
 }
 
@@ -163,3 +176,64 @@ pub(crate) async fn within<T>(
         .await
         .unwrap_or_else(|_elapsed| Err(ApiError::Transient(Arc::new(RequestTimedOut))))
 }
+
+/// One event of a SubscribeToShard subscription.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionEvent {
+    pub(crate) records: Vec<Record>,
+    /// Where the shard's reading stands; `None` where Kinesis sent none (the
+    /// SDK makes an absent one `""`): at the shard's end, with children.
+    pub(crate) continuation: Option<SequenceNumber>,
+    /// At the shard's end: the shards that continue it.
+    pub(crate) child_shards: Vec<ShardInfo>,
+}
+
+/// A live subscription to one shard.
+#[async_trait]
+pub(crate) trait Subscription: Send {
+    /// The next event; `Ok(None)` once Kinesis ended the subscription (it
+    /// does after 5 minutes).
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, ApiError>;
+}
+
+/// A stream consumer registered for enhanced fan-out, as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamConsumer {
+    pub(crate) name: String,
+    pub(crate) arn: String,
+    pub(crate) stream_arn: String,
+    /// ACTIVE: subscriptions are accepted.
+    pub(crate) active: bool,
+}
+
+/// Which stream consumer to describe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConsumerLookup<'a> {
+    Arn(&'a str),
+    Name { stream_arn: &'a str, name: &'a str },
+}
+
+/// The calls of enhanced fan-out. A missing stream consumer is
+/// [`Error::ConsumerNotFound`]; a subscription refused because an earlier
+/// one is still held (ResourceInUse) is [`ApiError::Throttled`].
+#[async_trait]
+pub(crate) trait FanOutApi: Send + Sync + 'static {
+    /// The stream's ARN (DescribeStreamSummary), which registration needs.
+    async fn stream_arn(&self, stream: &StreamRef) -> Result<String, ApiError>;
+
+    async fn describe_consumer(&self, lookup: ConsumerLookup<'_>) -> Result<StreamConsumer, ApiError>;
+
+    async fn register_consumer(&self, stream_arn: &str, name: &str) -> Result<StreamConsumer, ApiError>;
+
+    async fn deregister_consumer(&self, consumer_arn: &str) -> Result<(), ApiError>;
+
+    async fn subscribe(
+        &self,
+        stream: &StreamRef,
+        consumer_arn: &str,
+        shard_id: &Arc<str>,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn Subscription>, ApiError>;
+}
+
+pub(crate) type DynFanOut = Arc<dyn FanOutApi>;

@@ -17,7 +17,7 @@ use crate::Error;
 
 /// The real thing.
 pub(crate) struct SdkKinesis {
-    client: aws_sdk_kinesis::Client,
+    pub(super) client: aws_sdk_kinesis::Client,
     /// How GetRecords calls go once the first one went through the SDK.
     route: RouteCell,
     /// Kinesis's clock as the direct calls see it.

@@ -3,18 +3,28 @@
 //! (GetRecords) is one reader; everything the consumer does with what is
 //! read — lineage, checkpoints, leases, shutdown — is the same for any.
 
+mod fan_out;
 mod polling;
+mod registration;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use fan_out::FanOutReader;
 pub(crate) use polling::PollingReader;
+pub(crate) use registration::resolve;
+pub use registration::FanOut;
 
-use crate::kinesis::{IteratorPosition, ShardInfo, StreamRef};
+use crate::config::Settings;
+use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, ShardInfo, StreamRef};
 use crate::lineage::Start;
+use crate::retry::Backoff;
 use crate::signal::Fatal;
 use crate::{Error, Record};
 
@@ -38,6 +48,9 @@ pub(crate) struct ReadShard {
     /// Where to start again if nothing was read from `position` yet and it
     /// has to be given up (an iterator expired unused).
     pub(crate) fallback: IteratorPosition,
+    /// With `position` LATEST: the moment it was saved as the shard's start,
+    /// which a reader that positions itself later must start from instead.
+    pub(crate) latest_at: Option<SystemTime>,
     /// The shard's place among those this consumer reads, for spreading
     /// their calls over time.
     pub(crate) slot: usize,
@@ -63,9 +76,95 @@ pub(crate) trait ShardReader: Send + Sync + 'static {
 
     /// Reads one shard until its end, `cancel`, or a fatal error.
     async fn read(&self, shard: ReadShard) -> Result<(), Error>;
+
+    /// After a clean stop, once the last checkpoints are written.
+    async fn finish(&self) {}
 }
 
 pub(crate) type DynReader = Arc<dyn ShardReader>;
+
+/// What the listing says of a shard that seemed to end.
+pub(crate) enum Confirmed {
+    /// Closed, or no longer listed: its end, with the children listed.
+    Ended(Vec<ShardInfo>),
+    /// Still open: keep reading.
+    Open,
+    Cancelled,
+}
+
+/// Asks the stream's listing about one shard, for any reader.
+pub(crate) struct Listing<'a> {
+    pub(crate) api: &'a DynKinesis,
+    pub(crate) stream: &'a StreamRef,
+    pub(crate) shard_id: &'a str,
+    pub(crate) settings: &'a Settings,
+    pub(crate) cancel: &'a CancellationToken,
+}
+
+impl Listing<'_> {
+    /// Whether the stream's listing shows this shard closed (or gone: past
+    /// retention), with its children as listed. A stream that is itself gone
+    /// is the fatal error it always was.
+    pub(crate) async fn confirm_end(&self, watch: &mut FaultWatch, backoff: &mut Backoff) -> Result<Confirmed, Error> {
+        let mut shards = Vec::new();
+        let mut token = None;
+        loop {
+            let call = self.api.list_shards(self.stream, token.clone());
+            let Some(result) = until_cancelled(self.cancel, within(self.settings.request_timeout, call)).await else {
+                return Ok(Confirmed::Cancelled);
+            };
+            match watch.sort(result, self.stream) {
+                Ok(page) => {
+                    shards.extend(page.shards);
+                    match page.next_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
+                }
+                Err(ApiError::Fatal(error)) => return Err(error),
+                Err(
+                    ApiError::Throttled(source)
+                    | ApiError::Transient(source)
+                    | ApiError::Credentials(source)
+                    | ApiError::ClockSkew(source),
+                ) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %source, ?delay, "ListShards failed; retrying");
+                    if until_cancelled(self.cancel, sleep(delay)).await.is_none() {
+                        return Ok(Confirmed::Cancelled);
+                    }
+                }
+                Err(ApiError::ExpiredIterator) => {
+                    return Err(Error::InvalidResponse {
+                        operation: "ListShards",
+                        message: "ExpiredIteratorException".into(),
+                    })
+                }
+            }
+        }
+        let own = self.shard_id;
+        let open = shards
+            .iter()
+            .any(|shard| shard.shard_id == own && shard.ending_sequence_number.is_none());
+        if open {
+            return Ok(Confirmed::Open);
+        }
+        let children = shards
+            .into_iter()
+            .filter(|shard| crate::lineage::parents_of(shard).iter().any(|parent| parent == own))
+            .collect();
+        Ok(Confirmed::Ended(children))
+    }
+}
+
+/// Runs `fut` unless `cancel` comes first.
+pub(crate) async fn until_cancelled<F: Future>(cancel: &CancellationToken, fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        out = fut => Some(out),
+    }
+}
 
 /// Reads `shard` with `reader` as a task of its own: a fatal error or a
 /// panic stops the consumer, by the one path fatal errors take.

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{ReadShard, ShardEvent, ShardReader};
+use super::{Confirmed, Listing, ReadShard, ShardEvent, ShardReader};
 use crate::config::Settings;
 use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::lineage::Start;
@@ -94,15 +94,6 @@ impl ShardReader for PollingReader {
         };
         poller.poll_loop().await
     }
-}
-
-/// What the listing says of a shard that seemed to end.
-enum Confirmed {
-    /// Closed, or no longer listed: its end, with the children listed.
-    Ended(Vec<ShardInfo>),
-    /// Still open: keep reading.
-    Open,
-    Cancelled,
 }
 
 /// What comes after asking for a new iterator.
@@ -262,58 +253,15 @@ impl Poller {
         Ok(())
     }
 
-    /// Whether the stream's listing shows this shard closed (or gone: past
-    /// retention), with its children as listed. A stream that is itself gone
-    /// is the fatal error it always was.
     async fn confirm_end(&mut self, backoff: &mut Backoff) -> Result<Confirmed, Error> {
-        let mut shards = Vec::new();
-        let mut token = None;
-        loop {
-            let call = self.api.list_shards(&self.stream, token.clone());
-            let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
-                return Ok(Confirmed::Cancelled);
-            };
-            match self.watch.sort(result, &self.stream) {
-                Ok(page) => {
-                    shards.extend(page.shards);
-                    match page.next_token {
-                        Some(next) => token = Some(next),
-                        None => break,
-                    }
-                }
-                Err(ApiError::Fatal(error)) => return Err(error),
-                Err(
-                    ApiError::Throttled(source)
-                    | ApiError::Transient(source)
-                    | ApiError::Credentials(source)
-                    | ApiError::ClockSkew(source),
-                ) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %source, ?delay, "ListShards failed; retrying");
-                    if self.until_cancelled(sleep(delay)).await.is_none() {
-                        return Ok(Confirmed::Cancelled);
-                    }
-                }
-                Err(ApiError::ExpiredIterator) => {
-                    return Err(Error::InvalidResponse {
-                        operation: "ListShards",
-                        message: "ExpiredIteratorException".into(),
-                    })
-                }
-            }
-        }
-        let own = &*self.shard_id;
-        let open = shards
-            .iter()
-            .any(|shard| shard.shard_id == own && shard.ending_sequence_number.is_none());
-        if open {
-            return Ok(Confirmed::Open);
-        }
-        let children = shards
-            .into_iter()
-            .filter(|shard| crate::lineage::parents_of(shard).iter().any(|parent| parent == own))
-            .collect();
-        Ok(Confirmed::Ended(children))
+        let listing = Listing {
+            api: &self.api,
+            stream: &self.stream,
+            shard_id: &self.shard_id,
+            settings: &self.settings,
+            cancel: &self.cancel,
+        };
+        listing.confirm_end(&mut self.watch, backoff).await
     }
 
     /// A fresh iterator: right after `last` if anything was fetched, else at
