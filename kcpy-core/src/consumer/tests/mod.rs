@@ -6,6 +6,7 @@
 //! backoff and rate limits cost nothing.
 
 mod checkpoints;
+mod fan_out;
 mod polling;
 mod reshard;
 mod seam;
