@@ -15,6 +15,10 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 fn spawn(stream: &str, store: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
+    spawn_with(stream, store, &[])
+}
+
+fn spawn_with(stream: &str, store: &str, extra: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
         .args([
             stream,
@@ -26,6 +30,7 @@ fn spawn(stream: &str, store: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
             "37",
         ])
         .args(["--endpoint", &support::endpoint()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -55,10 +60,14 @@ async fn read_lines(lines: &mut Lines<BufReader<ChildStdout>>, mut done: impl Fn
 /// Runs a consumer process against `store`, kills it with SIGKILL mid-stream
 /// and restarts it; `open` opens the same store from the test.
 async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Output = S>) {
+    crash_and_restart_with(store, open, &[]).await;
+}
+
+async fn crash_and_restart_with<S: CheckpointStore>(store: &str, open: impl Future<Output = S>, extra: &[&str]) {
     let stream = TestStream::create("crash", 4).await;
     let puts = stream.put_many("rec", 2000, 211).await;
 
-    let (mut child, mut lines) = spawn(&stream.name, store);
+    let (mut child, mut lines) = spawn_with(&stream.name, store, extra);
     let mut run1 = read_lines(&mut lines, |read| read.len() >= 700).await;
     // Kill it once a checkpoint is durable, so the restart has one to honour.
     let store_handle = open.await;
@@ -112,7 +121,7 @@ async fn crash_and_restart<S: CheckpointStore>(store: &str, open: impl Future<Ou
     );
 
     let markers = stream.put_marker_on_every_shard("end").await;
-    let (mut child, mut lines) = spawn(&stream.name, store);
+    let (mut child, mut lines) = spawn_with(&stream.name, store, extra);
     let mut run2 = read_lines(&mut lines, |read| markers.iter().all(|m| read.contains(m))).await;
     child.start_kill().expect("stop the second run");
     run2.retain(|r| !markers.contains(r));
@@ -144,6 +153,18 @@ async fn a_consumer_killed_with_sigkill_loses_nothing_and_redelivers_only_after_
     crash_and_restart(&url, async {
         SqliteCheckpointStore::connect(&url).await.expect("open sqlite")
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_consumer_killed_with_sigkill_loses_nothing_and_resumes_after_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("kcpy.db").display());
+    crash_and_restart_with(
+        &url,
+        async { SqliteCheckpointStore::connect(&url).await.expect("open sqlite") },
+        &["--fan-out", "crash-efo"],
+    )
     .await;
 }
 

@@ -10,7 +10,22 @@ use kcpy::{Consumer, MemoryCheckpointStore};
 use support::{as_put, counts, Put, TestStream};
 
 async fn member(stream: &TestStream, store: &MemoryCheckpointStore, worker: &str) -> Consumer {
-    Consumer::builder(support::client(), &stream.name)
+    member_reading(stream, store, worker, None).await
+}
+
+/// A member, reading with enhanced fan-out through `fan_out` if given.
+async fn member_reading(
+    stream: &TestStream,
+    store: &MemoryCheckpointStore,
+    worker: &str,
+    fan_out: Option<&str>,
+) -> Consumer {
+    let builder = Consumer::builder(support::client(), &stream.name);
+    let builder = match fan_out {
+        Some(name) => builder.fan_out(kcpy::FanOut::register(name)),
+        None => builder,
+    };
+    builder
         .consumer_name("group")
         .lease_store(store.clone())
         .worker_id(worker)
@@ -52,11 +67,20 @@ async fn drive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_split_the_shards_hand_them_over_without_replay_and_take_over_on_close() {
+    split_hand_over_and_take_over(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reading_with_fan_out_split_the_shards_hand_them_over_without_replay_and_take_over_on_close() {
+    split_hand_over_and_take_over(Some("group-efo")).await;
+}
+
+async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
     let stream = TestStream::create("group", 4).await;
     let mut puts = stream.put_many("rec", 400, 97).await;
     let store = MemoryCheckpointStore::new();
-    let mut a = member(&stream, &store, "a").await;
-    let mut b = member(&stream, &store, "b").await;
+    let mut a = member_reading(&stream, &store, "a", fan_out).await;
+    let mut b = member_reading(&stream, &store, "b", fan_out).await;
     let mut read = Vec::new();
     drive(&mut [&mut a, &mut b], &mut read, |m, read| {
         read.len() >= 400 && owned(m[0]).len() == 2 && owned(m[1]).len() == 2

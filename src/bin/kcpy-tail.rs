@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! kcpy-tail STREAM [--store URL] [--consumer-name NAME] [--start trim-horizon|latest]
-//!                  [--checkpoint-every N] [--endpoint URL]
+//!                  [--checkpoint-every N] [--endpoint URL] [--fan-out NAME]
 //!                  [--group [--worker-id ID] [--lease-duration-ms N] [--lease-renew-ms N]]
 //! ```
+//!
+//! `--fan-out NAME` reads with enhanced fan-out through the stream consumer
+//! NAME, registering it if the stream has none by that name.
 //!
 //! The store is picked by the URL's scheme: `sqlite://`, and with the crate's
 //! features `redis`, `mysql`, `postgres` and `dynamodb`, `redis://` /
@@ -28,7 +31,7 @@ use kcpy::aws_sdk_kinesis::config::Credentials;
 use kcpy::{Consumer, ConsumerBuilder, StartPosition};
 
 const USAGE: &str = "usage: kcpy-tail STREAM [--store URL] [--consumer-name NAME] \
-                     [--start trim-horizon|latest] [--checkpoint-every N] [--endpoint URL] \
+                     [--start trim-horizon|latest] [--checkpoint-every N] [--endpoint URL] [--fan-out NAME] \
                      [--group [--worker-id ID] [--lease-duration-ms N] [--lease-renew-ms N]]";
 
 struct Args {
@@ -38,6 +41,7 @@ struct Args {
     start: StartPosition,
     checkpoint_every: u64,
     endpoint: Option<String>,
+    fan_out: Option<String>,
     group: bool,
     worker_id: Option<String>,
     lease_duration: Option<Duration>,
@@ -52,6 +56,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         start: StartPosition::TrimHorizon,
         checkpoint_every: 1000,
         endpoint: std::env::var("KCPY_KINESIS_ENDPOINT").ok(),
+        fan_out: None,
         group: false,
         worker_id: None,
         lease_duration: None,
@@ -64,6 +69,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--consumer-name" => parsed.consumer_name = value()?,
             "--endpoint" => parsed.endpoint = Some(value()?),
             "--group" => parsed.group = true,
+            "--fan-out" => parsed.fan_out = Some(value()?),
             "--worker-id" => parsed.worker_id = Some(value()?),
             "--lease-duration-ms" => parsed.lease_duration = Some(millis(&arg, &value()?)?),
             "--lease-renew-ms" => parsed.lease_renew = Some(millis(&arg, &value()?)?),
@@ -141,6 +147,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .start_position(args.start)
         .checkpoint_every(args.checkpoint_every)
         .idle_interval(Duration::from_millis(200));
+    if let Some(name) = &args.fan_out {
+        builder = builder.fan_out(kcpy::FanOut::register(name));
+    }
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id);
     }
