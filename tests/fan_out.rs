@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kcpy::{Checkpoint, CheckpointKey, Consumer, ConsumerBuilder, Error, FanOut, MemoryCheckpointStore};
-use support::{by_shard, counts, read_until, Put, TestStream};
+use support::fault_proxy::{Fault, FaultProxy, Rule};
+use support::{assert_ordered_across_reshards, by_shard, counts, read_until, Put, TestStream};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -172,4 +173,124 @@ async fn unknown_foreign_and_misnamed_fan_out_consumers_are_typed_errors_at_buil
     assert!(registered(&stream).await.is_empty(), "nothing was registered");
     stream.delete().await;
     other.delete().await;
+}
+
+// What the emulator never sends on a subscription, forged by the fault proxy
+// after the subscription's first event: a shard end with children, an
+// exception event, silence.
+
+fn through(proxy: &FaultProxy, stream: &TestStream, fan_out: FanOut) -> ConsumerBuilder {
+    Consumer::builder(proxy.client(), &stream.name)
+        .fan_out(fan_out)
+        .checkpoint_interval(Duration::from_millis(200))
+        .backoff(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+fn subscriptions(proxy: &FaultProxy, shard: &str) -> usize {
+    proxy
+        .calls()
+        .iter()
+        .filter(|c| c.operation == "SubscribeToShard" && c.shard.as_deref() == Some(shard))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_end_through_fan_out_saves_the_parents_end_and_reads_its_children_after_it() {
+    let stream = TestStream::create("efo-end", 1).await;
+    // Per key counters across the split, for assert_ordered_across_reshards.
+    let records = |range: std::ops::Range<usize>| -> Vec<(String, String)> {
+        range.map(|i| (format!("pk-{}", i % 17), format!("rec#{i}"))).collect()
+    };
+    let before = stream.put(&records(0..120)).await;
+    let parent = stream.open_shards().await.remove(0);
+    stream.split(&parent).await;
+    let children: Vec<(String, Vec<String>)> = stream
+        .open_shards()
+        .await
+        .into_iter()
+        .map(|s| (s.shard_id, vec![parent.shard_id.clone()]))
+        .collect();
+    assert_eq!(children.len(), 2);
+    let after = stream.put(&records(120..320)).await;
+    let markers = stream.put_marker_on_every_shard("end").await;
+
+    let proxy = FaultProxy::start(&support::endpoint(), 13).await;
+    proxy.add(
+        Rule::new(Fault::EndShard(children))
+            .on("SubscribeToShard")
+            .shard(&parent.shard_id),
+    );
+    let store = MemoryCheckpointStore::new();
+    let mut consumer = through(&proxy, &stream, FanOut::register("efo-end"))
+        .consumer_name("efo-end")
+        .checkpoint_store(store.clone())
+        .build()
+        .await
+        .expect("build");
+    let read = read_through_markers(&mut consumer, &markers).await;
+    consumer.close().await.expect("clean stop");
+
+    let puts: Vec<Put> = before.iter().chain(&after).cloned().collect();
+    assert_eq!(read.len(), puts.len(), "every record once, nothing more");
+    assert_eq!(by_shard(&read), by_shard(&puts), "per shard, in order");
+    assert_ordered_across_reshards(&read, &stream.shards().await);
+    assert_eq!(
+        subscriptions(&proxy, &parent.shard_id),
+        1,
+        "the forged end ended the parent"
+    );
+    let key = CheckpointKey::new("efo-end", &stream.name, &parent.shard_id);
+    assert_eq!(store.snapshot().get(&key), Some(&Checkpoint::ShardEnd));
+    stream.delete().await;
+}
+
+/// Reads a one-shard stream through `fault` on its first subscription: the
+/// records put before, while and after it arrive exactly once, in order,
+/// through a second subscription.
+async fn resubscribes_through(fault: Fault, fan_out: FanOut) {
+    let stream = TestStream::create("efo-fault", 1).await;
+    let shard = stream.open_shards().await.remove(0).shard_id;
+    let mut puts = stream.put_many("before", 150, 19).await;
+    let proxy = FaultProxy::start(&support::endpoint(), 7).await;
+    proxy.add(Rule::new(fault.clone()).on("SubscribeToShard").times(1));
+    let mut consumer = through(&proxy, &stream, fan_out).build().await.expect("build");
+    let mut read = read_until(&mut consumer, LIMIT, |r| r.len() >= puts.len()).await;
+    puts.extend(stream.put_many("during", 150, 19).await);
+    let markers = stream.put_marker_on_every_shard("end").await;
+    read.extend(read_through_markers(&mut consumer, &markers).await);
+    read.retain(|r| !markers.contains(r));
+    consumer.close().await.expect("clean stop");
+
+    assert_eq!(proxy.injected(&fault), 1);
+    assert!(subscriptions(&proxy, &shard) >= 2, "{fault:?}: subscribed again");
+    assert_eq!(read.len(), puts.len(), "{fault:?}: nothing lost, nothing repeated");
+    assert_eq!(by_shard(&read), by_shard(&puts), "{fault:?}: in order");
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_taken_over_mid_stream_resubscribes_after_the_last_record_without_loss_or_repeat() {
+    resubscribes_through(
+        Fault::StreamException("ResourceInUseException"),
+        FanOut::register("efo-takeover"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internal_failure_event_mid_stream_resubscribes_without_loss_or_repeat() {
+    resubscribes_through(
+        Fault::StreamException("InternalFailureException"),
+        FanOut::register("efo-failure"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_given_up_by_the_watchdog_and_resubscribed_without_loss_or_repeat() {
+    resubscribes_through(
+        Fault::Stall,
+        FanOut::register("efo-stall").stall_timeout(Duration::from_secs(2)),
+    )
+    .await;
 }

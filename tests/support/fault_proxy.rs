@@ -1,6 +1,9 @@
 //! A fault-injecting HTTP proxy between the SDK and the emulator: it answers
 //! chosen calls with real Kinesis error responses, 5xx, latency, a connection
 //! reset mid-response, or never at all, and records every call per shard.
+//! SubscribeToShard's event stream passes through; a fault relays its first
+//! event and then forges what the emulator never sends: a shard end with
+//! children, an exception event, or silence.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::HashMap;
@@ -38,6 +41,14 @@ pub enum Fault {
     BlackHole,
     /// A signature refused for its time (the proxy's clock is set apart).
     SignatureExpired,
+    /// SubscribeToShard: after the first event, the shard's end as AWS sends
+    /// it: no records, no continuation, these children (id, parents).
+    EndShard(Vec<(String, Vec<String>)>),
+    /// SubscribeToShard: after the first event, an exception event of this
+    /// type (ResourceInUseException when another subscription takes over).
+    StreamException(&'static str),
+    /// SubscribeToShard: after the first event, nothing, the connection open.
+    Stall,
 }
 
 /// Which calls get a fault, how often.
@@ -264,7 +275,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         .to_owned();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let shard = match operation.as_str() {
-        "GetShardIterator" => json["ShardId"].as_str().map(str::to_owned),
+        "GetShardIterator" | "SubscribeToShard" => json["ShardId"].as_str().map(str::to_owned),
         "GetRecords" => json["ShardIterator"]
             .as_str()
             .and_then(|it| state.iterators.lock().expect("lock").get(it).cloned()),
@@ -353,7 +364,7 @@ async fn answer(
         }
         Some(Fault::BlackHole) => futures::future::pending::<()>().await,
         Some(Fault::Latency(delay)) => tokio::time::sleep(*delay).await,
-        Some(Fault::Reset) | None => {}
+        Some(Fault::Reset | Fault::EndShard(_) | Fault::StreamException(_) | Fault::Stall) | None => {}
     }
 
     let upstream = state.upstream.lock().expect("lock").clone();
@@ -371,6 +382,9 @@ async fn answer(
         Err(_) => return full(StatusCode::SERVICE_UNAVAILABLE, "{}"),
     };
     let (parts, body) = response.into_parts();
+    if parts.status.is_success() && parts.headers.get("content-type").is_some_and(|v| v == EVENT_STREAM) {
+        return Response::from_parts(parts, event_stream(body, fault));
+    }
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return full(StatusCode::SERVICE_UNAVAILABLE, "{}");
     };
@@ -396,4 +410,93 @@ async fn answer(
         Full::new(body).map_err(|never| match never {}).boxed()
     };
     Response::from_parts(parts, body)
+}
+
+const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
+/// A SubscribeToShard event stream, passed through, or changed by `fault`
+/// after its first SubscribeToShardEvent.
+fn event_stream(upstream: Incoming, fault: Option<Fault>) -> Body {
+    use aws_smithy_eventstream::frame::{write_message_to, DecodedFrame, MessageFrameDecoder};
+
+    let Some(fault) = fault else {
+        return upstream.map_err(|e| Box::new(e) as BoxError).boxed();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    tokio::spawn(async move {
+        let mut upstream = upstream;
+        let mut decoder = MessageFrameDecoder::new();
+        let mut buffer = bytes::BytesMut::new();
+        let send = |message: &Message| {
+            let mut out = Vec::new();
+            write_message_to(message, &mut out).expect("encode an event");
+            Ok(Frame::data(Bytes::from(out)))
+        };
+        // Relay messages until the first records event has gone through.
+        'relay: while let Some(Ok(frame)) = upstream.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            buffer.extend_from_slice(&data);
+            while let Ok(DecodedFrame::Complete(message)) = decoder.decode_frame(&mut buffer) {
+                let first_event = header(&message, ":event-type") == Some("SubscribeToShardEvent");
+                if tx.send(send(&message)).await.is_err() {
+                    return;
+                }
+                if first_event {
+                    break 'relay;
+                }
+            }
+        }
+        drop(upstream);
+        let forged = match fault {
+            Fault::EndShard(children) => {
+                let children: Vec<serde_json::Value> = children
+                    .iter()
+                    .map(|(id, parents)| {
+                        serde_json::json!({
+                            "ShardId": id,
+                            "ParentShards": parents,
+                            "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+                        })
+                    })
+                    .collect();
+                let payload = serde_json::json!({"Records": [], "MillisBehindLatest": 0, "ChildShards": children});
+                event_message("event", ":event-type", "SubscribeToShardEvent", payload)
+            }
+            Fault::StreamException(code) => event_message(
+                "exception",
+                ":exception-type",
+                code,
+                serde_json::json!({"message": format!("injected {code}")}),
+            ),
+            // Silence: hold the stream open until the consumer gives up.
+            _ => {
+                tx.closed().await;
+                return;
+            }
+        };
+        let _ = tx.send(send(&forged)).await;
+    });
+    let frames = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|frame| (frame, rx)) });
+    StreamBody::new(frames).boxed()
+}
+
+use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+
+fn header<'a>(message: &'a Message, name: &str) -> Option<&'a str> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| h.value().as_string().ok())
+        .map(|s| s.as_str())
+}
+
+fn event_message(kind: &'static str, type_header: &'static str, name: &str, payload: serde_json::Value) -> Message {
+    Message::new(payload.to_string())
+        .add_header(Header::new(":message-type", HeaderValue::String(kind.into())))
+        .add_header(Header::new(type_header, HeaderValue::String(name.to_owned().into())))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
 }
