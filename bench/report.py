@@ -51,6 +51,7 @@ def main():
     stream, latency, idle = load(raw, "python_kcpy_stream"), load(raw, "latency"), load(raw, "idle")
     shards, ceiling, checkpoints = load(raw, "shards_1000"), load(raw, "ceiling"), load(raw, "checkpoints")
     wakeups, boto3_latency = load(raw, "wakeups"), load(raw, "boto3_latency")
+    fanout, fanout_latency, idle_fanout = load(raw, "kcpy_fanout"), load(raw, "fanout_latency"), load(raw, "idle_fanout")
 
     def med(runs, key):
         s = summary(runs, key)
@@ -89,6 +90,17 @@ def main():
                         "cpu_s": med(shards, "cpu_s"), "cpu_s_second_half": med(shards, "cpu_s_second_half"),
                         "build_s": med(shards, "build_s")},
         "checkpoints": checkpoints[-1] if checkpoints else None,
+        "fanout": {"cpu_us_per_record": med(fanout, "cpu_us_per_record"),
+                   "cpu_us_per_record_after_startup": med(fanout, "cpu_us_per_record_after_startup"),
+                   "peak_rss_mb": med(fanout, "peak_rss_mb"),
+                   "latency_ms": {"p50": med(fanout_latency, "p50"), "p99": med(fanout_latency, "p99")},
+                   "added_ms_per_event": {"p50": med(fanout_latency, "added_ms_per_event_p50"),
+                                          "p99": med(fanout_latency, "added_ms_per_event_p99"),
+                                          "events": med(fanout_latency, "events")},
+                   "idle_cpu_ms_per_shard_second": med(idle_fanout, "cpu_ms_per_shard_second"),
+                   "runs": {k: summary(fanout, k) for k in ("cpu_us_per_record", "peak_rss_mb", "wall_s",
+                                                            "cpu_us_per_record_after_startup")}},
+        "idle_cpu_ms_per_shard_second": med(idle, "cpu_ms_per_shard_second"),
     }
     ratios = {}
     k = result["kcpy"]["cpu_us_per_record"]
@@ -104,6 +116,10 @@ def main():
         ("latency p50 ≤ 110 ms", (result["latency_ms"]["p50"] or 1e9) <= 110, unit(result["latency_ms"]["p50"], 1, "ms")),
         ("latency p99 ≤ 215 ms", (result["latency_ms"]["p99"] or 1e9) <= 215, unit(result["latency_ms"]["p99"], 1, "ms")),
         ("idle ≤ 0.1 ms CPU per empty poll", (result["idle_ms_per_empty_poll"] or 1e9) <= 0.1, unit(result["idle_ms_per_empty_poll"], 3, "ms")),
+        ("fan-out: CPU per record ≤ polling's", (result["fanout"]["cpu_us_per_record"] or 1e9) <= (k or 0),
+         unit(result["fanout"]["cpu_us_per_record"], 2, "µs") + " vs " + unit(k, 2, "µs")),
+        ("fan-out: the consumer's own delay per event p99 ≤ 1 ms", (result["fanout"]["added_ms_per_event"]["p99"] or 1e9) <= 1.0,
+         unit(result["fanout"]["added_ms_per_event"]["p99"], 3, "ms")),
         ("ceiling ≥ 1,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 1e6, unit(result["ceiling_records_per_s_per_core"], 0, "records/s")),
     ]
     result["targets"] = [dict(target=t, met=bool(m), measured=v) for t, m, v in targets]
@@ -150,7 +166,11 @@ def main():
         f"| latency put → delivery at 5 GetRecords/s per shard | p50 {fmt(result['latency_ms']['p50'], 1)} ms, p99 {fmt(result['latency_ms']['p99'], 1)} ms |",
         f"| a boto3 loop after it on the same emulator (a thread per shard, GetRecords every 200 ms) | p50 {fmt(result['boto3_loop_latency_ms']['p50'], 1)} ms, p99 {fmt(result['boto3_loop_latency_ms']['p99'], 1)} ms |",
         f"| the emulator's round trips during the latency runs | PutRecord p50 {fmt(result['latency_ms']['put_record_ms_p50'], 1)} ms, GetRecords p50 {fmt(result['latency_ms']['get_records_ms_p50'], 1)} ms |",
-        f"| idle cost | {span3(result['idle_runs'])} ms CPU per empty poll |",
+        f"| enhanced fan-out, same backlog | {fmt(result['fanout']['cpu_us_per_record'])} µs CPU per record ({fmt(result['fanout']['cpu_us_per_record_after_startup'])} µs without start-up), peak RSS {fmt(result['fanout']['peak_rss_mb'], 1)} MB |",
+        f"| latency put → delivery through enhanced fan-out (the emulator sends one event per second per shard) | p50 {fmt(result['fanout']['latency_ms']['p50'], 1)} ms, p99 {fmt(result['fanout']['latency_ms']['p99'], 1)} ms |",
+        f"| enhanced fan-out: the consumer's own delay per event, from its bytes reaching the HTTP body to its last record returned by next() ({fmt(result['fanout']['added_ms_per_event']['events'], 0)} events per run) | p50 {fmt(result['fanout']['added_ms_per_event']['p50'], 3)} ms, p99 {fmt(result['fanout']['added_ms_per_event']['p99'], 3)} ms |",
+        f"| idle cost | {span3(result['idle_runs'])} ms CPU per empty poll ({fmt(result['idle_cpu_ms_per_shard_second'], 3)} ms per shard-second) |",
+        f"| idle cost through enhanced fan-out | {fmt(result['fanout']['idle_cpu_ms_per_shard_second'], 3)} ms CPU per shard-second |",
         f"| a bare timer wakeup, nothing else (four tasks every 200 ms, 50 ms apart); an empty poll wakes twice, for its timer and its response | {span3(result['idle_floor_runs'])} ms CPU per wakeup |",
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s |",

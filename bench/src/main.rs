@@ -6,7 +6,14 @@
 //!   (with checkpoint bookkeeping in the memory store); CPU per record, peak RSS.
 //! - `latency ENDPOINT STREAM SAMPLES`: put a record every 100 ms on average, read it at
 //!   5 GetRecords/s per shard; put-to-delivery latency.
-//! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll.
+//! - `consume-fanout ENDPOINT STREAM RECORDS`: as `consume`, through enhanced
+//!   fan-out (SubscribeToShard) instead of polling.
+//! - `latency-fanout ENDPOINT STREAM SAMPLES`: as `latency`, through enhanced
+//!   fan-out; also the consumer's own delay per event, from the event's bytes
+//!   reaching the SDK's HTTP body to its last record returned by `next()`.
+//! - `idle ENDPOINT STREAM SECONDS`: an empty stream; CPU per empty poll and
+//!   per shard-second.
+//! - `idle-fanout ENDPOINT STREAM SECONDS`: the same through enhanced fan-out.
 //! - `wakeups SECONDS`: four tasks waking from a 200 ms timer, 50 ms apart,
 //!   and doing nothing else; the CPU a wakeup costs on this machine, the
 //!   floor under an empty poll (which wakes twice).
@@ -28,9 +35,12 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
 };
+use aws_smithy_types::body::SdkBody;
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use kcpy::{
-    Checkpoint, CheckpointKey, CheckpointStore, Consumer, MemoryCheckpointStore, SequenceNumber, SqliteCheckpointStore,
+    Checkpoint, CheckpointKey, CheckpointStore, Consumer, FanOut, MemoryCheckpointStore, SequenceNumber,
+    SqliteCheckpointStore,
 };
 use serde_json::json;
 
@@ -53,6 +63,8 @@ fn usage() -> (f64, f64) {
 struct Calls {
     sent: AtomicU64,
     get_records_ms: std::sync::Mutex<Vec<f64>>,
+    /// When each data frame of a SubscribeToShard response body arrived.
+    event_frames: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 /// Watches the HTTP requests a client sends, whichever way they are made.
@@ -80,11 +92,23 @@ struct WatchedConnector {
 impl HttpConnector for WatchedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         self.calls.sent.fetch_add(1, Ordering::Relaxed);
-        let get_records = request
-            .headers()
-            .get("x-amz-target")
-            .is_some_and(|t| t.ends_with(".GetRecords"));
+        let target = |name: &str| request.headers().get("x-amz-target").is_some_and(|t| t.ends_with(name));
+        let (get_records, subscribe) = (target(".GetRecords"), target(".SubscribeToShard"));
         let response = self.inner.call(request);
+        if subscribe {
+            let frames = Arc::clone(&self.calls.event_frames);
+            return HttpConnectorFuture::new(async move {
+                let mut response = response.await?;
+                let body = response.take_body().map_frame(move |frame| {
+                    if frame.is_data() {
+                        frames.lock().map(|mut v| v.push(Instant::now())).ok();
+                    }
+                    frame
+                });
+                *response.body_mut() = SdkBody::from_body_1_x(body);
+                Ok(response)
+            });
+        }
         if !get_records {
             return response;
         }
@@ -152,27 +176,30 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.first().map(String::as_str).unwrap_or_default();
     let result = match mode {
-        "consume" => {
+        "consume" | "consume-fanout" => {
             consume(
                 &arg::<String>(&args, 1, "endpoint")?,
                 &arg::<String>(&args, 2, "stream")?,
                 arg(&args, 3, "records")?,
+                mode == "consume-fanout",
             )
             .await?
         }
-        "latency" => {
+        "latency" | "latency-fanout" => {
             latency(
                 &arg::<String>(&args, 1, "endpoint")?,
                 &arg::<String>(&args, 2, "stream")?,
                 arg(&args, 3, "samples")?,
+                mode == "latency-fanout",
             )
             .await?
         }
-        "idle" => {
+        "idle" | "idle-fanout" => {
             idle(
                 &arg::<String>(&args, 1, "endpoint")?,
                 &arg::<String>(&args, 2, "stream")?,
                 arg(&args, 3, "seconds")?,
+                mode == "idle-fanout",
             )
             .await?
         }
@@ -201,13 +228,21 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn consume(endpoint: &str, stream: &str, records: u64) -> Result<serde_json::Value> {
+/// A fan-out consumer name unique to this run, so that a run never waits for
+/// the subscription an earlier run left behind.
+fn fan_out() -> FanOut {
+    FanOut::register(format!("bench-{}-{}", std::process::id(), fastrand::u32(..))).deregister_on_stop(true)
+}
+
+async fn consume(endpoint: &str, stream: &str, records: u64, fan_out_mode: bool) -> Result<serde_json::Value> {
     let started = Instant::now();
-    let mut consumer = Consumer::builder(client(endpoint, None), stream)
+    let mut builder = Consumer::builder(client(endpoint, None), stream)
         .checkpoint_store(MemoryCheckpointStore::new())
-        .idle_interval(Duration::from_millis(200))
-        .build()
-        .await?;
+        .idle_interval(Duration::from_millis(200));
+    if fan_out_mode {
+        builder = builder.fan_out(fan_out());
+    }
+    let mut consumer = builder.build().await?;
     let (cpu_startup, _) = usage();
     let mut read = 0u64;
     let mut bytes = 0usize;
@@ -219,6 +254,7 @@ async fn consume(endpoint: &str, stream: &str, records: u64) -> Result<serde_jso
         read += 1;
     }
     let (cpu, rss) = usage();
+    consumer.close().await?;
     Ok(json!({
         "records": read,
         "bytes": bytes,
@@ -238,15 +274,17 @@ fn now_micros() -> u128 {
         .unwrap_or_default()
 }
 
-async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_json::Value> {
+async fn latency(endpoint: &str, stream: &str, samples: usize, fan_out_mode: bool) -> Result<serde_json::Value> {
     let calls = Arc::new(Calls::default());
     let kinesis = client(endpoint, Some(Arc::clone(&calls)));
     ensure_stream(&kinesis, stream, 4).await?;
-    let mut consumer = Consumer::builder(kinesis.clone(), stream)
+    let mut builder = Consumer::builder(kinesis.clone(), stream)
         .start_position(kcpy::StartPosition::Latest)
-        .idle_interval(Duration::from_millis(200))
-        .build()
-        .await?;
+        .idle_interval(Duration::from_millis(200));
+    if fan_out_mode {
+        builder = builder.fan_out(fan_out());
+    }
+    let mut consumer = builder.build().await?;
     let target = stream.to_owned();
     let producer = tokio::spawn(async move {
         let mut put_ms = Vec::with_capacity(samples);
@@ -266,20 +304,37 @@ async fn latency(endpoint: &str, stream: &str, samples: usize) -> Result<serde_j
         put_ms
     });
     let mut latencies = Vec::with_capacity(samples);
+    // Per event frame (by arrival), when its last record was handed over.
+    let mut handed: std::collections::BTreeMap<Instant, Instant> = Default::default();
     while latencies.len() < samples {
         let record = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await?
             .ok_or("ended")?;
+        let now = Instant::now();
         let put_at: u128 = std::str::from_utf8(&record.data)?.parse()?;
         latencies.push((now_micros().saturating_sub(put_at)) as f64 / 1000.0);
+        // Events come a second apart, so a record belongs to the latest
+        // frame that arrived before it was handed over.
+        let frames = calls.event_frames.lock().map(|v| v.clone()).unwrap_or_default();
+        if let Some(frame) = frames.iter().rev().find(|at| **at <= now) {
+            handed.insert(*frame, now);
+        }
     }
+    consumer.close().await?;
     let put_ms = producer.await?;
     let get_ms = calls.get_records_ms.lock().map(|v| v.clone()).unwrap_or_default();
+    let added_ms: Vec<f64> = handed
+        .iter()
+        .map(|(frame, last)| last.duration_since(*frame).as_secs_f64() * 1e3)
+        .collect();
     Ok(json!({
         "samples": samples,
         "p50": quantile(&latencies, 0.5),
         "p99": quantile(&latencies, 0.99),
         "max": quantile(&latencies, 1.0),
+        "events": added_ms.len(),
+        "added_ms_per_event_p50": quantile(&added_ms, 0.5),
+        "added_ms_per_event_p99": quantile(&added_ms, 0.99),
         // The emulator's own share: PutRecord and GetRecords round trips.
         "put_record_ms_p50": quantile(&put_ms, 0.5),
         "get_records_ms_p50": quantile(&get_ms, 0.5),
@@ -295,13 +350,15 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     sorted.get(at).copied().unwrap_or_default()
 }
 
-async fn idle(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::Value> {
+async fn idle(endpoint: &str, stream: &str, seconds: u64, fan_out_mode: bool) -> Result<serde_json::Value> {
     ensure_stream(&client(endpoint, None), stream, 4).await?;
     let calls = Arc::new(Calls::default());
-    let mut consumer = Consumer::builder(client(endpoint, Some(Arc::clone(&calls))), stream)
-        .idle_interval(Duration::from_millis(200))
-        .build()
-        .await?;
+    let mut builder =
+        Consumer::builder(client(endpoint, Some(Arc::clone(&calls))), stream).idle_interval(Duration::from_millis(200));
+    if fan_out_mode {
+        builder = builder.fan_out(fan_out());
+    }
+    let mut consumer = builder.build().await?;
     let (cpu_before, _) = usage();
     let calls_before = calls.sent.load(Ordering::Relaxed);
     let waited = tokio::time::timeout(Duration::from_secs(seconds), consumer.next()).await;
@@ -310,9 +367,13 @@ async fn idle(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::
     }
     let (cpu_after, rss) = usage();
     let polls = calls.sent.load(Ordering::Relaxed) - calls_before;
+    let events = calls.event_frames.lock().map(|v| v.len()).unwrap_or_default();
+    consumer.close().await?;
     Ok(json!({
         "seconds": seconds,
         "empty_polls": polls,
+        "events": events,
+        "cpu_ms_per_shard_second": (cpu_after - cpu_before) * 1e3 / (4 * seconds) as f64,
         "cpu_ms": (cpu_after - cpu_before) * 1e3,
         "ms_per_empty_poll": (cpu_after - cpu_before) * 1e3 / polls.max(1) as f64,
         "peak_rss_mb": rss,

@@ -6,6 +6,7 @@
 //! cannot.
 
 mod errors;
+mod events;
 mod page;
 mod sdk;
 mod signed;

@@ -1,4 +1,5 @@
-//! GetRecords responses read straight into [`Record`]s.
+//! GetRecords responses (and SubscribeToShard events, which hold the same
+//! JSON) read straight into [`Record`]s.
 //!
 //! Profiling showed the SDK's generic JSON deserialisation of GetRecords —
 //! a `String` or `Vec` per field of every record, then our copy into a
@@ -153,6 +154,7 @@ struct RawPage<'a> {
     #[serde(borrow, default)]
     records: Option<Vec<RawRecord<'a>>>,
     next_shard_iterator: Option<String>,
+    continuation_sequence_number: Option<String>,
     millis_behind_latest: Option<i64>,
     #[serde(default)]
     child_shards: Option<Vec<RawChild>>,
@@ -187,9 +189,33 @@ fn invalid(message: impl Into<String>) -> Error {
 
 /// Parses a captured GetRecords body into records of `shard_id`.
 pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
+    let parsed = parse_records(body, shard_id).map_err(invalid)?;
+    Ok(RecordsPage {
+        records: parsed.records,
+        next_iterator: parsed.next_iterator,
+        millis_behind_latest: parsed.millis_behind_latest,
+        child_shards: parsed.child_shards,
+    })
+}
+
+/// A body of records as Kinesis sends it, parsed.
+pub(crate) struct Parsed {
+    pub(crate) records: Vec<Record>,
+    /// GetRecords: the next iterator, absent at a closed shard's end.
+    pub(crate) next_iterator: Option<String>,
+    /// SubscribeToShard: where the subscription stands, absent (or empty)
+    /// at a closed shard's end.
+    pub(crate) continuation: Option<String>,
+    pub(crate) millis_behind_latest: Option<i64>,
+    pub(crate) child_shards: Vec<ShardInfo>,
+}
+
+/// Parses a GetRecords body or a SubscribeToShardEvent payload into records
+/// of `shard_id`; the error says what is wrong with it.
+pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, String> {
     // One check of the whole body spares serde_json a check of every string.
-    let body = std::str::from_utf8(body).map_err(|e| invalid(format!("the body is not UTF-8: {e}")))?;
-    let raw: RawPage<'_> = serde_json::from_str(body).map_err(|e| invalid(format!("unreadable JSON: {e}")))?;
+    let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    let raw: RawPage<'_> = serde_json::from_str(body).map_err(|e| format!("unreadable JSON: {e}"))?;
     let raw_records = raw.records.unwrap_or_default();
     let engine = &base64_simd::STANDARD;
     let decoded_len: usize = raw_records.iter().map(|r| r.data.len() / 4 * 3).sum();
@@ -198,7 +224,7 @@ pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage
     for record in &raw_records {
         engine
             .decode_append(record.data.as_bytes(), &mut payloads)
-            .map_err(|e| invalid(format!("record {} has bad base64 data: {e}", record.sequence_number)))?;
+            .map_err(|e| format!("record {} has bad base64 data: {e}", record.sequence_number))?;
         ends.push(payloads.len());
     }
     let payloads = Bytes::from(payloads);
@@ -206,7 +232,7 @@ pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage
     let mut start = 0;
     let mut records = Vec::with_capacity(raw_records.len());
     for (record, end) in raw_records.into_iter().zip(ends) {
-        let sequence_number = SequenceNumber::parse(&record.sequence_number).map_err(|e| invalid(e.to_string()))?;
+        let sequence_number = SequenceNumber::parse(&record.sequence_number).map_err(|e| e.to_string())?;
         records.push(Record {
             data: payloads.slice(start..end),
             partition_key: record.partition_key.into_owned(),
@@ -235,9 +261,10 @@ pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage
             }
         })
         .collect();
-    Ok(RecordsPage {
+    Ok(Parsed {
         records,
         next_iterator: raw.next_shard_iterator,
+        continuation: raw.continuation_sequence_number,
         millis_behind_latest,
         child_shards,
     })

@@ -1,5 +1,6 @@
 //! Enhanced fan-out through the SDK: describing and registering stream
-//! consumers, and SubscribeToShard's event stream.
+//! consumers, and subscribing (the event stream is read by
+//! [`events`](super::events)).
 
 use std::sync::Arc;
 
@@ -7,19 +8,14 @@ use async_trait::async_trait;
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
-use aws_sdk_kinesis::types::{
-    ConsumerDescription, ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
-};
+use aws_sdk_kinesis::types::{ConsumerDescription, ConsumerStatus, ShardIteratorType, StartingPosition};
 
 use super::errors::classify;
-use super::page::{children_from_sdk, records_from_sdk};
+use super::events::{CaptureEvents, EventSlot, EventStream};
 use super::{
     ApiError, ConsumerLookup, FanOutApi, IteratorPosition, SdkKinesis, StreamConsumer, StreamRef, Subscription,
-    SubscriptionEvent,
 };
-use crate::error::BoxError;
-use crate::{Error, SequenceNumber};
+use crate::Error;
 
 const IN_USE: &str = "ResourceInUseException";
 
@@ -178,101 +174,26 @@ impl FanOutApi for SdkKinesis {
         shard_id: &Arc<str>,
         at: &IteratorPosition,
     ) -> Result<Box<dyn Subscription>, ApiError> {
-        let output = self
-            .client
+        let slot = EventSlot::default();
+        self.client
             .subscribe_to_shard()
             .consumer_arn(consumer_arn)
             .shard_id(&**shard_id)
             .starting_position(position(at)?)
+            .customize()
+            .interceptor(CaptureEvents {
+                slot: Arc::clone(&slot),
+            })
             .send()
             .await
             .map_err(|e| sort(e, "SubscribeToShard", stream, None))?;
-        Ok(Box::new(SdkSubscription {
-            events: output,
-            shard_id: Arc::clone(shard_id),
-            stream: stream.clone(),
-        }))
+        let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let body = body.ok_or_else(|| {
+            ApiError::Fatal(Error::InvalidResponse {
+                operation: "SubscribeToShard",
+                message: "a successful answer without an event stream".into(),
+            })
+        })?;
+        Ok(Box::new(EventStream::new(body, Arc::clone(shard_id), stream.clone())))
     }
-}
-
-struct SdkSubscription {
-    /// Holds the event stream (its receiver type is not exported).
-    events: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
-    shard_id: Arc<str>,
-    stream: StreamRef,
-}
-
-#[async_trait]
-impl Subscription for SdkSubscription {
-    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, ApiError> {
-        loop {
-            let event = match self.events.event_stream.recv().await {
-                Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event))) => event,
-                // A kind of event newer than this SDK: nothing to read in it.
-                Ok(Some(_)) => continue,
-                Ok(None) => return Ok(None),
-                Err(error) => return Err(sort_stream_error(error, &self.stream)),
-            };
-            let millis = event.millis_behind_latest;
-            let records = records_from_sdk("SubscribeToShard", event.records, &self.shard_id, Some(millis))
-                .map_err(ApiError::Fatal)?;
-            let continuation = match event.continuation_sequence_number.as_str() {
-                "" => None,
-                text => Some(SequenceNumber::parse(text).map_err(|e| {
-                    ApiError::Fatal(Error::InvalidResponse {
-                        operation: "SubscribeToShard",
-                        message: format!("ContinuationSequenceNumber: {e}"),
-                    })
-                })?),
-            };
-            return Ok(Some(SubscriptionEvent {
-                records,
-                continuation,
-                child_shards: children_from_sdk(event.child_shards.unwrap_or_default()),
-            }));
-        }
-    }
-}
-
-/// An error inside the event stream: an exception event (ResourceInUse when
-/// another subscription took over, InternalFailure…) or the connection's end.
-fn sort_stream_error(
-    error: SdkError<SubscribeToShardEventStreamError, aws_smithy_types::event_stream::RawMessage>,
-    stream: &StreamRef,
-) -> ApiError {
-    // Exception events carry their type in a header the error metadata
-    // does not copy: the variant is what tells them apart.
-    let code = match &error {
-        SdkError::ServiceError(context) => Some(exception_code(context.err())),
-        _ => None,
-    };
-    let transport = matches!(
-        error,
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-    );
-    let source: BoxError = Arc::new(error);
-    if transport {
-        return ApiError::Transient(source);
-    }
-    match code.as_deref() {
-        Some(IN_USE) => ApiError::Throttled(source),
-        code => super::sort_code(code, false, None, source, "SubscribeToShard", stream),
-    }
-}
-
-fn exception_code(error: &SubscribeToShardEventStreamError) -> String {
-    use SubscribeToShardEventStreamError as E;
-    let code = match error {
-        E::ResourceNotFoundException(_) => "ResourceNotFoundException",
-        E::ResourceInUseException(_) => IN_USE,
-        E::KmsDisabledException(_) => "KMSDisabledException",
-        E::KmsInvalidStateException(_) => "KMSInvalidStateException",
-        E::KmsAccessDeniedException(_) => "KMSAccessDeniedException",
-        E::KmsNotFoundException(_) => "KMSNotFoundException",
-        E::KmsOptInRequired(_) => "KMSOptInRequired",
-        E::KmsThrottlingException(_) => "KMSThrottlingException",
-        E::InternalFailureException(_) => "InternalFailureException",
-        other => other.code().unwrap_or("Unknown"),
-    };
-    code.to_owned()
 }
