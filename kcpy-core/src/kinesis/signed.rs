@@ -177,7 +177,7 @@ impl Route {
             .header(CONTENT_LENGTH, body.len())
             .body(())
             .map_err(|e| unusable("built", e))?;
-        self.sign(&mut request, &body).await?;
+        let signed_at = self.sign(&mut request, &body).await?;
         let request = HttpRequest::try_from(request.map(|()| SdkBody::from(body))).map_err(|e| unusable("built", e))?;
 
         let sent = self.now();
@@ -186,7 +186,15 @@ impl Route {
             .call(request)
             .await
             .map_err(|e| ApiError::Transient(Arc::new(e)))?;
-        let off = self.skew.measure(response.headers().get("date"), sent, self.now());
+        let date = response.headers().get("date");
+        self.skew.measure(date, sent, self.now());
+        // Off by what this call was signed with: another shard's answer may
+        // have moved the shared skew while this call was on its way.
+        let off = date.and_then(crate::clock::server_time).map(|server| {
+            server
+                .duration_since(signed_at)
+                .unwrap_or_else(|behind| behind.duration())
+        });
         let status = response.status().as_u16();
         let length = response
             .headers()
@@ -219,7 +227,8 @@ impl Route {
 
     /// Signs as the SDK signs Kinesis calls (SigV4 in headers, no payload
     /// hash header), with an identity from the SDK's own cache.
-    async fn sign(&self, request: &mut http::Request<()>, body: &[u8]) -> Result<(), ApiError> {
+    /// Returns the time it signed at.
+    async fn sign(&self, request: &mut http::Request<()>, body: &[u8]) -> Result<SystemTime, ApiError> {
         let identity = self
             .components
             .identity_cache()
@@ -244,7 +253,7 @@ impl Route {
             .map_err(|e| unusable("signed", e))?;
         let (instructions, _signature) = sign(signable, &params).map_err(|e| unusable("signed", e))?.into_parts();
         instructions.apply_to_request_http1x(request);
-        Ok(())
+        Ok(time)
     }
 }
 
