@@ -315,9 +315,13 @@ async fn latency(endpoint: &str, stream: &str, samples: usize, fan_out_mode: boo
         latencies.push((now_micros().saturating_sub(put_at)) as f64 / 1000.0);
         // Events come a second apart, so a record belongs to the latest
         // frame that arrived before it was handed over.
-        let frames = calls.event_frames.lock().map(|v| v.clone()).unwrap_or_default();
-        if let Some(frame) = frames.iter().rev().find(|at| **at <= now) {
-            handed.insert(*frame, now);
+        let frame = calls
+            .event_frames
+            .lock()
+            .ok()
+            .and_then(|frames| frames.iter().rev().find(|at| **at <= now).copied());
+        if let Some(frame) = frame {
+            handed.insert(frame, now);
         }
     }
     consumer.close().await?;

@@ -6,7 +6,7 @@
 //! `Record` — to be most of the consumer's CPU. So a page is parsed here,
 //! with borrowed strings, and every payload of the page is base64-decoded
 //! into one shared buffer, sliced per record. The page comes either from
-//! [`crate::direct`], or, when a call goes through the SDK, from an
+//! [`signed`](super::signed), or, when a call goes through the SDK, from an
 //! interceptor that captures a successful response body before the SDK
 //! parses it (the SDK then sees an empty page).
 
@@ -270,8 +270,8 @@ pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, 
     })
 }
 
-/// Records as the SDK parsed them (GetRecords without a captured body, and
-/// SubscribeToShard events), built as [`parse_page`] builds them.
+/// Records as the SDK parsed them (GetRecords without a captured body),
+/// built as [`parse_page`] builds them.
 pub(crate) fn records_from_sdk(
     operation: &'static str,
     records: Vec<aws_sdk_kinesis::types::Record>,
