@@ -211,7 +211,8 @@ async fn main() -> Result<()> {
             )
             .await?
         }
-        "serve-canned" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?).await,
+        "serve-canned" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, false).await,
+        "serve-canned-kpl" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, true).await,
         "ceiling" => {
             ceiling(
                 &arg::<String>(&args, 1, "endpoint")?,
@@ -437,8 +438,9 @@ async fn wakeups(seconds: u64) -> Result<serde_json::Value> {
     }))
 }
 
-/// A canned Kinesis that hands out 10,000 records per GetRecords call.
-async fn serve_canned(port: u16, shards: usize) -> Result<()> {
+/// A canned Kinesis that hands out 10,000 records per GetRecords call; with
+/// `kpl`, 100 KPL aggregates of 100 user records of 100 bytes each.
+async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
     use http_body_util::Full;
     use hyper::body::Bytes;
 
@@ -446,16 +448,31 @@ async fn serve_canned(port: u16, shards: usize) -> Result<()> {
     // back), so each response gets a fresh 31-digit prefix, spliced into a
     // body serialised once.
     const MARK: &str = "PREFIXPREFIXPREFIXPREFIXPREFIXP";
-    let records: Vec<serde_json::Value> = (0..10_000u64)
-        .map(|i| {
-            json!({
-                "Data": "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ==",
-                "PartitionKey": format!("partition-key-{}", i % 1000),
-                "SequenceNumber": format!("{MARK}{:025}", i + 1),
-                "ApproximateArrivalTimestamp": 1_795_643_499.676,
-            })
+    let aggregates = (0..100u64).map(|a| {
+        let keys: Vec<String> = (0..100)
+            .map(|u| format!("partition-key-{}", (a * 100 + u) % 1000))
+            .collect();
+        let users: Vec<(&str, &[u8], Option<&str>)> =
+            keys.iter().map(|k| (k.as_str(), &[b'A'; 100][..], None)).collect();
+        json!({
+            "Data": base64_simd::STANDARD.encode_to_string(kcpy::test_util::kpl_aggregate(&users)),
+            "PartitionKey": keys[0],
+            "SequenceNumber": format!("{MARK}{:025}", a + 1),
+            "ApproximateArrivalTimestamp": 1_795_643_499.676,
         })
-        .collect();
+    });
+    let plain = (0..10_000u64).map(|i| {
+        json!({
+            "Data": "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ==",
+            "PartitionKey": format!("partition-key-{}", i % 1000),
+            "SequenceNumber": format!("{MARK}{:025}", i + 1),
+            "ApproximateArrivalTimestamp": 1_795_643_499.676,
+        })
+    });
+    let records: Vec<serde_json::Value> = if kpl { aggregates.collect() } else { plain.collect() };
+    // Every shard holds every hash key: the aggregates' user records all
+    // belong where they are, as with a KPL whose shard map is current.
+    let hash_range = json!({"StartingHashKey": "0", "EndingHashKey": u128::MAX.to_string()});
     let template =
         json!({"Records": records, "NextShardIterator": "canned-iterator", "MillisBehindLatest": 1000}).to_string();
     let segments: Arc<Vec<String>> = Arc::new(template.split(MARK).map(str::to_owned).collect());
@@ -464,7 +481,7 @@ async fn serve_canned(port: u16, shards: usize) -> Result<()> {
         .map(|i| {
             json!({
                 "ShardId": format!("shardId-{i:012}"),
-                "HashKeyRange": {"StartingHashKey": "0", "EndingHashKey": "1"},
+                "HashKeyRange": hash_range.clone(),
                 "SequenceNumberRange": {"StartingSequenceNumber": "1"},
             })
         })

@@ -43,23 +43,42 @@ local function digits(s, most)
 end
 local start = 'AT_TIMESTAMP:'
 local function is_start(s) return string.sub(s, 1, #start) == start end
+-- A sequence number, or one, ':' and a sub-sequence number (inside a KPL
+-- aggregate): the parts, the second nil for a whole record.
+local function split(s)
+  local at = string.find(s, ':', 1, true)
+  if not at then return s, nil end
+  return string.sub(s, 1, at - 1), string.sub(s, at + 1)
+end
 local function valid(s)
   if s == 'SHARD_END' then return true end
   if is_start(s) then return digits(string.sub(s, #start + 1), 20) end
-  return digits(s, 129)
+  local seq, sub = split(s)
+  -- At most 2^64 - 1: among 20 digits, text order is numeric order.
+  return digits(seq, 129) and (sub == nil or (digits(sub, 20) and (#sub < 20 or sub <= '18446744073709551615')))
 end
 if not valid(stored) then return {-1, stored} end
--- Starts first, SHARD_END last; within a kind by length, then by text.
+-- Starts first, SHARD_END last; within a kind by length, then by text;
+-- inside one aggregate by sub-sequence number, the whole record last.
 local function rank(s)
   if s == 'SHARD_END' then return 2 end
   if is_start(s) then return 0 end
   return 1
 end
+local function numeric_below(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
 local function below(a, b)
   if a == b then return false end
   if rank(a) ~= rank(b) then return rank(a) < rank(b) end
-  if #a ~= #b then return #a < #b end
-  return a < b
+  if rank(a) ~= 1 then return numeric_below(a, b) end
+  local seq_a, sub_a = split(a)
+  local seq_b, sub_b = split(b)
+  if seq_a ~= seq_b then return numeric_below(seq_a, seq_b) end
+  if sub_a == nil then return false end
+  if sub_b == nil then return true end
+  return numeric_below(sub_a, sub_b)
 end
 if below(new, stored) then return {0, stored} end
 redis.call('HSET', KEYS[1], ARGV[1], new)

@@ -6,7 +6,7 @@
 //! save that returned survives a crash of the process or the machine.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -36,26 +36,74 @@ const COLUMNS: [&str; 5] = [
 
 // One statement, so the ordering check and the write are atomic. A row is only
 // replaced when the stored text is a well-formed checkpoint (a malformed one is
-// reported, never overwritten) and the new one does not order below it:
-// AT_TIMESTAMP starts first, SHARD_END last, else by length, then by digits
-// (the starts' common prefix makes that their order in time too).
-const SAVE: &str = "INSERT INTO kcpy_checkpoints
+// reported, never overwritten) and the new one does not order below it.
+static SAVE: LazyLock<String> = LazyLock::new(|| {
+    let (stored, new) = ("kcpy_checkpoints.checkpoint", "excluded.checkpoint");
+    format!(
+        "INSERT INTO kcpy_checkpoints
     (consumer_name, stream_name, shard_id, checkpoint, updated_at_ms)
     VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE
     SET checkpoint = excluded.checkpoint, updated_at_ms = excluded.updated_at_ms
-    WHERE (kcpy_checkpoints.checkpoint = 'SHARD_END'
-           OR (length(kcpy_checkpoints.checkpoint) BETWEEN 1 AND 129
-               AND kcpy_checkpoints.checkpoint NOT GLOB '*[^0-9]*'
-               AND (kcpy_checkpoints.checkpoint = '0' OR kcpy_checkpoints.checkpoint NOT GLOB '0*'))
-           OR kcpy_checkpoints.checkpoint = 'AT_TIMESTAMP:0'
-           OR (length(kcpy_checkpoints.checkpoint) BETWEEN 14 AND 33
-               AND kcpy_checkpoints.checkpoint GLOB 'AT_TIMESTAMP:[1-9]*'
-               AND substr(kcpy_checkpoints.checkpoint, 14) NOT GLOB '*[^0-9]*'))
-      AND (excluded.checkpoint = 'SHARD_END', excluded.checkpoint NOT GLOB 'AT_TIMESTAMP:*',
-           length(excluded.checkpoint), excluded.checkpoint)
-          >= (kcpy_checkpoints.checkpoint = 'SHARD_END', kcpy_checkpoints.checkpoint NOT GLOB 'AT_TIMESTAMP:*',
-              length(kcpy_checkpoints.checkpoint), kcpy_checkpoints.checkpoint)";
+    WHERE {} AND {} >= {}",
+        well_formed(stored),
+        order_key(new),
+        order_key(stored)
+    )
+});
+
+/// Whether the text in `column` is a checkpoint: `SHARD_END`, a start, a
+/// sequence number, or one with a sub-sequence number.
+fn well_formed(column: &str) -> String {
+    let start = format!("{column} GLOB 'AT_TIMESTAMP:*'");
+    let whole = format!("(NOT {start} AND instr({column}, ':') = 0)");
+    let part = format!("(NOT {start} AND instr({column}, ':') > 0)");
+    // At most u64::MAX: among 20 digits, text order is numeric order.
+    let tail = tail(column);
+    format!(
+        "({column} = 'SHARD_END'
+           OR ({whole} AND {})
+           OR ({part} AND {} AND {} AND (length({tail}) < 20 OR {tail} <= '18446744073709551615'))
+           OR ({start} AND {}))",
+        digits(column, 129),
+        digits(&head(column), 129),
+        digits(&tail, 20),
+        digits(&format!("substr({column}, 14)"), 20),
+    )
+}
+
+/// Canonical digits: 1 to `most`, no leading zero.
+fn digits(text: &str, most: u32) -> String {
+    format!("(length({text}) BETWEEN 1 AND {most} AND {text} NOT GLOB '*[^0-9]*' AND ({text} = '0' OR {text} NOT GLOB '0*'))")
+}
+
+/// A sub-sequence checkpoint's sequence number (the whole text otherwise).
+fn head(column: &str) -> String {
+    format!(
+        "(CASE WHEN {column} GLOB 'AT_TIMESTAMP:*' OR instr({column}, ':') = 0 THEN {column} \
+         ELSE substr({column}, 1, instr({column}, ':') - 1) END)"
+    )
+}
+
+/// A sub-sequence checkpoint's sub-sequence number ('' otherwise).
+fn tail(column: &str) -> String {
+    format!(
+        "(CASE WHEN {column} GLOB 'AT_TIMESTAMP:*' OR instr({column}, ':') = 0 THEN '' \
+         ELSE substr({column}, instr({column}, ':') + 1) END)"
+    )
+}
+
+/// A row value in checkpoint order: AT_TIMESTAMP starts first (their common
+/// prefix makes length-then-text their order in time), SHARD_END last, else
+/// by sequence number (length, then digits); inside one aggregate by
+/// sub-sequence number, the whole record after every part of it.
+fn order_key(column: &str) -> String {
+    let (head, tail) = (head(column), tail(column));
+    format!(
+        "({column} = 'SHARD_END', {column} NOT GLOB 'AT_TIMESTAMP:*', length({head}), {head}, \
+         {tail} = '', length({tail}), {tail})"
+    )
+}
 
 const LOAD: &str =
     "SELECT checkpoint FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";
@@ -219,7 +267,7 @@ impl CheckpointStore for SqliteCheckpointStore {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
-        let done = sqlx::query(SAVE)
+        let done = sqlx::query(&SAVE)
             .bind(&key.consumer_name)
             .bind(&key.stream_name)
             .bind(&key.shard_id)

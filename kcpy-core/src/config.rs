@@ -64,6 +64,10 @@ pub(crate) struct Settings {
     pub(crate) lease_renew_interval: Duration,
     /// Keep the leases of finished shards instead of deleting them.
     pub(crate) keep_finished_leases: bool,
+    /// Split KPL aggregates into their user records.
+    pub(crate) deaggregate: bool,
+    /// Drop aggregates with user records outside the shard (KCL's rule).
+    pub(crate) drop_aggregates_outside_shard: bool,
 }
 
 impl Default for Settings {
@@ -91,6 +95,8 @@ impl Default for Settings {
             lease_duration: Duration::from_secs(20),
             lease_renew_interval: Duration::from_secs(5),
             keep_finished_leases: false,
+            deaggregate: true,
+            drop_aggregates_outside_shard: false,
         }
     }
 }

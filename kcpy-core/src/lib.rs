@@ -66,14 +66,14 @@ mod signal;
 pub mod test_util;
 
 pub use checkpoint::{
-    redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, StartTime,
+    redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, StartTime, SubSequence,
 };
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
 pub use error::{BoxError, Error};
 pub use group::{Lease, LeaseStore};
 pub use read::FanOut;
-pub use record::Record;
+pub use record::{Aggregate, MalformedAggregate, Record};
 pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};
 
 /// Re-exported so users need not depend on tokio-util to pass a token to

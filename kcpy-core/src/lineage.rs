@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use crate::config::StartPosition;
-use crate::kinesis::{IteratorPosition, ShardInfo};
-use crate::{Checkpoint, SequenceNumber};
+use crate::kinesis::{HashRange, IteratorPosition, ShardInfo};
+use crate::{Checkpoint, SubSequence};
 
 /// A shard to start reading now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,11 @@ pub(crate) struct Start {
     /// process's start): save it as the shard's checkpoint before anything
     /// else, so a restart or takeover before the first record resumes here.
     pub(crate) mark: Option<SystemTime>,
+    /// The shard's hash key range, when a listing gave it.
+    pub(crate) hash_range: Option<HashRange>,
+    /// A checkpoint inside a KPL aggregate: `position` is the aggregate
+    /// itself, and its user records this covers are not delivered again.
+    pub(crate) skip: Option<SubSequence>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +43,9 @@ struct Node {
     parents: Vec<String>,
     closed: bool,
     state: State,
-    checkpoint: Option<SequenceNumber>,
+    /// [`Checkpoint::Sequence`] or [`Checkpoint::SubSequence`].
+    checkpoint: Option<Checkpoint>,
+    hash_range: Option<HashRange>,
     /// A saved start ([`Checkpoint::AtTimestamp`]): nothing processed yet,
     /// reading starts there.
     started: Option<SystemTime>,
@@ -119,7 +126,9 @@ impl Lineage {
         for shard in shards {
             let (state, checkpoint, started) = match checkpoints.get(&shard.shard_id) {
                 Some(Checkpoint::ShardEnd) => (State::Finished, None, None),
-                Some(Checkpoint::Sequence(seq)) => (State::Waiting, Some(seq.clone()), None),
+                Some(done @ (Checkpoint::Sequence(_) | Checkpoint::SubSequence(_))) => {
+                    (State::Waiting, Some(done.clone()), None)
+                }
                 Some(Checkpoint::AtTimestamp(at)) => (State::Waiting, None, Some(at.time())),
                 None => (State::Waiting, None, None),
             };
@@ -130,6 +139,7 @@ impl Lineage {
                     closed: shard.ending_sequence_number.is_some(),
                     state,
                     checkpoint,
+                    hash_range: shard.hash_range,
                     started,
                     child_start: IteratorPosition::TrimHorizon,
                     root: configured.clone(),
@@ -222,7 +232,9 @@ impl Lineage {
     pub(crate) fn discover(&mut self, shards: Vec<ShardInfo>, now: SystemTime) -> Vec<Start> {
         let mut added = false;
         for shard in shards {
-            if self.nodes.contains_key(&shard.shard_id) {
+            if let Some(node) = self.nodes.get_mut(&shard.shard_id) {
+                // Taken by lease before any listing showed it.
+                node.hash_range = node.hash_range.or(shard.hash_range);
                 continue;
             }
             added = true;
@@ -233,6 +245,7 @@ impl Lineage {
                     closed: shard.ending_sequence_number.is_some(),
                     state: State::Waiting,
                     checkpoint: None,
+                    hash_range: shard.hash_range,
                     started: None,
                     child_start: IteratorPosition::TrimHorizon,
                     // Created after build(): all of it is new, whatever the
@@ -275,6 +288,7 @@ impl Lineage {
             closed: false,
             state: State::Waiting,
             checkpoint: None,
+            hash_range: None,
             started: None,
             child_start: IteratorPosition::TrimHorizon,
             root: IteratorPosition::TrimHorizon,
@@ -282,8 +296,8 @@ impl Lineage {
         });
         node.owned = true;
         let skipped = match checkpoint {
-            Some(Checkpoint::Sequence(seq)) => {
-                node.checkpoint = Some(seq.clone());
+            Some(done @ (Checkpoint::Sequence(_) | Checkpoint::SubSequence(_))) => {
+                node.checkpoint = Some(done.clone());
                 node.state = State::Waiting;
                 false
             }
@@ -365,8 +379,16 @@ impl Lineage {
         for id in ready {
             let inherited = self.inherited_start(&id);
             let Some(node) = self.nodes.get_mut(&id) else { continue };
+            let mut skip = None;
             let position = match (&node.checkpoint, node.started, inherited) {
-                (Some(seq), _, _) => IteratorPosition::AfterSequence(seq.clone()),
+                (Some(Checkpoint::SubSequence(sub)), _, _) => {
+                    skip = Some(sub.clone());
+                    IteratorPosition::AtSequence(sub.sequence().clone())
+                }
+                (Some(done), _, _) => match done.sequence_number() {
+                    Some(seq) => IteratorPosition::AfterSequence(seq.clone()),
+                    None => node.root.clone(),
+                },
                 (None, Some(at), _) => IteratorPosition::AtTimestamp(at),
                 (None, None, Some(inherited)) => inherited,
                 (None, None, None) => node.root.clone(),
@@ -397,6 +419,8 @@ impl Lineage {
                 position,
                 fallback,
                 mark,
+                hash_range: node.hash_range,
+                skip,
             });
         }
         starts
@@ -428,6 +452,7 @@ pub(crate) fn parents_of(shard: &ShardInfo) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SequenceNumber;
 
     fn shard(id: &str, parents: &[&str], closed: bool) -> ShardInfo {
         ShardInfo {
@@ -435,6 +460,7 @@ mod tests {
             parent_shard_id: parents.first().map(|p| p.to_string()),
             adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
             ending_sequence_number: closed.then(|| "999".to_string()),
+            hash_range: None,
         }
     }
 
@@ -477,6 +503,31 @@ mod tests {
         let starts = lineage.finished("C", now);
         assert_eq!(ids(&starts), ["D"]);
         assert_eq!(at(&starts, "D"), IteratorPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn a_checkpoint_inside_an_aggregate_starts_at_the_aggregate_and_skips_what_it_covers() {
+        let inside = SubSequence::new(seq(42), 3);
+        let checkpoints = HashMap::from([
+            ("A".to_string(), Checkpoint::SubSequence(inside.clone())),
+            ("B".to_string(), Checkpoint::Sequence(seq(42))),
+        ]);
+        let mut listed = shard("A", &[], false);
+        listed.hash_range = Some(HashRange { start: 0, end: 9 });
+        let (_, starts) = Lineage::new(
+            vec![listed, shard("B", &[], false)],
+            &checkpoints,
+            StartPosition::TrimHorizon,
+            SystemTime::now(),
+        );
+        let a = starts.iter().find(|s| s.shard_id == "A").expect("A starts");
+        assert_eq!(a.position, IteratorPosition::AtSequence(seq(42)));
+        assert_eq!(a.fallback, IteratorPosition::AtSequence(seq(42)));
+        assert_eq!(a.skip, Some(inside));
+        assert_eq!(a.hash_range, Some(HashRange { start: 0, end: 9 }));
+        let b = starts.iter().find(|s| s.shard_id == "B").expect("B starts");
+        assert_eq!(b.position, IteratorPosition::AfterSequence(seq(42)));
+        assert_eq!(b.skip, None);
     }
 
     #[test]

@@ -23,18 +23,89 @@ pub struct Record {
     pub shard_id: Arc<str>,
     /// When Kinesis accepted it, as Kinesis reports it.
     pub approximate_arrival_timestamp: Option<SystemTime>,
-    /// The explicit hash key, when one is known. GetRecords does not return it
-    /// for plain records, so it is `None` for them.
+    /// The explicit hash key, when one is known: a user record of a KPL
+    /// aggregate carries its own when it was put with one. GetRecords does
+    /// not return it for plain records, so it is `None` for them.
     pub explicit_hash_key: Option<String>,
     /// How far behind the tip of its shard the batch holding this record was,
     /// in milliseconds, as GetRecords reported it.
     pub millis_behind_latest: Option<i64>,
+    /// A user record of a KPL aggregate: its place among the aggregate's
+    /// user records, from 0. It shares the aggregate's sequence number,
+    /// arrival time and lag. `None` for a record put as it is (and for every
+    /// record with de-aggregation off).
+    pub sub_sequence_number: Option<u64>,
+    /// What KPL de-aggregation made of it.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+}
+
+/// What KPL de-aggregation made of a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Aggregate {
+    /// Put as it is: not a KPL aggregate, or de-aggregation is off.
+    #[default]
+    Plain,
+    /// One user record of a KPL aggregate; its
+    /// [`sub_sequence_number`](Record::sub_sequence_number) is its place in it.
+    Member {
+        /// How many user records the aggregate holds.
+        records: u64,
+        /// Its hash key (the explicit one, else the MD5 digest of its
+        /// partition key) lies outside the hash key range of the shard it was
+        /// read from. A KPL producer whose shard map was stale puts such
+        /// records again itself; other aggregators do not (see
+        /// [`ConsumerBuilder::drop_aggregates_outside_shard`](crate::ConsumerBuilder::drop_aggregates_outside_shard)).
+        outside_shard: bool,
+    },
+    /// Starts with the KPL magic bytes but is not a valid aggregate: delivered
+    /// whole, exactly as it was put.
+    Malformed(MalformedAggregate),
+}
+
+/// Why a record with the KPL magic bytes is not an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MalformedAggregate {
+    /// Too short to hold the magic bytes and a digest.
+    Truncated,
+    /// The MD5 digest at its end does not match.
+    Digest,
+    /// The bytes are not an `AggregatedRecord` protobuf.
+    Protobuf,
+    /// A user record names a partition or explicit hash key the tables do
+    /// not have.
+    Index,
+    /// The aggregate holds no user record.
+    Empty,
 }
 
 impl Record {
     /// Decodes the payload as JSON into `T`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.data)
+    }
+
+    /// The sub-sequence number a checkpoint after this record keeps: its own
+    /// inside an aggregate, `None` once it is a whole Kinesis record's end
+    /// (a plain record, or an aggregate's last user record).
+    pub(crate) fn open_sub_sequence(&self) -> Option<u64> {
+        match (self.sub_sequence_number, self.aggregate) {
+            (Some(number), Aggregate::Member { records, .. }) if number + 1 < records => Some(number),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint that marks this record and everything before it
+    /// processed.
+    pub fn checkpoint(&self) -> crate::Checkpoint {
+        match self.open_sub_sequence() {
+            Some(number) => {
+                crate::Checkpoint::SubSequence(crate::SubSequence::new(self.sequence_number.clone(), number))
+            }
+            None => crate::Checkpoint::Sequence(self.sequence_number.clone()),
+        }
     }
 
     /// Builds a record by hand, e.g. to test code that processes records.
@@ -52,6 +123,8 @@ impl Record {
             approximate_arrival_timestamp: None,
             explicit_hash_key: None,
             millis_behind_latest: None,
+            sub_sequence_number: None,
+            aggregate: Aggregate::Plain,
         }
     }
 }

@@ -141,6 +141,15 @@ impl ParseSequenceNumberError {
     pub fn kind(&self) -> &SequenceNumberErrorKind {
         &self.kind
     }
+
+    /// `text` has a sequence number, the separator, and no canonical
+    /// sub-sequence number after it.
+    pub(crate) fn sub_sequence(text: &str) -> Self {
+        Self {
+            kind: SequenceNumberErrorKind::SubSequence,
+            input: text.chars().take(40).collect(),
+        }
+    }
 }
 
 /// What is wrong with a text that should be a [`SequenceNumber`].
@@ -165,6 +174,10 @@ pub enum SequenceNumberErrorKind {
     /// The number has a leading zero.
     #[error("it has a leading zero")]
     LeadingZero,
+    /// After the sequence number and `:`, no sub-sequence number (1 to 20
+    /// digits without a leading zero, at most `u64::MAX`).
+    #[error("what follows the ':' is not a sub-sequence number")]
+    SubSequence,
 }
 
 #[cfg(test)]

@@ -16,6 +16,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore, SequenceNumber};
 
+/// A KPL aggregated record of `users` — (partition key, data, explicit hash
+/// key) each — as the Kinesis Producer Library puts it: the magic bytes, the
+/// `AggregatedRecord` protobuf, its MD5 digest. For testing code that reads
+/// aggregates (put it with any partition key; the consumer de-aggregates it).
+pub fn kpl_aggregate(users: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
+    crate::read::kpl_aggregate(users)
+}
+
 fn seq(text: &str) -> Checkpoint {
     Checkpoint::Sequence(SequenceNumber::parse(text).expect("test sequence numbers are valid"))
 }
@@ -140,6 +148,65 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
     );
     assert_eq!(store.load(&k_start).await.expect("load"), Some(seq("1")));
 
+    // Inside a KPL aggregate: a sub-sequence checkpoint round-trips, orders
+    // after every earlier record (whatever the lengths) and before its
+    // aggregate's whole record, and by number (not text) within it.
+    let k_sub = key("shardId-sub-sequence");
+    let sub = |seq: &str, number: u64| {
+        Checkpoint::SubSequence(crate::SubSequence::new(
+            SequenceNumber::parse(seq).expect("test sequence numbers are valid"),
+            number,
+        ))
+    };
+    store.save(&k_sub, &seq("99")).await.expect("save");
+    for value in [
+        sub("100", 0),
+        sub("100", 9),
+        sub("100", 10),
+        sub("100", 123_456),
+        seq("100"),
+    ] {
+        store
+            .save(&k_sub, &value)
+            .await
+            .unwrap_or_else(|e| panic!("forward save to {value}: {e}"));
+        assert_eq!(
+            store.load(&k_sub).await.expect("load"),
+            Some(value.clone()),
+            "{value} round-trips"
+        );
+    }
+    for lower in [sub("100", 123_457), sub("99", 5), seq("99")] {
+        assert!(
+            matches!(store.save(&k_sub, &lower).await, Err(CheckpointError::Conflict { .. })),
+            "{lower} after the whole record 100 must be a Conflict"
+        );
+    }
+    store
+        .save(&k_sub, &sub("1000", 2))
+        .await
+        .expect("a part of a longer sequence number");
+    assert!(
+        matches!(
+            store.save(&k_sub, &sub("1000", 1)).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "an earlier part of the same aggregate must be a Conflict"
+    );
+    assert!(
+        matches!(
+            store.save(&k_sub, &sub("999", 7)).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "a part of an earlier (shorter) aggregate must be a Conflict"
+    );
+    let long = sub(&"9".repeat(129), u64::MAX);
+    store
+        .save(&k_sub, &long)
+        .await
+        .expect("the longest sub-sequence checkpoint");
+    assert_eq!(store.load(&k_sub).await.expect("load"), Some(long));
+
     // SHARD_END orders after every sequence number and is final.
     store
         .save(&k, &Checkpoint::ShardEnd)
@@ -199,8 +266,9 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
 
 /// Stored texts that are not checkpoints: a float (as Python kcpy once
 /// wrote), junk, too many digits, a leading zero, whitespace, nothing, and
-/// start markers without a proper time.
-pub const MALFORMED_VALUES: [&str; 10] = [
+/// start markers without a proper time, and sub-sequence numbers that are
+/// not canonical.
+pub const MALFORMED_VALUES: [&str; 15] = [
     "",
     "abc",
     "4.95e+55",
@@ -211,6 +279,11 @@ pub const MALFORMED_VALUES: [&str; 10] = [
     "AT_TIMESTAMP:",
     "AT_TIMESTAMP:0123",
     "AT_TIMESTAMP:12x",
+    "12:",
+    ":3",
+    "12:03",
+    "12:3:4",
+    "12:18446744073709551616",
 ];
 
 /// Checks that a stored value which is not a checkpoint loads as
@@ -350,14 +423,27 @@ pub async fn lease_store_conformance<S: LeaseStore + CheckpointStore>(store: &S)
         Some(low.clone()),
         "load sees leased saves"
     );
-    store.save_leased(&held, &high).await.expect("save forward");
-    assert!(
-        matches!(
-            store.save_leased(&held, &low).await,
-            Err(CheckpointError::Conflict { .. })
-        ),
-        "a leased save backwards must be a Conflict"
+    // A place inside a KPL aggregate, as a lease carries it.
+    let inside = Checkpoint::SubSequence(crate::SubSequence::new(SequenceNumber::parse("42").expect("valid"), 3));
+    store
+        .save_leased(&held, &inside)
+        .await
+        .expect("a sub-sequence checkpoint under the lease");
+    assert_eq!(
+        find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a").checkpoint,
+        Some(inside.clone()),
+        "the lease carries the sub-sequence checkpoint"
     );
+    store.save_leased(&held, &high).await.expect("save forward");
+    for lower in [&low, &inside] {
+        assert!(
+            matches!(
+                store.save_leased(&held, lower).await,
+                Err(CheckpointError::Conflict { .. })
+            ),
+            "a leased save backwards ({lower}) must be a Conflict"
+        );
+    }
     assert_lost(
         store.save_leased(&impostor, &Checkpoint::ShardEnd).await,
         "a save by another owner",

@@ -172,12 +172,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut out = std::io::stdout().lock();
     while let Some(record) = consumer.next().await {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "shard_id": &*record.shard_id,
             "sequence_number": record.sequence_number.as_str(),
             "partition_key": record.partition_key,
             "data": String::from_utf8_lossy(&record.data),
         });
+        // A user record of a KPL aggregate: its place in it.
+        if let Some(number) = record.sub_sequence_number {
+            line["sub_sequence_number"] = number.into();
+        }
         writeln!(out, "{line}")?;
         out.flush()?;
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod fault_proxy;
+pub mod kpl;
 pub mod recording;
 
 use std::collections::{BTreeMap, HashMap};

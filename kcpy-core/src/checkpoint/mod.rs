@@ -1,8 +1,10 @@
 //! Where the consumer keeps its place: the [`CheckpointStore`] trait.
 
+mod position;
 mod tracker;
 mod writer;
 
+pub(crate) use position::Position;
 pub use tracker::Checkpointer;
 pub(crate) use tracker::{Gate, Progress};
 pub(crate) use writer::{EndSaved, Writer};
@@ -60,8 +62,15 @@ pub enum Checkpoint {
     /// tip. Stored as `AT_TIMESTAMP:` and the milliseconds since the Unix
     /// epoch; it orders before every sequence number.
     AtTimestamp(StartTime),
-    /// Every record up to and including this sequence number was processed.
+    /// Every record up to and including this sequence number was processed
+    /// (all user records of it, if it is a KPL aggregate).
     Sequence(SequenceNumber),
+    /// Every record before a KPL aggregate, and its user records up to and
+    /// including [`SubSequence::number`], were processed; the rest of it
+    /// not yet. Stored as the sequence number, `:` and the sub-sequence
+    /// number (`4959…:3`); it orders after every checkpoint of an earlier
+    /// record and before the aggregate's own [`Checkpoint::Sequence`].
+    SubSequence(SubSequence),
     /// Every record of the (closed) shard was processed. Stored as the text
     /// `SHARD_END`; it orders after every sequence number.
     ShardEnd,
@@ -74,7 +83,18 @@ impl Checkpoint {
         match self {
             Checkpoint::AtTimestamp(at) => &at.text,
             Checkpoint::Sequence(seq) => seq.as_str(),
+            Checkpoint::SubSequence(sub) => &sub.text,
             Checkpoint::ShardEnd => Self::SHARD_END,
+        }
+    }
+
+    /// The sequence number of the last record it covers (whole or in part);
+    /// `None` for [`Checkpoint::AtTimestamp`] and [`Checkpoint::ShardEnd`].
+    pub fn sequence_number(&self) -> Option<&SequenceNumber> {
+        match self {
+            Checkpoint::Sequence(seq) => Some(seq),
+            Checkpoint::SubSequence(sub) => Some(&sub.sequence),
+            Checkpoint::AtTimestamp(_) | Checkpoint::ShardEnd => None,
         }
     }
 
@@ -83,6 +103,55 @@ impl Checkpoint {
 
     /// What the text of an [`AtTimestamp`](Checkpoint::AtTimestamp) checkpoint starts with.
     pub const AT_TIMESTAMP_PREFIX: &'static str = "AT_TIMESTAMP:";
+
+    /// What separates the sequence number and the sub-sequence number in
+    /// the text of a [`SubSequence`](Checkpoint::SubSequence) checkpoint.
+    pub const SUB_SEQUENCE_SEPARATOR: char = ':';
+}
+
+/// How far a consumer got inside one KPL aggregate: the user records up to
+/// and including [`number`](Self::number) were processed, the rest of it
+/// not yet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubSequence {
+    sequence: SequenceNumber,
+    number: u64,
+    text: Box<str>,
+}
+
+impl SubSequence {
+    /// User records `0..=number` of the aggregate at `sequence`.
+    pub fn new(sequence: SequenceNumber, number: u64) -> Self {
+        let text = format!("{sequence}{}{number}", Checkpoint::SUB_SEQUENCE_SEPARATOR).into();
+        Self { sequence, number, text }
+    }
+
+    /// The aggregate's sequence number.
+    pub fn sequence(&self) -> &SequenceNumber {
+        &self.sequence
+    }
+
+    /// The last processed user record's place in the aggregate, from 0.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// `digits:number`: a sequence number and a sub-sequence number of 1 to
+    /// 20 digits, no leading zero, at most `u64::MAX`. `Ok(None)` without
+    /// the separator.
+    fn parse(text: &str) -> Result<Option<Self>, ParseSequenceNumberError> {
+        let Some((sequence, number)) = text.split_once(Checkpoint::SUB_SEQUENCE_SEPARATOR) else {
+            return Ok(None);
+        };
+        let sequence = SequenceNumber::parse(sequence)?;
+        let canonical = (1..=20).contains(&number.len())
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && (number == "0" || !number.starts_with('0'));
+        match canonical.then(|| number.parse::<u64>().ok()).flatten() {
+            Some(number) => Ok(Some(Self::new(sequence, number))),
+            None => Err(ParseSequenceNumberError::sub_sequence(text)),
+        }
+    }
 }
 
 /// A moment where a shard starts being read, to the millisecond (Kinesis'
@@ -144,6 +213,8 @@ impl FromStr for Checkpoint {
             Ok(Checkpoint::ShardEnd)
         } else if let Some(at) = StartTime::parse(text) {
             Ok(Checkpoint::AtTimestamp(at))
+        } else if let Some(sub) = SubSequence::parse(text)? {
+            Ok(Checkpoint::SubSequence(sub))
         } else {
             SequenceNumber::parse(text).map(Checkpoint::Sequence)
         }
@@ -155,13 +226,32 @@ impl Ord for Checkpoint {
         fn rank(checkpoint: &Checkpoint) -> u8 {
             match checkpoint {
                 Checkpoint::AtTimestamp(_) => 0,
-                Checkpoint::Sequence(_) => 1,
+                Checkpoint::Sequence(_) | Checkpoint::SubSequence(_) => 1,
                 Checkpoint::ShardEnd => 2,
+            }
+        }
+        // Inside one aggregate: by sub-sequence number, the whole record
+        // after every part of it.
+        fn part(checkpoint: &Checkpoint) -> Option<u64> {
+            match checkpoint {
+                Checkpoint::SubSequence(sub) => Some(sub.number),
+                _ => None,
             }
         }
         match (self, other) {
             (Checkpoint::AtTimestamp(a), Checkpoint::AtTimestamp(b)) => a.cmp(b),
-            (Checkpoint::Sequence(a), Checkpoint::Sequence(b)) => a.cmp(b),
+            (
+                Checkpoint::Sequence(_) | Checkpoint::SubSequence(_),
+                Checkpoint::Sequence(_) | Checkpoint::SubSequence(_),
+            ) => self
+                .sequence_number()
+                .cmp(&other.sequence_number())
+                .then_with(|| match (part(self), part(other)) {
+                    (Some(a), Some(b)) => a.cmp(&b),
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (None, None) => Ordering::Equal,
+                }),
             _ => rank(self).cmp(&rank(other)),
         }
     }
@@ -361,7 +451,9 @@ fn is_password_parameter(name: &str) -> bool {
 ///
 /// - `load` of a key never saved returns `Ok(None)`.
 /// - `load` returns exactly what the last successful `save` of that key wrote
-///   (all 1 to 129 digits of a sequence number, or [`Checkpoint::ShardEnd`]).
+///   (all 1 to 129 digits of a sequence number, a sub-sequence number inside
+///   a KPL aggregate, a start time, or [`Checkpoint::ShardEnd`]): keeping
+///   [`Checkpoint::as_str`] and parsing it back does that.
 /// - A stored value that is not a checkpoint is reported as
 ///   [`CheckpointError::Malformed`], never guessed at or replaced silently.
 /// - When `save` returns `Ok`, the checkpoint is durable: a process that
@@ -463,6 +555,47 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn sub_sequence_checkpoints_round_trip_and_order_inside_their_aggregate() {
+        let seq = |n: &str| SequenceNumber::parse(n).expect("valid");
+        let part = |n: &str, number| Checkpoint::SubSequence(SubSequence::new(seq(n), number));
+        let whole = |n: &str| Checkpoint::Sequence(seq(n));
+        assert_eq!(part("123", 4).as_str(), "123:4");
+        assert_eq!("123:4".parse::<Checkpoint>().expect("parses"), part("123", 4));
+        let max = format!("{}:{}", "9".repeat(129), u64::MAX);
+        assert_eq!(max.parse::<Checkpoint>().expect("parses").as_str(), max);
+        let ordered = [
+            whole("99"),
+            part("100", 0),
+            part("100", 9),
+            part("100", 10),
+            whole("100"),
+            part("1000", 0),
+            whole("1000"),
+            Checkpoint::ShardEnd,
+        ];
+        for pair in ordered.windows(2) {
+            assert!(pair[0] < pair[1], "{} < {}", pair[0], pair[1]);
+        }
+        assert_eq!(part("100", 3).sequence_number(), Some(&seq("100")));
+        for bad in [
+            "12:",
+            ":3",
+            "12:03",
+            "12:-1",
+            "12:3:4",
+            "12:18446744073709551616",
+            "012:3",
+            "12: 3",
+        ] {
+            assert!(bad.parse::<Checkpoint>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "12:03".parse::<Checkpoint>().map_err(|e| e.kind().clone()),
+            Err(crate::SequenceNumberErrorKind::SubSequence)
+        );
+    }
 
     #[test]
     fn shard_end_orders_after_every_sequence_number() {

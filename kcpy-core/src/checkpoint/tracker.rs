@@ -9,9 +9,10 @@ use std::task::Context;
 use futures::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 
+use super::Position;
 use crate::config::{CheckpointMode, Settings};
 use crate::signal::Fatal;
-use crate::{Checkpoint, Error, Record, SequenceNumber};
+use crate::{Checkpoint, Error, Record};
 
 pub(crate) enum Command {
     /// Save what is pending; answer when it is durable (or failed).
@@ -86,10 +87,10 @@ impl Progress {
     }
 
     /// Auto mode: hands over processed positions and asks for a save.
-    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a SequenceNumber)>) {
+    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a Position)>) {
         let mut inner = self.lock();
-        for (shard, seq) in positions {
-            inner.advance(shard, Checkpoint::Sequence(seq.clone()));
+        for (shard, position) in positions {
+            inner.advance(shard, position.checkpoint());
         }
         drop(inner);
         let _ = self.commands.send(Command::Flush(None));
@@ -157,9 +158,7 @@ impl Progress {
         let mut inner = self.lock();
         inner.dropped.remove(shard);
         let tracker = inner.trackers.entry(Arc::clone(shard)).or_default();
-        tracker
-            .entries
-            .extend(records.iter().map(|r| (r.sequence_number.clone(), false)));
+        tracker.entries.extend(records.iter().map(|r| (Position::of(r), false)));
         gate.delivered(records.len());
         tracker.gate = Some(Arc::clone(gate));
     }
@@ -174,11 +173,11 @@ impl Progress {
             return Ok(());
         }
         let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
-        let Some((watermark, newly)) = tracker.ack(&record.sequence_number).ok_or_else(unknown)? else {
+        let Some((watermark, newly)) = tracker.ack(&Position::of(record)).ok_or_else(unknown)? else {
             return Ok(());
         };
         let shard_done = tracker.ended && tracker.entries.is_empty();
-        inner.advance(&record.shard_id, Checkpoint::Sequence(watermark));
+        inner.advance(&record.shard_id, watermark.checkpoint());
         inner.acked_since_flush += newly;
         if shard_done {
             inner.advance(&record.shard_id, Checkpoint::ShardEnd);
@@ -273,8 +272,8 @@ impl Gate {
 /// Delivered records of one shard, in order, and which were acknowledged.
 #[derive(Debug, Default)]
 struct AckTracker {
-    entries: VecDeque<(SequenceNumber, bool)>,
-    committed: Option<SequenceNumber>,
+    entries: VecDeque<(Position, bool)>,
+    committed: Option<Position>,
     /// Every record of the shard was delivered.
     ended: bool,
     gate: Option<Arc<Gate>>,
@@ -284,7 +283,7 @@ impl AckTracker {
     /// Marks `seq` processed. `None` if it was never delivered; otherwise the
     /// new end of the contiguous processed prefix (if it moved) and how many
     /// records it moved over.
-    fn ack(&mut self, seq: &SequenceNumber) -> Option<Option<(SequenceNumber, u64)>> {
+    fn ack(&mut self, seq: &Position) -> Option<Option<(Position, u64)>> {
         if self.committed.as_ref().is_some_and(|done| seq <= done) {
             return Some(None);
         }
@@ -363,8 +362,9 @@ impl Checkpointer {
 mod tests {
     use super::*;
 
-    fn seq(n: u32) -> SequenceNumber {
-        SequenceNumber::parse(&n.to_string()).expect("valid")
+    fn seq(n: u32) -> Position {
+        let seq = crate::SequenceNumber::parse(&n.to_string()).expect("valid");
+        Position::of(&Record::new("s", seq, "k", &b""[..]))
     }
 
     #[test]

@@ -16,14 +16,14 @@ use super::shards::Spawner;
 use super::shutdown::Phase;
 use super::startup::{load_checkpoints, save_marks};
 use super::{Consumer, Control};
-use crate::checkpoint::{Progress, Writer};
+use crate::checkpoint::{Position, Progress, Writer};
 use crate::config::Settings;
 use crate::group::{Coordinator, Membership};
 use crate::kinesis::{DynFanOut, DynKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::{resolve, DynReader, FanOut, FanOutReader, PollingReader};
 use crate::signal::Fatal;
-use crate::{CheckpointMode, CheckpointStore, Error, LeaseStore, SequenceNumber, StartPosition};
+use crate::{CheckpointMode, CheckpointStore, Error, LeaseStore, Record, SequenceNumber, StartPosition};
 
 /// Configures a [`Consumer`]; made by [`Consumer::builder`].
 #[must_use]
@@ -159,6 +159,28 @@ impl ConsumerBuilder {
     /// [`StartPosition::TrimHorizon`]).
     pub fn start_position(mut self, position: StartPosition) -> Self {
         self.settings.start_position = position;
+        self
+    }
+
+    /// Whether KPL aggregated records are split into their user records
+    /// (default true). Each user record is delivered on its own, with its
+    /// [`sub_sequence_number`](crate::Record::sub_sequence_number), and
+    /// checkpoints keep the place inside an aggregate. Off, an aggregate is
+    /// delivered as the one Kinesis record it is.
+    pub fn deaggregate(mut self, deaggregate: bool) -> Self {
+        self.settings.deaggregate = deaggregate;
+        self
+    }
+
+    /// Drop a whole KPL aggregate when one of its user records hashes
+    /// outside the shard it was read from (default false: delivered, each
+    /// such record flagged by [`Aggregate::Member`](crate::Aggregate::Member)'s
+    /// `outside_shard`). KCL's behaviour, for KPL producers: a KPL that
+    /// aggregated by a stale shard map puts those user records again
+    /// itself, so without this they are seen twice. Other aggregators
+    /// never put them again; with them this loses data.
+    pub fn drop_aggregates_outside_shard(mut self, drop: bool) -> Self {
+        self.settings.drop_aggregates_outside_shard = drop;
         self
     }
 
@@ -417,7 +439,12 @@ impl ConsumerBuilder {
             slots,
             dirty: Vec::new(),
             in_flight: None,
-            in_flight_seq: SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
+            in_flight_at: Position::of(&Record::new(
+                "",
+                SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
+                "",
+                bytes::Bytes::new(),
+            )),
             since_flush: 0,
             progress,
             track,

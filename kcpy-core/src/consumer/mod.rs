@@ -29,7 +29,7 @@ pub use shutdown::ShutdownHandle;
 use self::discovery::Listing;
 use self::shards::{Batch, ShardSlot, ShardStream, Spawner};
 use self::shutdown::Phase;
-use crate::checkpoint::{EndSaved, Progress};
+use crate::checkpoint::{EndSaved, Position, Progress};
 use crate::config::Settings;
 use crate::group::{GroupEvent, Membership};
 use crate::kinesis::{SdkKinesis, StreamRef};
@@ -38,7 +38,7 @@ use crate::read::ShardEvent;
 use crate::signal::{Fatal, Outbox};
 #[cfg(doc)]
 use crate::CheckpointMode;
-use crate::{Checkpointer, Error, Record, SequenceNumber};
+use crate::{Checkpointer, Error, Record};
 
 /// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
 ///
@@ -69,7 +69,7 @@ pub struct Consumer {
     dirty: Vec<usize>,
     /// The slot of the record handed out last, while it is not yet processed.
     in_flight: Option<usize>,
-    in_flight_seq: SequenceNumber,
+    in_flight_at: Position,
     since_flush: u64,
     progress: Option<Arc<Progress>>,
     /// Auto mode with a store: positions are tracked per record.
@@ -222,7 +222,7 @@ impl Consumer {
         }
         if self.in_flight.is_some() {
             if let Some(last) = batch.last() {
-                self.in_flight_seq.assign(&last.sequence_number);
+                self.in_flight_at.assign(last);
             }
         }
         Some(batch)
@@ -273,8 +273,8 @@ impl Consumer {
     fn mark_processed(&mut self, slot: usize) {
         let entry = &mut self.slots[slot];
         match &mut entry.processed {
-            Some(processed) => std::mem::swap(processed, &mut self.in_flight_seq),
-            None => entry.processed = Some(self.in_flight_seq.clone()),
+            Some(processed) => std::mem::swap(processed, &mut self.in_flight_at),
+            None => entry.processed = Some(self.in_flight_at.clone()),
         }
         if !entry.dirty {
             entry.dirty = true;
@@ -299,7 +299,7 @@ impl Consumer {
         }
         progress.submit(self.dirty.drain(..).filter_map(|slot| {
             let entry = &slots[slot];
-            entry.processed.as_ref().map(|seq| (&entry.id, seq))
+            entry.processed.as_ref().map(|at| (&entry.id, at))
         }));
     }
 
@@ -409,7 +409,7 @@ impl Stream for Consumer {
             if let Some(batch) = &mut this.current {
                 if let Some(record) = batch.records.next() {
                     if this.track {
-                        this.in_flight_seq.assign(&record.sequence_number);
+                        this.in_flight_at.assign(&record);
                         this.in_flight = Some(batch.slot);
                     }
                     return Poll::Ready(Some(record));

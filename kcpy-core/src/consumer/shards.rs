@@ -14,13 +14,13 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::Consumer;
-use crate::checkpoint::Gate;
+use crate::checkpoint::{Gate, Position};
 use crate::config::Settings;
 use crate::kinesis::{ShardInfo, StreamRef};
 use crate::lineage::Start;
-use crate::read::{DynReader, ReadShard, ShardEvent};
+use crate::read::{Deliver, DynReader, ReadShard, ShardEvent};
 use crate::signal::Fatal;
-use crate::{Record, SequenceNumber};
+use crate::Record;
 
 /// Starts a reader task per shard.
 pub(super) struct Spawner {
@@ -47,7 +47,7 @@ impl Spawner {
             fallback: start.fallback,
             latest_at: start.mark,
             slot,
-            tx,
+            tx: Deliver::new(tx, &self.settings, start.hash_range, start.skip),
             cancel: cancel.clone(),
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
@@ -77,7 +77,7 @@ pub(super) struct ShardSlot {
     /// Manual mode: what caps the shard's unacknowledged records.
     pub(super) gate: Option<Arc<Gate>>,
     pub(super) id: Arc<str>,
-    pub(super) processed: Option<SequenceNumber>,
+    pub(super) processed: Option<Position>,
     pub(super) dirty: bool,
     /// Every record of the shard was handed out, or the shard was stopped.
     pub(super) ended: bool,

@@ -51,6 +51,7 @@ fn listed(leases: &[Lease]) -> HashMap<String, ShardInfo> {
                 parent_shard_id: l.parents.first().cloned(),
                 adjacent_parent_shard_id: l.parents.get(1).cloned(),
                 ending_sequence_number: None,
+                hash_range: None,
             };
             (l.key.shard_id.clone(), info)
         })
@@ -293,6 +294,7 @@ async fn shards_missing_from_two_listings_in_a_row_are_forgotten_with_their_gone
         parent_shard_id: parent.map(str::to_owned),
         adjacent_parent_shard_id: None,
         ending_sequence_number: None,
+        hash_range: None,
     };
     membership.listed(&[info("B", Some("A")), info("C", Some("B"))]);
     assert!(membership.gone.lock().expect("lock").contains("A"));

@@ -93,6 +93,28 @@ pub(crate) struct ShardInfo {
     pub(crate) adjacent_parent_shard_id: Option<String>,
     /// Set once the shard is closed (by a split or merge).
     pub(crate) ending_sequence_number: Option<String>,
+    /// The hash keys it holds; `None` when the answer did not say.
+    pub(crate) hash_range: Option<HashRange>,
+}
+
+/// A shard's hash key range: 128-bit hash keys, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HashRange {
+    pub(crate) start: u128,
+    pub(crate) end: u128,
+}
+
+impl HashRange {
+    /// From the decimal text Kinesis gives; `None` unless both ends are
+    /// numbers in order.
+    pub(crate) fn parse(start: &str, end: &str) -> Option<Self> {
+        let (start, end) = (start.parse().ok()?, end.parse().ok()?);
+        (start <= end).then_some(Self { start, end })
+    }
+
+    pub(crate) fn contains(&self, hash: u128) -> bool {
+        (self.start..=self.end).contains(&hash)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +129,9 @@ pub(crate) enum IteratorPosition {
     TrimHorizon,
     Latest,
     AtTimestamp(SystemTime),
+    /// At the record itself: a checkpoint inside a KPL aggregate resumes at
+    /// the aggregate, its processed user records skipped.
+    AtSequence(SequenceNumber),
     AfterSequence(SequenceNumber),
 }
 

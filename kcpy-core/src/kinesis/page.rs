@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 
-use super::{RecordsPage, ShardInfo};
-use crate::{Error, Record, SequenceNumber};
+use super::{HashRange, RecordsPage, ShardInfo};
+use crate::{Aggregate, Error, Record, SequenceNumber};
 
 /// The most a body buffer is sized to up front from its `Content-Length`: a
 /// GetRecords response holds at most 10 MiB of data, about 14 MiB as base64
@@ -178,6 +178,15 @@ struct RawChild {
     shard_id: String,
     #[serde(default)]
     parent_shards: Option<VecDeque<String>>,
+    #[serde(default)]
+    hash_key_range: Option<RawHashKeyRange>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawHashKeyRange {
+    starting_hash_key: String,
+    ending_hash_key: String,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -244,6 +253,8 @@ pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, 
                 .map(|since| SystemTime::UNIX_EPOCH + since),
             explicit_hash_key: None,
             millis_behind_latest,
+            sub_sequence_number: None,
+            aggregate: Aggregate::Plain,
         });
         start = end;
     }
@@ -258,6 +269,9 @@ pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, 
                 parent_shard_id: parents.pop_front(),
                 adjacent_parent_shard_id: parents.pop_front(),
                 ending_sequence_number: None,
+                hash_range: child
+                    .hash_key_range
+                    .and_then(|range| HashRange::parse(&range.starting_hash_key, &range.ending_hash_key)),
             }
         })
         .collect();
@@ -296,6 +310,8 @@ pub(crate) fn records_from_sdk(
                     .and_then(|at| SystemTime::try_from(at).ok()),
                 explicit_hash_key: None,
                 millis_behind_latest,
+                sub_sequence_number: None,
+                aggregate: Aggregate::Plain,
             })
         })
         .collect()
@@ -312,6 +328,9 @@ pub(crate) fn children_from_sdk(children: Vec<aws_sdk_kinesis::types::ChildShard
                 parent_shard_id: parents.next(),
                 adjacent_parent_shard_id: parents.next(),
                 ending_sequence_number: None,
+                hash_range: child
+                    .hash_key_range
+                    .and_then(|range| HashRange::parse(&range.starting_hash_key, &range.ending_hash_key)),
             }
         })
         .collect()

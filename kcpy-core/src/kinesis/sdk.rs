@@ -12,7 +12,7 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use super::errors::classify;
 use super::page::{children_from_sdk, parse_page, records_from_sdk, CapturePage, Slot};
 use super::signed::{Learn, RouteCell};
-use super::{ApiError, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage, StreamRef};
+use super::{ApiError, HashRange, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage, StreamRef};
 use crate::Error;
 
 /// The real thing.
@@ -68,6 +68,9 @@ impl KinesisApi for SdkKinesis {
                 ending_sequence_number: shard
                     .sequence_number_range
                     .and_then(|range| range.ending_sequence_number),
+                hash_range: shard
+                    .hash_key_range
+                    .and_then(|range| HashRange::parse(&range.starting_hash_key, &range.ending_hash_key)),
                 shard_id: shard.shard_id,
                 parent_shard_id: shard.parent_shard_id,
                 adjacent_parent_shard_id: shard.adjacent_parent_shard_id,
@@ -96,6 +99,9 @@ impl KinesisApi for SdkKinesis {
             IteratorPosition::AtTimestamp(at) => request
                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                 .timestamp(DateTime::from(*at)),
+            IteratorPosition::AtSequence(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
             IteratorPosition::AfterSequence(seq) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(seq.as_str()),

@@ -58,6 +58,9 @@ fn position(position: &IteratorPosition) -> Result<StartingPosition, ApiError> {
         IteratorPosition::AtTimestamp(at) => StartingPosition::builder()
             .r#type(ShardIteratorType::AtTimestamp)
             .timestamp(DateTime::from(*at)),
+        IteratorPosition::AtSequence(seq) => StartingPosition::builder()
+            .r#type(ShardIteratorType::AtSequenceNumber)
+            .sequence_number(seq.as_str()),
         IteratorPosition::AfterSequence(seq) => StartingPosition::builder()
             .r#type(ShardIteratorType::AfterSequenceNumber)
             .sequence_number(seq.as_str()),

@@ -3,7 +3,9 @@
 //! (GetRecords) is one reader; everything the consumer does with what is
 //! read — lineage, checkpoints, leases, shutdown — is the same for any.
 
+mod deliver;
 mod fan_out;
+mod kpl;
 mod polling;
 mod registration;
 
@@ -12,11 +14,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use deliver::Deliver;
 pub(crate) use fan_out::FanOutReader;
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) use kpl::aggregate as kpl_aggregate;
 pub(crate) use polling::PollingReader;
 pub(crate) use registration::resolve;
 pub use registration::FanOut;
@@ -54,8 +58,9 @@ pub(crate) struct ReadShard {
     /// The shard's place among those this consumer reads, for spreading
     /// their calls over time.
     pub(crate) slot: usize,
-    /// Bounded: a reader waits while the consumer is behind.
-    pub(crate) tx: mpsc::Sender<ShardEvent>,
+    /// Where the records go, de-aggregated. Bounded: a reader waits while
+    /// the consumer is behind.
+    pub(crate) tx: Deliver,
     /// Stop reading: shutdown, or the shard was stopped.
     pub(crate) cancel: CancellationToken,
 }

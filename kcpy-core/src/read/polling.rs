@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Confirmed, Listing, ReadShard, ShardEvent, ShardReader};
+use super::{Confirmed, Deliver, Listing, ReadShard, ShardEvent, ShardReader};
 use crate::config::Settings;
 use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::lineage::Start;
@@ -119,7 +118,7 @@ struct Poller {
     /// Added once, to the wait before the first idle poll, so that shards
     /// polled at the same interval do not all call at the same moment.
     phase: Duration,
-    tx: mpsc::Sender<ShardEvent>,
+    tx: Deliver,
     cancel: CancellationToken,
     watch: FaultWatch,
 }

@@ -158,6 +158,7 @@ impl Subscription for Scripted {
                         parent_shard_id: Some(shard.to_string()),
                         adjacent_parent_shard_id: None,
                         ending_sequence_number: None,
+                        hash_range: None,
                     })
                     .collect(),
             };

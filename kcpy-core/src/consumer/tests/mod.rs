@@ -7,6 +7,7 @@
 
 mod checkpoints;
 mod fan_out;
+mod kpl;
 mod polling;
 mod reshard;
 mod seam;
@@ -21,12 +22,15 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage};
-use crate::{CancellationToken, StartPosition};
+use crate::{CancellationToken, SequenceNumber, StartPosition};
 use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointMode, CheckpointStore, ConsumerBuilder};
 
 #[derive(Debug)]
 enum Step {
     Records(Vec<u64>),
+    /// One Kinesis record at this sequence number: a KPL aggregate of this
+    /// many user records (data `user-0`, `user-1`, …).
+    Aggregate(u64, usize),
     Throttle,
     ServerError,
     Expired,
@@ -76,6 +80,7 @@ impl FakeKinesis {
                 parent_shard_id: parents.first().map(|p| p.to_string()),
                 adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
                 ending_sequence_number: closed.then(|| "999999".to_string()),
+                hash_range: None,
             })
             .collect();
         Arc::new(Self {
@@ -188,6 +193,17 @@ impl KinesisApi for FakeKinesis {
                 seqs.into_iter().map(|n| record(shard_id, n)).collect(),
                 Some(shard),
             )),
+            Some(Step::Aggregate(n, users)) => {
+                let data: Vec<String> = (0..users).map(|u| format!("user-{u}")).collect();
+                let users: Vec<(&str, &[u8], Option<&str>)> = data.iter().map(|d| ("pk", d.as_bytes(), None)).collect();
+                let aggregate = Record::new(
+                    Arc::clone(shard_id),
+                    seq(n),
+                    "pk",
+                    crate::test_util::kpl_aggregate(&users),
+                );
+                Ok(page(vec![aggregate], Some(shard)))
+            }
             Some(Step::Throttle) => Err(ApiError::Throttled(Arc::new(std::io::Error::other("throttled")))),
             Some(Step::ServerError) => Err(transient()),
             Some(Step::Expired) => Err(ApiError::ExpiredIterator),

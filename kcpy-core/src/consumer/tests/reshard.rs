@@ -245,6 +245,7 @@ async fn a_merge_child_waits_for_a_parent_that_appeared_after_the_last_listing()
             parent_shard_id: parents.first().map(|p| p.to_string()),
             adjacent_parent_shard_id: parents.get(1).map(|p| p.to_string()),
             ending_sequence_number: None,
+            hash_range: None,
         }
     };
     let store = Arc::new(TestStore::default());

@@ -113,6 +113,7 @@ impl ShardReader for ScriptedReader {
                             parent_shard_id: Some(shard.shard_id.to_string()),
                             adjacent_parent_shard_id: None,
                             ending_sequence_number: None,
+                            hash_range: None,
                         })
                         .collect();
                     let _ = shard.tx.send(ShardEvent::End(children)).await;

@@ -1,0 +1,286 @@
+//! What every reader's records pass through on their way to the consumer:
+//! KPL de-aggregation, the KCL-compatible filter of aggregates routed to the
+//! wrong shard, and the skip of user records that a mid-aggregate checkpoint
+//! already covers. One place, whichever reader fetched them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::{self, error::SendError};
+
+use super::kpl::{self, Unpacked};
+use super::ShardEvent;
+use crate::checkpoint::SubSequence;
+use crate::config::Settings;
+use crate::kinesis::HashRange;
+use crate::Record;
+
+/// The sending end of a shard's events, for its reader.
+#[derive(Debug)]
+pub(crate) struct Deliver {
+    tx: mpsc::Sender<ShardEvent>,
+    deaggregate: bool,
+    drop_outside: bool,
+    /// The shard's hash key range, when the listing gave it.
+    range: Option<HashRange>,
+    /// A checkpoint inside an aggregate: its user records up to this one
+    /// were processed. Taken by the first records sent.
+    skip: Mutex<Option<SubSequence>>,
+    malformed: AtomicU64,
+    outside: AtomicU64,
+}
+
+impl Deliver {
+    pub(crate) fn new(
+        tx: mpsc::Sender<ShardEvent>,
+        settings: &Settings,
+        range: Option<HashRange>,
+        skip: Option<SubSequence>,
+    ) -> Self {
+        Self {
+            tx,
+            deaggregate: settings.deaggregate,
+            drop_outside: settings.drop_aggregates_outside_shard,
+            range,
+            skip: Mutex::new(skip),
+            malformed: AtomicU64::new(0),
+            outside: AtomicU64::new(0),
+        }
+    }
+
+    /// Hands `event` to the consumer, waiting while it is behind. Records
+    /// are de-aggregated first; a batch left empty is not sent.
+    pub(crate) async fn send(&self, event: ShardEvent) -> Result<(), SendError<ShardEvent>> {
+        let event = match event {
+            ShardEvent::Records(records) => {
+                let records = self.prepare(records);
+                if records.is_empty() {
+                    return Ok(());
+                }
+                ShardEvent::Records(records)
+            }
+            end @ ShardEvent::End(_) => end,
+        };
+        self.tx.send(event).await
+    }
+
+    fn prepare(&self, records: Vec<Record>) -> Vec<Record> {
+        let skip = self.skip.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if !self.deaggregate || !records.iter().any(|r| kpl::is_aggregate(&r.data)) {
+            return match skip {
+                Some(skip) => without_covered(records, &skip),
+                None => records,
+            };
+        }
+        let mut out = Vec::with_capacity(records.len());
+        let (mut malformed, mut outside) = (0u64, 0u64);
+        for record in records {
+            match kpl::unpack(record, self.range) {
+                Unpacked::Plain(record) => out.push(record),
+                Unpacked::Malformed(record) => {
+                    malformed += 1;
+                    out.push(record);
+                }
+                Unpacked::Users { records, outside: 0 } => out.extend(records),
+                Unpacked::Users { records, outside: some } => {
+                    outside += some as u64;
+                    if self.drop_outside {
+                        tracing::warn!(
+                            sequence_number = %records[0].sequence_number,
+                            user_records = records.len(),
+                            outside = some,
+                            "dropped an aggregate with user records outside this shard's hash key range"
+                        );
+                    } else {
+                        out.extend(records);
+                    }
+                }
+            }
+        }
+        if malformed > 0 {
+            let total = self.malformed.fetch_add(malformed, Ordering::Relaxed) + malformed;
+            tracing::warn!(
+                malformed,
+                total,
+                "records with the KPL magic bytes are not valid aggregates; delivered whole"
+            );
+        }
+        if outside > 0 {
+            let total = self.outside.fetch_add(outside, Ordering::Relaxed) + outside;
+            tracing::warn!(
+                outside,
+                total,
+                dropped = self.drop_outside,
+                "user records of aggregates hash outside this shard's hash key range"
+            );
+        }
+        match skip {
+            Some(skip) => without_covered(out, &skip),
+            None => out,
+        }
+    }
+}
+
+/// `records` without the user records of `skip`'s aggregate that it covers.
+fn without_covered(mut records: Vec<Record>, skip: &SubSequence) -> Vec<Record> {
+    let covered = records
+        .iter()
+        .take_while(|r| {
+            r.sequence_number == *skip.sequence() && r.sub_sequence_number.is_some_and(|n| n <= skip.number())
+        })
+        .count();
+    records.drain(..covered);
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{Aggregate, SequenceNumber};
+
+    /// A KPL aggregate whose user records' data are their partition keys.
+    fn aggregate(seq: &str, keys: &[&str]) -> Record {
+        let users: Vec<(&str, &[u8], Option<&str>)> = keys.iter().map(|k| (*k, k.as_bytes(), None)).collect();
+        let data = crate::test_util::kpl_aggregate(&users);
+        Record::new("shard", SequenceNumber::parse(seq).expect("valid"), "agg", data)
+    }
+
+    fn plain(seq: &str) -> Record {
+        Record::new(
+            "shard",
+            SequenceNumber::parse(seq).expect("valid"),
+            "k",
+            Bytes::from_static(b"x"),
+        )
+    }
+
+    fn deliver(
+        settings: &Settings,
+        range: Option<HashRange>,
+        skip: Option<SubSequence>,
+    ) -> (Deliver, mpsc::Receiver<ShardEvent>) {
+        let (tx, rx) = mpsc::channel(8);
+        (Deliver::new(tx, settings, range, skip), rx)
+    }
+
+    fn sent(rx: &mut mpsc::Receiver<ShardEvent>) -> Vec<(String, Option<u64>)> {
+        match rx.try_recv() {
+            Ok(ShardEvent::Records(records)) => records
+                .iter()
+                .map(|r| (r.partition_key.clone(), r.sub_sequence_number))
+                .collect(),
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn aggregates_become_user_records_between_plain_ones() {
+        let (tx, mut rx) = deliver(&Settings::default(), None, None);
+        tx.send(ShardEvent::Records(vec![
+            plain("1"),
+            aggregate("2", &["a", "b"]),
+            plain("3"),
+        ]))
+        .await
+        .expect("send");
+        assert_eq!(
+            sent(&mut rx),
+            [
+                ("k".into(), None),
+                ("a".into(), Some(0)),
+                ("b".into(), Some(1)),
+                ("k".into(), None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_de_aggregation_off_an_aggregate_is_one_record() {
+        let settings = Settings {
+            deaggregate: false,
+            ..Settings::default()
+        };
+        let (tx, mut rx) = deliver(&settings, None, None);
+        tx.send(ShardEvent::Records(vec![aggregate("2", &["a", "b"])]))
+            .await
+            .expect("send");
+        assert_eq!(sent(&mut rx), [("agg".into(), None)]);
+    }
+
+    #[tokio::test]
+    async fn a_mid_aggregate_checkpoint_skips_exactly_the_user_records_it_covers_once() {
+        let seq = SequenceNumber::parse("2").expect("valid");
+        let (tx, mut rx) = deliver(&Settings::default(), None, Some(SubSequence::new(seq, 1)));
+        tx.send(ShardEvent::Records(vec![
+            aggregate("2", &["a", "b", "c", "d"]),
+            plain("3"),
+        ]))
+        .await
+        .expect("send");
+        assert_eq!(
+            sent(&mut rx),
+            [("c".into(), Some(2)), ("d".into(), Some(3)), ("k".into(), None)]
+        );
+        // Only the first batch after the start is the aggregate resumed in.
+        tx.send(ShardEvent::Records(vec![aggregate("4", &["a", "b"])]))
+            .await
+            .expect("send");
+        assert_eq!(sent(&mut rx), [("a".into(), Some(0)), ("b".into(), Some(1))]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_left_empty_is_not_sent() {
+        let seq = SequenceNumber::parse("2").expect("valid");
+        let (tx, mut rx) = deliver(&Settings::default(), None, Some(SubSequence::new(seq, 0)));
+        tx.send(ShardEvent::Records(vec![aggregate("2", &["a"])]))
+            .await
+            .expect("send");
+        assert!(rx.try_recv().is_err(), "nothing left to deliver");
+    }
+
+    #[tokio::test]
+    async fn aggregates_outside_the_shard_are_delivered_flagged_unless_the_kcl_filter_drops_them_whole() {
+        let inside = kpl::partition_key_hash("in");
+        let range = Some(HashRange {
+            start: inside,
+            end: inside,
+        });
+        let (tx, mut rx) = deliver(&Settings::default(), range, None);
+        tx.send(ShardEvent::Records(vec![aggregate("2", &["in", "out"])]))
+            .await
+            .expect("send");
+        let Ok(ShardEvent::Records(records)) = rx.try_recv() else {
+            panic!("records")
+        };
+        let outside: Vec<bool> = records
+            .iter()
+            .map(|r| {
+                matches!(
+                    r.aggregate,
+                    Aggregate::Member {
+                        outside_shard: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(outside, [false, true]);
+
+        let settings = Settings {
+            drop_aggregates_outside_shard: true,
+            ..Settings::default()
+        };
+        let (tx, mut rx) = deliver(&settings, range, None);
+        tx.send(ShardEvent::Records(vec![
+            aggregate("2", &["in", "out"]),
+            aggregate("3", &["in"]),
+            plain("4"),
+        ]))
+        .await
+        .expect("send");
+        assert_eq!(sent(&mut rx), [("in".into(), Some(0)), ("k".into(), None)]);
+        assert_eq!(tx.outside.load(Ordering::Relaxed), 1);
+    }
+}

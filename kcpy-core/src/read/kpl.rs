@@ -1,0 +1,510 @@
+//! KPL aggregated records: one Kinesis record holding many user records, as
+//! the Kinesis Producer Library (and compatible aggregators) put them.
+//!
+//! The format: the magic bytes `F3 89 9A C2`, a protobuf `AggregatedRecord`,
+//! and the 16-byte MD5 digest of the protobuf bytes. A record with the magic
+//! bytes that fails the digest or the decoding is what it is — a plain
+//! record — and is delivered whole, flagged, as KCL does.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use prost::Message;
+
+use crate::kinesis::HashRange;
+use crate::{Aggregate, MalformedAggregate, Record};
+
+/// What every KPL aggregate starts with.
+pub(crate) const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+const DIGEST_LEN: usize = 16;
+
+/// `AggregatedRecord` of the KPL's `messages.proto` (proto2; prost does not
+/// enforce `required`, so a missing field reads as its default and is
+/// judged below like any other value).
+#[derive(Clone, PartialEq, Message)]
+struct AggregatedRecord {
+    #[prost(string, repeated, tag = "1")]
+    partition_key_table: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    explicit_hash_key_table: Vec<String>,
+    #[prost(message, repeated, tag = "3")]
+    records: Vec<UserRecord>,
+}
+
+/// `Record` of `messages.proto`. Its tags (field 4) are not kept: prost
+/// skips them, like any field it does not know, after checking their framing.
+#[derive(Clone, PartialEq, Message)]
+struct UserRecord {
+    #[prost(uint64, tag = "1")]
+    partition_key_index: u64,
+    #[prost(uint64, optional, tag = "2")]
+    explicit_hash_key_index: Option<u64>,
+    #[prost(bytes = "bytes", tag = "3")]
+    data: Bytes,
+}
+
+/// What de-aggregating one Kinesis record found.
+#[derive(Debug)]
+pub(crate) enum Unpacked {
+    /// Not an aggregate: deliver it as it is.
+    Plain(Record),
+    /// The magic bytes, but not a valid aggregate: deliver it whole, flagged.
+    Malformed(Record),
+    /// Its user records, in order; `outside` of them hash outside the shard.
+    Users { records: Vec<Record>, outside: usize },
+}
+
+/// Whether `data` starts with the KPL magic bytes.
+pub(crate) fn is_aggregate(data: &[u8]) -> bool {
+    data.starts_with(&MAGIC)
+}
+
+/// Splits `record` into its user records if it is a KPL aggregate. `range`
+/// is the hash key range of the shard it was read from, when known: user
+/// records whose hash key lies outside it are flagged.
+pub(crate) fn unpack(record: Record, range: Option<HashRange>) -> Unpacked {
+    if !is_aggregate(&record.data) {
+        return Unpacked::Plain(record);
+    }
+    match decode(&record.data) {
+        Ok(aggregate) => users(record, aggregate, range),
+        Err(why) => Unpacked::Malformed(flag(record, why)),
+    }
+}
+
+fn flag(mut record: Record, why: MalformedAggregate) -> Record {
+    record.aggregate = Aggregate::Malformed(why);
+    record
+}
+
+fn decode(data: &Bytes) -> Result<AggregatedRecord, MalformedAggregate> {
+    if data.len() < MAGIC.len() + DIGEST_LEN {
+        return Err(MalformedAggregate::Truncated);
+    }
+    let body = data.slice(MAGIC.len()..data.len() - DIGEST_LEN);
+    let digest = &data[data.len() - DIGEST_LEN..];
+    if Md5::digest(&body).as_slice() != digest {
+        return Err(MalformedAggregate::Digest);
+    }
+    // Decoding from `Bytes` makes each user record's data a view of the
+    // Kinesis record's payload, not a copy.
+    let aggregate = AggregatedRecord::decode(body).map_err(|_| MalformedAggregate::Protobuf)?;
+    if aggregate.records.is_empty() {
+        return Err(MalformedAggregate::Empty);
+    }
+    Ok(aggregate)
+}
+
+fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>) -> Unpacked {
+    let AggregatedRecord {
+        partition_key_table,
+        explicit_hash_key_table,
+        records,
+    } = aggregate;
+    let count = records.len() as u64;
+    // Whether each table entry hashes outside the shard: once per key, not
+    // per user record, as the KPL's tables hold each key once.
+    let outside_key: Vec<bool> = partition_key_table
+        .iter()
+        .map(|key| range.is_some_and(|range| !range.contains(partition_key_hash(key))))
+        .collect();
+    let outside_explicit: Vec<bool> = explicit_hash_key_table
+        .iter()
+        // A hash key that is no number cannot be placed: not counted outside.
+        .map(|key| range.is_some_and(|range| key.parse::<u128>().is_ok_and(|hash| !range.contains(hash))))
+        .collect();
+    let mut outside = 0;
+    let mut out = Vec::with_capacity(records.len());
+    for (number, user) in (0u64..).zip(records) {
+        let key = usize::try_from(user.partition_key_index).ok();
+        let explicit = user
+            .explicit_hash_key_index
+            .and_then(|index| usize::try_from(index).ok());
+        let (Some(partition_key), Some(&key_outside)) = (
+            key.and_then(|at| partition_key_table.get(at)),
+            key.and_then(|at| outside_key.get(at)),
+        ) else {
+            return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
+        };
+        let (explicit_hash_key, is_outside) = match explicit {
+            None if user.explicit_hash_key_index.is_none() => (None, key_outside),
+            None => return Unpacked::Malformed(flag(parent, MalformedAggregate::Index)),
+            Some(at) => match (explicit_hash_key_table.get(at), outside_explicit.get(at)) {
+                (Some(hash_key), Some(&outside)) => (Some(hash_key.clone()), outside),
+                _ => return Unpacked::Malformed(flag(parent, MalformedAggregate::Index)),
+            },
+        };
+        outside += usize::from(is_outside);
+        out.push(Record {
+            data: user.data,
+            partition_key: partition_key.clone(),
+            sequence_number: parent.sequence_number.clone(),
+            shard_id: Arc::clone(&parent.shard_id),
+            approximate_arrival_timestamp: parent.approximate_arrival_timestamp,
+            explicit_hash_key,
+            millis_behind_latest: parent.millis_behind_latest,
+            sub_sequence_number: Some(number),
+            aggregate: Aggregate::Member {
+                records: count,
+                outside_shard: is_outside,
+            },
+        });
+    }
+    Unpacked::Users { records: out, outside }
+}
+
+/// Frames protobuf bytes as the KPL does: the magic bytes, the bytes, their
+/// MD5 digest.
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(body);
+    out.extend_from_slice(Md5::digest(body).as_slice());
+    out
+}
+
+/// A KPL aggregated record of `users` (partition key, data, explicit hash
+/// key), each key kept once in its table as the KPL does.
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) fn aggregate(users: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
+    fn index(table: &mut Vec<String>, key: &str) -> u64 {
+        let at = table.iter().position(|k| k == key).unwrap_or_else(|| {
+            table.push(key.to_owned());
+            table.len() - 1
+        });
+        at as u64
+    }
+    let mut message = AggregatedRecord::default();
+    for (key, data, hash_key) in users {
+        let partition_key_index = index(&mut message.partition_key_table, key);
+        let explicit_hash_key_index = hash_key.map(|hash_key| index(&mut message.explicit_hash_key_table, hash_key));
+        message.records.push(UserRecord {
+            partition_key_index,
+            explicit_hash_key_index,
+            data: Bytes::copy_from_slice(data),
+        });
+    }
+    framed(&message.encode_to_vec())
+}
+
+/// The hash key Kinesis routes a partition key by: the MD5 digest of its
+/// UTF-8 bytes, as an unsigned big-endian 128-bit number.
+pub(crate) fn partition_key_hash(key: &str) -> u128 {
+    u128::from_be_bytes(Md5::digest(key.as_bytes()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SequenceNumber;
+
+    /// Made by the Python `aws-kinesis-agg` 1.2.3 aggregator: `pk1` → `hello`
+    /// (no explicit hash key), `pk2` → `world` with explicit hash key `12345`.
+    const FROM_PYTHON: &str = "f3899ac20a03706b310a03706b32120531323334351a0908001a0568656c6c6f\
+                               1a0b080110001a05776f726c642d4b507cdeecd4c2e172334553fbb420";
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn kinesis_record(data: Vec<u8>) -> Record {
+        let mut record = Record::new(
+            "shardId-000000000000",
+            SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").expect("valid"),
+            "aggregate-key",
+            data,
+        );
+        record.millis_behind_latest = Some(42);
+        record.approximate_arrival_timestamp = Some(std::time::SystemTime::UNIX_EPOCH);
+        record
+    }
+
+    fn users_of(unpacked: Unpacked) -> Vec<Record> {
+        match unpacked {
+            Unpacked::Users { records, .. } => records,
+            other => panic!("not de-aggregated: {other:?}"),
+        }
+    }
+
+    fn malformed_as(data: Vec<u8>, why: MalformedAggregate) {
+        let parent = kinesis_record(data);
+        match unpack(parent.clone(), None) {
+            Unpacked::Malformed(record) => {
+                assert_eq!(record.aggregate, Aggregate::Malformed(why));
+                assert_eq!(record.data, parent.data, "delivered whole, as it was put");
+                assert_eq!(record.sub_sequence_number, None);
+            }
+            other => panic!("expected {why:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_aggregate_from_the_python_aggregator_becomes_its_user_records_in_order() {
+        let users = users_of(unpack(kinesis_record(hex(FROM_PYTHON)), None));
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            (
+                users[0].partition_key.as_str(),
+                &users[0].data[..],
+                users[0].explicit_hash_key.as_deref()
+            ),
+            ("pk1", &b"hello"[..], None)
+        );
+        assert_eq!(
+            (
+                users[1].partition_key.as_str(),
+                &users[1].data[..],
+                users[1].explicit_hash_key.as_deref()
+            ),
+            ("pk2", &b"world"[..], Some("12345"))
+        );
+        for (number, user) in (0u64..).zip(&users) {
+            assert_eq!(user.sub_sequence_number, Some(number));
+            assert_eq!(
+                user.sequence_number.as_str(),
+                "49590338271490256608559692538361571095921575989136588898"
+            );
+            assert_eq!(user.millis_behind_latest, Some(42));
+            assert_eq!(
+                user.approximate_arrival_timestamp,
+                Some(std::time::SystemTime::UNIX_EPOCH)
+            );
+            assert_eq!(
+                user.aggregate,
+                Aggregate::Member {
+                    records: 2,
+                    outside_shard: false
+                }
+            );
+        }
+        assert_eq!(
+            users[0].checkpoint().as_str(),
+            "49590338271490256608559692538361571095921575989136588898:0"
+        );
+        assert_eq!(
+            users[1].checkpoint().as_str(),
+            "49590338271490256608559692538361571095921575989136588898"
+        );
+    }
+
+    #[test]
+    fn user_records_share_the_payload_instead_of_copying_it() {
+        let parent = kinesis_record(aggregate(&[("a", &[7; 100], None), ("b", &[8; 100], None)]));
+        let range = parent.data.as_ptr_range();
+        for user in users_of(unpack(parent.clone(), None)) {
+            assert!(
+                range.contains(&user.data.as_ptr()),
+                "a view of the Kinesis record's bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_record_passes_untouched() {
+        let plain = kinesis_record(b"{\"id\":1}".to_vec());
+        match unpack(plain.clone(), None) {
+            Unpacked::Plain(record) => assert_eq!(record, plain),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_with_the_magic_bytes_that_are_not_aggregates_are_delivered_whole_and_flagged() {
+        let good = aggregate(&[("a", b"x", None)]);
+        let mut corrupt_digest = good.clone();
+        let last = corrupt_digest.len() - 1;
+        corrupt_digest[last] ^= 1;
+        malformed_as(corrupt_digest, MalformedAggregate::Digest);
+        malformed_as(MAGIC.to_vec(), MalformedAggregate::Truncated);
+        malformed_as(
+            [&MAGIC[..], b"plain text after the magic"].concat(),
+            MalformedAggregate::Digest,
+        );
+        // Truncated protobuf with a correct digest: a length prefix past the end.
+        malformed_as(framed(&[0x1a, 0x10, 0x08]), MalformedAggregate::Protobuf);
+        malformed_as(framed(&[]), MalformedAggregate::Empty);
+        let out_of_table = AggregatedRecord {
+            partition_key_table: vec!["a".into()],
+            explicit_hash_key_table: vec![],
+            records: vec![UserRecord {
+                partition_key_index: 3,
+                explicit_hash_key_index: None,
+                data: Bytes::from_static(b"x"),
+            }],
+        };
+        malformed_as(framed(&out_of_table.encode_to_vec()), MalformedAggregate::Index);
+        let hash_key_out_of_table = AggregatedRecord {
+            partition_key_table: vec!["a".into()],
+            explicit_hash_key_table: vec![],
+            records: vec![UserRecord {
+                partition_key_index: 0,
+                explicit_hash_key_index: Some(0),
+                data: Bytes::from_static(b"x"),
+            }],
+        };
+        malformed_as(
+            framed(&hash_key_out_of_table.encode_to_vec()),
+            MalformedAggregate::Index,
+        );
+    }
+
+    /// `Record` with its tags and a field this crate has never heard of.
+    #[derive(Clone, PartialEq, Message)]
+    struct TaggedUser {
+        #[prost(uint64, tag = "1")]
+        partition_key_index: u64,
+        #[prost(bytes = "vec", tag = "3")]
+        data: Vec<u8>,
+        #[prost(message, repeated, tag = "4")]
+        tags: Vec<Tag>,
+        #[prost(string, tag = "99")]
+        future: String,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    struct Tag {
+        #[prost(string, tag = "1")]
+        key: String,
+        #[prost(string, optional, tag = "2")]
+        value: Option<String>,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    struct Extended {
+        #[prost(string, repeated, tag = "1")]
+        partition_key_table: Vec<String>,
+        #[prost(message, repeated, tag = "3")]
+        records: Vec<TaggedUser>,
+        #[prost(uint32, tag = "7")]
+        unknown: u32,
+    }
+
+    #[test]
+    fn tags_and_unknown_fields_are_skipped() {
+        let message = Extended {
+            partition_key_table: vec!["k".into()],
+            records: vec![TaggedUser {
+                partition_key_index: 0,
+                data: b"payload".to_vec(),
+                tags: vec![Tag {
+                    key: "source".into(),
+                    value: Some("test".into()),
+                }],
+                future: "ignored".into(),
+            }],
+            unknown: 9,
+        };
+        let users = users_of(unpack(kinesis_record(framed(&message.encode_to_vec())), None));
+        assert_eq!(users.len(), 1);
+        assert_eq!(&users[0].data[..], b"payload");
+        assert_eq!(users[0].partition_key, "k");
+    }
+
+    #[test]
+    fn empty_and_large_user_records_come_out_exactly() {
+        let large = vec![0xAB; 900 * 1024];
+        let users = users_of(unpack(
+            kinesis_record(aggregate(&[("a", b"", None), ("b", &large, None), ("a", b"", None)])),
+            None,
+        ));
+        assert_eq!(
+            users.iter().map(|u| u.data.len()).collect::<Vec<_>>(),
+            [0, large.len(), 0]
+        );
+        assert_eq!(users[1].data, large);
+        assert_eq!(users[2].partition_key, "a");
+    }
+
+    #[test]
+    fn user_records_hashing_outside_the_shard_are_flagged_and_counted() {
+        let key_hash = partition_key_hash("inside");
+        let range = HashRange {
+            start: key_hash,
+            end: key_hash,
+        };
+        let inside_explicit = key_hash.to_string();
+        let unpacked = unpack(
+            kinesis_record(aggregate(&[
+                ("inside", b"1", None),
+                ("elsewhere", b"2", None),
+                ("elsewhere", b"3", Some(&inside_explicit)),
+                ("inside", b"4", Some("0")),
+            ])),
+            Some(range),
+        );
+        let Unpacked::Users { records, outside } = unpacked else {
+            panic!("{unpacked:?}")
+        };
+        assert_eq!(outside, 2);
+        let flags: Vec<bool> = records
+            .iter()
+            .map(|r| {
+                matches!(
+                    r.aggregate,
+                    Aggregate::Member {
+                        outside_shard: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(
+            flags,
+            [false, true, false, true],
+            "the explicit hash key decides when there is one"
+        );
+    }
+
+    #[test]
+    fn the_partition_key_hash_is_the_md5_digest_as_a_big_endian_number() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e
+        assert_eq!(partition_key_hash(""), 0xd41d8cd98f00b204e9800998ecf8427e);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever user records go in, de-aggregation gives them back:
+            /// same data, keys, hash keys, order.
+            #[test]
+            fn aggregating_then_de_aggregating_gives_the_user_records_back(
+                users in proptest::collection::vec(
+                    ("[a-z]{1,8}", proptest::collection::vec(any::<u8>(), 0..64), proptest::option::of("[0-9]{1,38}")),
+                    1..40,
+                )
+            ) {
+                let borrowed: Vec<(&str, &[u8], Option<&str>)> = users
+                    .iter()
+                    .map(|(key, data, hash_key)| (key.as_str(), data.as_slice(), hash_key.as_deref()))
+                    .collect();
+                let out = users_of(unpack(kinesis_record(aggregate(&borrowed)), None));
+                prop_assert_eq!(out.len(), users.len());
+                for (number, (user, (key, data, hash_key))) in (0u64..).zip(out.iter().zip(&users)) {
+                    prop_assert_eq!(&user.partition_key, key);
+                    prop_assert_eq!(&user.data[..], &data[..]);
+                    prop_assert_eq!(&user.explicit_hash_key, hash_key);
+                    prop_assert_eq!(user.sub_sequence_number, Some(number));
+                }
+            }
+
+            /// Whatever bytes follow the magic, unpacking never panics and
+            /// never loses the record.
+            #[test]
+            fn any_bytes_after_the_magic_are_delivered(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let data = [&MAGIC[..], &tail].concat();
+                match unpack(kinesis_record(data.clone()), None) {
+                    Unpacked::Malformed(record) => prop_assert_eq!(&record.data[..], &data[..]),
+                    Unpacked::Users { records, .. } => prop_assert!(!records.is_empty()),
+                    Unpacked::Plain(_) => prop_assert!(false, "the magic bytes were seen"),
+                }
+            }
+        }
+    }
+}
