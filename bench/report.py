@@ -53,6 +53,7 @@ def main():
     wakeups, boto3_latency = load(raw, "wakeups"), load(raw, "boto3_latency")
     fanout, fanout_latency, idle_fanout = load(raw, "kcpy_fanout"), load(raw, "fanout_latency"), load(raw, "idle_fanout")
     ceiling_kpl = load(raw, "ceiling_kpl")
+    ceiling_allocations, ceiling_kpl_allocations = load(raw, "ceiling_allocations"), load(raw, "ceiling_kpl_allocations")
 
     def med(runs, key):
         s = summary(runs, key)
@@ -86,10 +87,12 @@ def main():
         "idle_floor_runs": summary(wakeups, "ms_per_wakeup"),
         "ceiling_records_per_s_per_core": med(ceiling, "records_per_s_per_core"),
         "ceiling_cpu_us_per_record": med(ceiling, "cpu_us_per_record"),
+        "ceiling_allocations_per_record": med(ceiling_allocations, "allocations_per_record"),
         "ceiling_kpl": {"workload": "KPL aggregates of 100 user records of 100 bytes, 100 aggregates per GetRecords answer",
                         "cpu_us_per_user_record": med(ceiling_kpl, "cpu_us_per_record"),
                         "user_records_per_s_per_core": med(ceiling_kpl, "records_per_s_per_core"),
                         "peak_rss_mb": med(ceiling_kpl, "peak_rss_mb"),
+                        "allocations_per_user_record": med(ceiling_kpl_allocations, "allocations_per_record"),
                         "runs": summary(ceiling_kpl, "cpu_us_per_record")},
         "shards_1000": {"peak_rss_mb": med(shards, "peak_rss_mb"),
                         "peak_rss_mb_at_half": med(shards, "peak_rss_mb_at_half"),
@@ -129,6 +132,10 @@ def main():
         ("KPL: CPU per user record ≤ 0.5 µs when de-aggregating (canned server)",
          (result["ceiling_kpl"]["cpu_us_per_user_record"] or 1e9) <= 0.5,
          unit(result["ceiling_kpl"]["cpu_us_per_user_record"], 3, "µs") + " vs plain records' " + unit(result["ceiling_cpu_us_per_record"], 3, "µs")),
+        ("KPL: de-aggregation allocates nothing per user record beyond the record's own (within 0.1 of plain records' allocations per record)",
+         result["ceiling_kpl"]["allocations_per_user_record"] is not None and result["ceiling_allocations_per_record"] is not None
+         and result["ceiling_kpl"]["allocations_per_user_record"] - result["ceiling_allocations_per_record"] < 0.1,
+         unit(result["ceiling_kpl"]["allocations_per_user_record"], 3, "per user record") + " vs " + unit(result["ceiling_allocations_per_record"], 3, "per plain record")),
         ("ceiling ≥ 1,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 1e6, unit(result["ceiling_records_per_s_per_core"], 0, "records/s")),
     ]
     result["targets"] = [dict(target=t, met=bool(m), measured=v) for t, m, v in targets]
@@ -183,6 +190,7 @@ def main():
         f"| a bare timer wakeup, nothing else (four tasks every 200 ms, 50 ms apart); an empty poll wakes twice, for its timer and its response | {span3(result['idle_floor_runs'])} ms CPU per wakeup |",
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| consumer ceiling with KPL aggregates (100 user records of 100 B each), de-aggregated | {fmt(result['ceiling_kpl']['user_records_per_s_per_core'], 0)} user records/s per core ({fmt(result['ceiling_kpl']['cpu_us_per_user_record'], 3)} µs per user record) |",
+        f"| heap allocations per record on the ceiling run (a counting build, one run): plain records, user records of KPL aggregates | {fmt(result['ceiling_allocations_per_record'], 3)}, {fmt(result['ceiling_kpl']['allocations_per_user_record'], 3)} |",
         f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s |",
         f"| memory store (one run) | {fmt(c.get('memory_saves_per_s'), 0)} saves/s |",
         f"| SQLite store, WAL, synchronous=FULL (one run) | {fmt(c.get('sqlite_saves_per_s'), 0)} saves/s, so {fmt(c.get('sqlite_records_per_s_with_batching'), 0)} records/s checkpointed with one save per {fmt(c.get('batch_records'), 0)} records |",

@@ -20,8 +20,11 @@
 //! - `shards ENDPOINT STREAM SECONDS`: a stream with many shards; RSS and CPU.
 //! - `serve-canned PORT SHARDS`: answer ListShards, GetShardIterator and
 //!   GetRecords with canned responses of 10,000 records, as fast as asked.
-//! - `ceiling ENDPOINT SHARDS RECORDS`: read from `serve-canned`; the
-//!   consumer's own CPU per record.
+//! - `serve-canned-kpl PORT SHARDS`: the same with KPL aggregates, 100 user
+//!   records of 100 bytes each, 100 aggregates per answer.
+//! - `ceiling ENDPOINT SHARDS RECORDS`: read from `serve-canned` (or
+//!   `serve-canned-kpl`); the consumer's own CPU per (user) record. Built
+//!   with feature `count-allocations`, heap allocations per record instead.
 //! - `checkpoints`: saves per second of the memory and SQLite stores.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +48,18 @@ use kcpy::{
 use serde_json::json;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static ALLOCATOR: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// Heap allocations so far, when counted (feature `count-allocations`).
+fn allocations() -> Option<u64> {
+    #[cfg(feature = "count-allocations")]
+    return Some(ALLOCATOR.stats().allocations as u64);
+    #[cfg(not(feature = "count-allocations"))]
+    None
+}
 
 /// CPU seconds (user + system) and peak RSS (MiB) of this process so far.
 fn usage() -> (f64, f64) {
@@ -470,9 +485,15 @@ async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
         })
     });
     let records: Vec<serde_json::Value> = if kpl { aggregates.collect() } else { plain.collect() };
-    // Every shard holds every hash key: the aggregates' user records all
-    // belong where they are, as with a KPL whose shard map is current.
-    let hash_range = json!({"StartingHashKey": "0", "EndingHashKey": u128::MAX.to_string()});
+    // The hash key space split evenly, as Kinesis splits it: every user
+    // record's partition key is placed against its shard's range (one MD5
+    // per key), as on any stream of more than one shard.
+    let width = u128::MAX / shards as u128;
+    let hash_range = |i: usize| {
+        let start = width * i as u128;
+        let end = if i + 1 == shards { u128::MAX } else { start + width - 1 };
+        json!({"StartingHashKey": start.to_string(), "EndingHashKey": end.to_string()})
+    };
     let template =
         json!({"Records": records, "NextShardIterator": "canned-iterator", "MillisBehindLatest": 1000}).to_string();
     let segments: Arc<Vec<String>> = Arc::new(template.split(MARK).map(str::to_owned).collect());
@@ -481,7 +502,7 @@ async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
         .map(|i| {
             json!({
                 "ShardId": format!("shardId-{i:012}"),
-                "HashKeyRange": hash_range.clone(),
+                "HashKeyRange": hash_range(i),
                 "SequenceNumberRange": {"StartingSequenceNumber": "1"},
             })
         })
@@ -541,6 +562,7 @@ async fn ceiling(endpoint: &str, shards: usize, records: u64) -> Result<serde_js
         }
     }
     let (cpu_before, _) = usage();
+    let allocations_before = allocations();
     let started = Instant::now();
     let mut bytes = 0usize;
     for _ in 0..records {
@@ -548,6 +570,13 @@ async fn ceiling(endpoint: &str, shards: usize, records: u64) -> Result<serde_js
     }
     let (cpu_after, rss) = usage();
     let cpu = cpu_after - cpu_before;
+    if let (Some(before), Some(after)) = (allocations_before, allocations()) {
+        // A counting build measures allocations only; its CPU is not the figure.
+        return Ok(json!({
+            "records": records,
+            "allocations_per_record": (after - before) as f64 / records as f64,
+        }));
+    }
     Ok(json!({
         "records": records,
         "bytes": bytes,

@@ -115,6 +115,11 @@ impl HashRange {
     pub(crate) fn contains(&self, hash: u128) -> bool {
         (self.start..=self.end).contains(&hash)
     }
+
+    /// Every hash key: a stream's only shard.
+    pub(crate) fn is_everything(&self) -> bool {
+        self.start == 0 && self.end == u128::MAX
+    }
 }
 
 #[derive(Debug, Default)]

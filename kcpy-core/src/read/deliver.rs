@@ -75,24 +75,24 @@ impl Deliver {
         let mut out = Vec::with_capacity(records.len());
         let (mut malformed, mut outside) = (0u64, 0u64);
         for record in records {
-            match kpl::unpack(record, self.range) {
+            let before = out.len();
+            match kpl::unpack(record, self.range, &mut out) {
                 Unpacked::Plain(record) => out.push(record),
                 Unpacked::Malformed(record) => {
                     malformed += 1;
                     out.push(record);
                 }
-                Unpacked::Users { records, outside: 0 } => out.extend(records),
+                Unpacked::Users { outside: 0, .. } => {}
                 Unpacked::Users { records, outside: some } => {
                     outside += some as u64;
                     if self.drop_outside {
                         tracing::warn!(
-                            sequence_number = %records[0].sequence_number,
-                            user_records = records.len(),
+                            sequence_number = %out[before].sequence_number,
+                            user_records = records,
                             outside = some,
                             "dropped an aggregate with user records outside this shard's hash key range"
                         );
-                    } else {
-                        out.extend(records);
+                        out.truncate(before);
                     }
                 }
             }

@@ -51,8 +51,9 @@ pub(crate) enum Unpacked {
     Plain(Record),
     /// The magic bytes, but not a valid aggregate: deliver it whole, flagged.
     Malformed(Record),
-    /// Its user records, in order; `outside` of them hash outside the shard.
-    Users { records: Vec<Record>, outside: usize },
+    /// Its user records were appended to the output, in order; `outside`
+    /// of them hash outside the shard.
+    Users { records: usize, outside: usize },
 }
 
 /// Whether `data` starts with the KPL magic bytes.
@@ -60,15 +61,15 @@ pub(crate) fn is_aggregate(data: &[u8]) -> bool {
     data.starts_with(&MAGIC)
 }
 
-/// Splits `record` into its user records if it is a KPL aggregate. `range`
-/// is the hash key range of the shard it was read from, when known: user
-/// records whose hash key lies outside it are flagged.
-pub(crate) fn unpack(record: Record, range: Option<HashRange>) -> Unpacked {
+/// Splits `record` into its user records, appended to `out`, if it is a KPL
+/// aggregate. `range` is the hash key range of the shard it was read from,
+/// when known: user records whose hash key lies outside it are flagged.
+pub(crate) fn unpack(record: Record, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
     if !is_aggregate(&record.data) {
         return Unpacked::Plain(record);
     }
     match decode(&record.data) {
-        Ok(aggregate) => users(record, aggregate, range),
+        Ok(aggregate) => users(record, aggregate, range, out),
         Err(why) => Unpacked::Malformed(flag(record, why)),
     }
 }
@@ -96,15 +97,33 @@ fn decode(data: &Bytes) -> Result<AggregatedRecord, MalformedAggregate> {
     Ok(aggregate)
 }
 
-fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>) -> Unpacked {
+fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
     let AggregatedRecord {
-        partition_key_table,
-        explicit_hash_key_table,
+        mut partition_key_table,
+        mut explicit_hash_key_table,
         records,
     } = aggregate;
-    let count = records.len() as u64;
+    // Uses left of each table entry: the last one takes the key instead of
+    // a copy (with the KPL's distinct keys, every one does). Counting also
+    // checks every index before anything is handed out.
+    let mut key_uses = vec![0u32; partition_key_table.len()];
+    let mut hash_key_uses = vec![0u32; explicit_hash_key_table.len()];
+    for user in &records {
+        let key = usize::try_from(user.partition_key_index).ok();
+        let Some(uses) = key.and_then(|at| key_uses.get_mut(at)) else {
+            return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
+        };
+        *uses += 1;
+        if let Some(index) = user.explicit_hash_key_index {
+            let Some(uses) = usize::try_from(index).ok().and_then(|at| hash_key_uses.get_mut(at)) else {
+                return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
+            };
+            *uses += 1;
+        }
+    }
     // Whether each table entry hashes outside the shard: once per key, not
-    // per user record, as the KPL's tables hold each key once.
+    // per user record; not at all when the shard holds every hash key.
+    let range = range.filter(|range| !range.is_everything());
     let outside_key: Vec<bool> = partition_key_table
         .iter()
         .map(|key| range.is_some_and(|range| !range.contains(partition_key_hash(key))))
@@ -114,31 +133,25 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>) 
         // A hash key that is no number cannot be placed: not counted outside.
         .map(|key| range.is_some_and(|range| key.parse::<u128>().is_ok_and(|hash| !range.contains(hash))))
         .collect();
+    let count = records.len();
     let mut outside = 0;
-    let mut out = Vec::with_capacity(records.len());
+    out.reserve(count);
     for (number, user) in (0u64..).zip(records) {
-        let key = usize::try_from(user.partition_key_index).ok();
-        let explicit = user
-            .explicit_hash_key_index
-            .and_then(|index| usize::try_from(index).ok());
-        let (Some(partition_key), Some(&key_outside)) = (
-            key.and_then(|at| partition_key_table.get(at)),
-            key.and_then(|at| outside_key.get(at)),
-        ) else {
-            return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
-        };
-        let (explicit_hash_key, is_outside) = match explicit {
-            None if user.explicit_hash_key_index.is_none() => (None, key_outside),
-            None => return Unpacked::Malformed(flag(parent, MalformedAggregate::Index)),
-            Some(at) => match (explicit_hash_key_table.get(at), outside_explicit.get(at)) {
-                (Some(hash_key), Some(&outside)) => (Some(hash_key.clone()), outside),
-                _ => return Unpacked::Malformed(flag(parent, MalformedAggregate::Index)),
-            },
+        // Every index was checked above.
+        let key = user.partition_key_index as usize;
+        let partition_key = take_or_copy(&mut partition_key_table, &mut key_uses, key);
+        let (explicit_hash_key, is_outside) = match user.explicit_hash_key_index {
+            Some(index) => {
+                let at = index as usize;
+                let hash_key = take_or_copy(&mut explicit_hash_key_table, &mut hash_key_uses, at);
+                (Some(hash_key), outside_explicit.get(at).copied().unwrap_or(false))
+            }
+            None => (None, outside_key.get(key).copied().unwrap_or(false)),
         };
         outside += usize::from(is_outside);
         out.push(Record {
             data: user.data,
-            partition_key: partition_key.clone(),
+            partition_key,
             sequence_number: parent.sequence_number.clone(),
             shard_id: Arc::clone(&parent.shard_id),
             approximate_arrival_timestamp: parent.approximate_arrival_timestamp,
@@ -146,12 +159,30 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>) 
             millis_behind_latest: parent.millis_behind_latest,
             sub_sequence_number: Some(number),
             aggregate: Aggregate::Member {
-                records: count,
+                records: count as u64,
                 outside_shard: is_outside,
             },
         });
     }
-    Unpacked::Users { records: out, outside }
+    Unpacked::Users {
+        records: count,
+        outside,
+    }
+}
+
+/// Entry `at` of `table`: moved out at its last use, copied before.
+fn take_or_copy(table: &mut [String], uses: &mut [u32], at: usize) -> String {
+    match (table.get_mut(at), uses.get_mut(at)) {
+        (Some(entry), Some(left)) => {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                std::mem::take(entry)
+            } else {
+                entry.clone()
+            }
+        }
+        _ => String::new(),
+    }
 }
 
 /// Frames protobuf bytes as the KPL does: the magic bytes, the bytes, their
@@ -223,16 +254,18 @@ mod tests {
         record
     }
 
-    fn users_of(unpacked: Unpacked) -> Vec<Record> {
-        match unpacked {
-            Unpacked::Users { records, .. } => records,
+    fn users_of(record: Record, range: Option<HashRange>) -> Vec<Record> {
+        let mut out = Vec::new();
+        match unpack(record, range, &mut out) {
+            Unpacked::Users { records, .. } => assert_eq!(records, out.len()),
             other => panic!("not de-aggregated: {other:?}"),
         }
+        out
     }
 
     fn malformed_as(data: Vec<u8>, why: MalformedAggregate) {
         let parent = kinesis_record(data);
-        match unpack(parent.clone(), None) {
+        match unpack(parent.clone(), None, &mut Vec::new()) {
             Unpacked::Malformed(record) => {
                 assert_eq!(record.aggregate, Aggregate::Malformed(why));
                 assert_eq!(record.data, parent.data, "delivered whole, as it was put");
@@ -244,7 +277,7 @@ mod tests {
 
     #[test]
     fn an_aggregate_from_the_python_aggregator_becomes_its_user_records_in_order() {
-        let users = users_of(unpack(kinesis_record(hex(FROM_PYTHON)), None));
+        let users = users_of(kinesis_record(hex(FROM_PYTHON)), None);
         assert_eq!(users.len(), 2);
         assert_eq!(
             (
@@ -295,7 +328,7 @@ mod tests {
     fn user_records_share_the_payload_instead_of_copying_it() {
         let parent = kinesis_record(aggregate(&[("a", &[7; 100], None), ("b", &[8; 100], None)]));
         let range = parent.data.as_ptr_range();
-        for user in users_of(unpack(parent.clone(), None)) {
+        for user in users_of(parent.clone(), None) {
             assert!(
                 range.contains(&user.data.as_ptr()),
                 "a view of the Kinesis record's bytes"
@@ -306,7 +339,7 @@ mod tests {
     #[test]
     fn a_plain_record_passes_untouched() {
         let plain = kinesis_record(b"{\"id\":1}".to_vec());
-        match unpack(plain.clone(), None) {
+        match unpack(plain.clone(), None, &mut Vec::new()) {
             Unpacked::Plain(record) => assert_eq!(record, plain),
             other => panic!("{other:?}"),
         }
@@ -398,7 +431,7 @@ mod tests {
             }],
             unknown: 9,
         };
-        let users = users_of(unpack(kinesis_record(framed(&message.encode_to_vec())), None));
+        let users = users_of(kinesis_record(framed(&message.encode_to_vec())), None);
         assert_eq!(users.len(), 1);
         assert_eq!(&users[0].data[..], b"payload");
         assert_eq!(users[0].partition_key, "k");
@@ -407,10 +440,10 @@ mod tests {
     #[test]
     fn empty_and_large_user_records_come_out_exactly() {
         let large = vec![0xAB; 900 * 1024];
-        let users = users_of(unpack(
+        let users = users_of(
             kinesis_record(aggregate(&[("a", b"", None), ("b", &large, None), ("a", b"", None)])),
             None,
-        ));
+        );
         assert_eq!(
             users.iter().map(|u| u.data.len()).collect::<Vec<_>>(),
             [0, large.len(), 0]
@@ -427,6 +460,7 @@ mod tests {
             end: key_hash,
         };
         let inside_explicit = key_hash.to_string();
+        let mut records = Vec::new();
         let unpacked = unpack(
             kinesis_record(aggregate(&[
                 ("inside", b"1", None),
@@ -435,8 +469,9 @@ mod tests {
                 ("inside", b"4", Some("0")),
             ])),
             Some(range),
+            &mut records,
         );
-        let Unpacked::Users { records, outside } = unpacked else {
+        let Unpacked::Users { outside, .. } = unpacked else {
             panic!("{unpacked:?}")
         };
         assert_eq!(outside, 2);
@@ -484,7 +519,7 @@ mod tests {
                     .iter()
                     .map(|(key, data, hash_key)| (key.as_str(), data.as_slice(), hash_key.as_deref()))
                     .collect();
-                let out = users_of(unpack(kinesis_record(aggregate(&borrowed)), None));
+                let out = users_of(kinesis_record(aggregate(&borrowed)), None);
                 prop_assert_eq!(out.len(), users.len());
                 for (number, (user, (key, data, hash_key))) in (0u64..).zip(out.iter().zip(&users)) {
                     prop_assert_eq!(&user.partition_key, key);
@@ -499,9 +534,10 @@ mod tests {
             #[test]
             fn any_bytes_after_the_magic_are_delivered(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
                 let data = [&MAGIC[..], &tail].concat();
-                match unpack(kinesis_record(data.clone()), None) {
+                let mut out = Vec::new();
+                match unpack(kinesis_record(data.clone()), None, &mut out) {
                     Unpacked::Malformed(record) => prop_assert_eq!(&record.data[..], &data[..]),
-                    Unpacked::Users { records, .. } => prop_assert!(!records.is_empty()),
+                    Unpacked::Users { records, .. } => prop_assert!(records > 0 && records == out.len()),
                     Unpacked::Plain(_) => prop_assert!(false, "the magic bytes were seen"),
                 }
             }
