@@ -53,6 +53,7 @@ def main():
     wakeups, boto3_latency = load(raw, "wakeups"), load(raw, "boto3_latency")
     fanout, fanout_latency, idle_fanout = load(raw, "kcpy_fanout"), load(raw, "fanout_latency"), load(raw, "idle_fanout")
     ceiling_kpl = load(raw, "ceiling_kpl")
+    kcpy_metrics, ceiling_metrics = load(raw, "kcpy_metrics"), load(raw, "ceiling_metrics")
     ceiling_allocations, ceiling_kpl_allocations = load(raw, "ceiling_allocations"), load(raw, "ceiling_kpl_allocations")
 
     def med(runs, key):
@@ -88,6 +89,11 @@ def main():
         "ceiling_records_per_s_per_core": med(ceiling, "records_per_s_per_core"),
         "ceiling_cpu_us_per_record": med(ceiling, "cpu_us_per_record"),
         "ceiling_allocations_per_record": med(ceiling_allocations, "allocations_per_record"),
+        "metrics_recorded": {"recorder": "metrics-exporter-prometheus, in memory",
+                             "kcpy_cpu_us_per_record": med(kcpy_metrics, "cpu_us_per_record"),
+                             "ceiling_cpu_us_per_record": med(ceiling_metrics, "cpu_us_per_record"),
+                             "runs": {"kcpy": summary(kcpy_metrics, "cpu_us_per_record"),
+                                      "ceiling": summary(ceiling_metrics, "cpu_us_per_record")}},
         "ceiling_kpl": {"workload": "KPL aggregates of 100 user records of 100 bytes, 100 aggregates per GetRecords answer",
                         "cpu_us_per_user_record": med(ceiling_kpl, "cpu_us_per_record"),
                         "user_records_per_s_per_core": med(ceiling_kpl, "records_per_s_per_core"),
@@ -136,6 +142,12 @@ def main():
          result["ceiling_kpl"]["allocations_per_user_record"] is not None and result["ceiling_allocations_per_record"] is not None
          and result["ceiling_kpl"]["allocations_per_user_record"] - result["ceiling_allocations_per_record"] < 0.1,
          unit(result["ceiling_kpl"]["allocations_per_user_record"], 3, "per user record") + " vs " + unit(result["ceiling_allocations_per_record"], 3, "per plain record")),
+        ("metrics recorded: CPU per record within 5 % of without (emulator run)",
+         (result["metrics_recorded"]["kcpy_cpu_us_per_record"] or 1e9) <= 1.05 * (k or 0),
+         unit(result["metrics_recorded"]["kcpy_cpu_us_per_record"], 2, "µs") + " vs " + unit(k, 2, "µs")),
+        ("metrics recorded: CPU per record within 5 % of without (ceiling run, less noise)",
+         (result["metrics_recorded"]["ceiling_cpu_us_per_record"] or 1e9) <= 1.05 * (result["ceiling_cpu_us_per_record"] or 0),
+         unit(result["metrics_recorded"]["ceiling_cpu_us_per_record"], 3, "µs") + " vs " + unit(result["ceiling_cpu_us_per_record"], 3, "µs")),
         ("ceiling ≥ 1,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 1e6, unit(result["ceiling_records_per_s_per_core"], 0, "records/s")),
     ]
     result["targets"] = [dict(target=t, met=bool(m), measured=v) for t, m, v in targets]
@@ -191,6 +203,7 @@ def main():
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| consumer ceiling with KPL aggregates (100 user records of 100 B each), de-aggregated | {fmt(result['ceiling_kpl']['user_records_per_s_per_core'], 0)} user records/s per core ({fmt(result['ceiling_kpl']['cpu_us_per_user_record'], 3)} µs per user record) |",
         f"| heap allocations per record on the ceiling run (a counting build, one run): plain records, user records of KPL aggregates | {fmt(result['ceiling_allocations_per_record'], 3)}, {fmt(result['ceiling_kpl']['allocations_per_user_record'], 3)} |",
+        f"| with the consumer's metrics recorded by a Prometheus recorder (in memory) | {fmt(result['metrics_recorded']['kcpy_cpu_us_per_record'])} µs CPU per record on the emulator, {fmt(result['metrics_recorded']['ceiling_cpu_us_per_record'], 3)} µs on the ceiling run |",
         f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s |",
         f"| memory store (one run) | {fmt(c.get('memory_saves_per_s'), 0)} saves/s |",
         f"| SQLite store, WAL, synchronous=FULL (one run) | {fmt(c.get('sqlite_saves_per_s'), 0)} saves/s, so {fmt(c.get('sqlite_records_per_s_with_batching'), 0)} records/s checkpointed with one save per {fmt(c.get('batch_records'), 0)} records |",

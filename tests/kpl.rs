@@ -129,14 +129,14 @@ async fn user_records_made_by_the_python_aggregator_come_out_exactly_and_in_orde
     assert_eq!(delivered, expected, "every user record, exactly once, in order");
     let ranges = hash_ranges(&stream).await;
     for record in &user_records {
-        let Aggregate::Member { records, outside_shard } = record.aggregate else {
+        let Aggregate::Member { count, outside_shard } = record.aggregate else {
             panic!("{record:?}")
         };
         let size = made
             .iter()
             .find(|users| users.iter().any(|u| u.data == record.data))
             .map(Vec::len);
-        assert_eq!(Some(records as usize), size);
+        assert_eq!(Some(count as usize), size);
         // An aggregate goes where its first user record hashes; the others
         // may hash to the other shard, and are flagged so.
         let (start, end) = ranges[&*record.shard_id];
@@ -261,7 +261,7 @@ async fn user_records_outside_the_shard_are_delivered_and_flagged_unless_the_kcl
             .collect::<Vec<_>>()
     };
     let flagged = |outside_shard| Aggregate::Member {
-        records: 3,
+        count: 3,
         outside_shard,
     };
     let by_default = read_target(builder(&stream).build().await.expect("build")).await;

@@ -26,6 +26,10 @@
 //!   `serve-canned-kpl`); the consumer's own CPU per (user) record. Built
 //!   with feature `count-allocations`, heap allocations per record instead.
 //! - `checkpoints`: saves per second of the memory and SQLite stores.
+//!
+//! With `KCPY_BENCH_METRICS` set, any mode runs with a Prometheus recorder
+//! installed (in memory, not served), so that the consumer's metrics are
+//! recorded as in production.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -189,6 +193,11 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T>
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The consumer's metrics recorded by a real recorder, kept in memory as
+    // Prometheus would scrape them: what recording costs per record.
+    if std::env::var_os("KCPY_BENCH_METRICS").is_some() {
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    }
     let mode = args.first().map(String::as_str).unwrap_or_default();
     let result = match mode {
         "consume" | "consume-fanout" => {

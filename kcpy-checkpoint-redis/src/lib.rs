@@ -52,9 +52,14 @@ local function split(s)
 end
 local function valid(s)
   if s == 'SHARD_END' then return true end
-  if is_start(s) then return digits(string.sub(s, #start + 1), 20) end
+  if is_start(s) then
+    local millis = string.sub(s, #start + 1)
+    return digits(millis, 20) and (#millis < 20 or millis <= '18446744073709551615')
+  end
   local seq, sub = split(s)
-  -- At most 2^64 - 1: among 20 digits, text order is numeric order.
+  -- At most 2^64 - 1: among 20 digits, text order is numeric order (Lua's
+-- string comparison follows the server's collation, which orders digits as
+-- ASCII does in every locale Redis runs in).
   return digits(seq, 129) and (sub == nil or (digits(sub, 20) and (#sub < 20 or sub <= '18446744073709551615')))
 end
 if not valid(stored) then return {-1, stored} end

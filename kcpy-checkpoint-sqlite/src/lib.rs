@@ -64,7 +64,7 @@ fn well_formed(column: &str) -> String {
         "({column} = 'SHARD_END'
            OR ({whole} AND {})
            OR ({part} AND {} AND {} AND (length({tail}) < 20 OR {tail} <= '18446744073709551615'))
-           OR ({start} AND {}))",
+           OR ({start} AND {} AND (length({column}) < 33 OR substr({column}, 14) <= '18446744073709551615')))",
         digits(column, 129),
         digits(&head(column), 129),
         digits(&tail, 20),

@@ -48,7 +48,8 @@
 // The layout follows the data: `kinesis` is the transport, `read` the ways
 // of reading a shard, `lineage` which shards to read when, `checkpoint` and
 // `group` where progress and leases are kept, `consumer` what ties them
-// together; `signal` is how background tasks reach the consumer.
+// together; `signal` is how background tasks reach the consumer, `telemetry`
+// what it tells operators (metrics, lag, events).
 mod checkpoint;
 mod clock;
 mod config;
@@ -62,6 +63,7 @@ mod record;
 mod retry;
 mod sequence;
 mod signal;
+mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
@@ -75,6 +77,7 @@ pub use group::{Lease, LeaseStore};
 pub use read::FanOut;
 pub use record::{Aggregate, MalformedAggregate, Record};
 pub use sequence::{ParseSequenceNumberError, SequenceNumber, SequenceNumberErrorKind};
+pub use telemetry::{ConsumerEvent, ShardLag, ShardState};
 
 /// Re-exported so users need not depend on tokio-util to pass a token to
 /// [`ConsumerBuilder::shutdown_token`].

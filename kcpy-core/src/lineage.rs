@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::config::StartPosition;
 use crate::kinesis::{HashRange, IteratorPosition, ShardInfo};
-use crate::{Checkpoint, SubSequence};
+use crate::{Checkpoint, ShardState, SubSequence};
 
 /// A shard to start reading now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +333,19 @@ impl Lineage {
                 node.state = State::Waiting;
             }
         }
+    }
+
+    /// Every known shard and what is being done with it, in id order.
+    pub(crate) fn states(&self) -> impl Iterator<Item = (&str, ShardState)> {
+        self.nodes.iter().map(|(id, node)| {
+            let state = match node.state {
+                State::Reading => ShardState::Reading,
+                State::Finished => ShardState::Finished,
+                State::Waiting if node.owned => ShardState::WaitingForParents,
+                State::Waiting => ShardState::LeasedElsewhere,
+            };
+            (id.as_str(), state)
+        })
     }
 
     /// Whether the shard is being read or waits to be.

@@ -9,7 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::SequenceNumber;
 
-/// One Kinesis record, with where it came from.
+/// One Kinesis record, or one user record of a KPL aggregate, with where it
+/// came from.
+///
+/// The user records of one aggregate share its sequence number; a record's
+/// place in its shard is (`sequence_number`, `sub_sequence_number`). Their
+/// `data` are views of the aggregate's bytes: keeping one of them keeps the
+/// whole aggregate (up to 1 MiB) in memory, so copy out what you keep long.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Record {
@@ -51,7 +57,7 @@ pub enum Aggregate {
     /// [`sub_sequence_number`](Record::sub_sequence_number) is its place in it.
     Member {
         /// How many user records the aggregate holds.
-        records: u64,
+        count: u64,
         /// Its hash key (the explicit one, else the MD5 digest of its
         /// partition key) lies outside the hash key range of the shard it was
         /// read from. A KPL producer whose shard map was stale puts such
@@ -92,7 +98,7 @@ impl Record {
     /// (a plain record, or an aggregate's last user record).
     pub(crate) fn open_sub_sequence(&self) -> Option<u64> {
         match (self.sub_sequence_number, self.aggregate) {
-            (Some(number), Aggregate::Member { records, .. }) if number + 1 < records => Some(number),
+            (Some(number), Aggregate::Member { count, .. }) if number < count.saturating_sub(1) => Some(number),
             _ => None,
         }
     }

@@ -1,4 +1,6 @@
-//! Conformance suites for [`CheckpointStore`] and [`LeaseStore`] implementations.
+//! Conformance suites for [`CheckpointStore`] and [`LeaseStore`] implementations,
+//! and [`kpl_aggregate`], which makes KPL aggregated records to put into a
+//! test stream.
 //!
 //! Every bundled backend runs it; run it against your own:
 //!
@@ -268,7 +270,7 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
 /// wrote), junk, too many digits, a leading zero, whitespace, nothing, and
 /// start markers without a proper time, and sub-sequence numbers that are
 /// not canonical.
-pub const MALFORMED_VALUES: [&str; 15] = [
+pub const MALFORMED_VALUES: [&str; 16] = [
     "",
     "abc",
     "4.95e+55",
@@ -284,6 +286,7 @@ pub const MALFORMED_VALUES: [&str; 15] = [
     "12:03",
     "12:3:4",
     "12:18446744073709551616",
+    "AT_TIMESTAMP:99999999999999999999",
 ];
 
 /// Checks that a stored value which is not a checkpoint loads as

@@ -77,8 +77,9 @@ pub enum Checkpoint {
 }
 
 impl Checkpoint {
-    /// The text form stored by the bundled backends: the digits, `SHARD_END`,
-    /// or `AT_TIMESTAMP:` and milliseconds.
+    /// The text form stored by the bundled backends: the digits, the digits
+    /// with `:` and a sub-sequence number, `SHARD_END`, or `AT_TIMESTAMP:` and
+    /// milliseconds.
     pub fn as_str(&self) -> &str {
         match self {
             Checkpoint::AtTimestamp(at) => &at.text,
@@ -117,6 +118,12 @@ pub struct SubSequence {
     sequence: SequenceNumber,
     number: u64,
     text: Box<str>,
+}
+
+impl fmt::Display for SubSequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 impl SubSequence {

@@ -60,11 +60,11 @@ mod tests {
     use super::*;
     use crate::Aggregate;
 
-    fn user(seq: &str, number: u64, records: u64) -> Record {
+    fn user(seq: &str, number: u64, count: u64) -> Record {
         let mut record = Record::new("s", SequenceNumber::parse(seq).expect("valid"), "k", &b""[..]);
         record.sub_sequence_number = Some(number);
         record.aggregate = Aggregate::Member {
-            records,
+            count,
             outside_shard: false,
         };
         record

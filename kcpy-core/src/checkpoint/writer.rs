@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::group::Membership;
 use crate::retry::Backoff;
 use crate::signal::{Fatal, Outbox};
+use crate::telemetry::{Durable, StreamMetrics};
 use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Error};
 
 /// A shard's end is durably checkpointed: its children may start.
@@ -30,6 +31,9 @@ pub(crate) struct Writer {
     pub(crate) ended: Outbox<EndSaved>,
     /// With a lease store: every save is fenced by the shard's lease.
     pub(crate) membership: Option<Arc<Membership>>,
+    /// Told of every checkpoint saved, for the consumer's lag snapshot.
+    pub(crate) durable: Durable,
+    pub(crate) metrics: StreamMetrics,
 }
 
 /// How a save ended, short of an error.
@@ -148,6 +152,7 @@ impl Writer {
         };
         let mut backoff = Backoff::new(&self.settings);
         loop {
+            let started = std::time::Instant::now();
             let result = match (&lease, &self.membership) {
                 (Some(lease), Some(membership)) => membership.store.save_leased(lease, checkpoint).await,
                 _ => self.store.save(&key, checkpoint).await,
@@ -155,15 +160,21 @@ impl Writer {
             match result {
                 Ok(()) => {
                     tracing::debug!(shard, %checkpoint, "checkpoint saved");
+                    self.metrics.saved(started.elapsed());
+                    self.durable.set(shard, checkpoint);
                     return Ok(Saved::Yes);
                 }
                 Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced(lease.as_ref().map(|l| l.epoch))),
                 Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
+                    self.metrics.save_failed();
                     let delay = backoff.next_delay();
                     tracing::warn!(shard, error = %error, ?delay, "checkpoint save failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(error) => return Err(Error::Checkpoint(error)),
+                Err(error) => {
+                    self.metrics.save_failed();
+                    return Err(Error::Checkpoint(error));
+                }
             }
         }
     }

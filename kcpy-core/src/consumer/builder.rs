@@ -23,6 +23,7 @@ use crate::kinesis::{DynFanOut, DynKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::{resolve, DynReader, FanOut, FanOutReader, PollingReader};
 use crate::signal::Fatal;
+use crate::telemetry::{Durable, Events, StreamMetrics};
 use crate::{CheckpointMode, CheckpointStore, Error, LeaseStore, Record, SequenceNumber, StartPosition};
 
 /// Configures a [`Consumer`]; made by [`Consumer::builder`].
@@ -372,10 +373,17 @@ impl ConsumerBuilder {
             membership.listed(known.as_deref().unwrap_or_default());
             membership
         });
+        let durable = Durable::default();
+        for (shard, checkpoint) in &checkpoints {
+            durable.set(shard, checkpoint);
+        }
+        let stream_metrics = StreamMetrics::new(&stream.name);
         let (progress, writer) = match store {
             Some(store) => {
                 let (progress, commands) = Progress::new(&settings, fatal.clone());
                 let writer = Writer {
+                    durable: durable.clone(),
+                    metrics: StreamMetrics::new(&stream.name),
                     store,
                     progress: Arc::clone(&progress),
                     commands,
@@ -414,6 +422,7 @@ impl ConsumerBuilder {
             gated: progress.is_some() && settings.checkpoint_mode == CheckpointMode::Manual,
             reader,
             stream: Arc::clone(&stream),
+            stream_name: Arc::from(stream.name.as_str()),
             settings: Arc::clone(&settings),
             fatal: fatal.clone(),
             span: span.clone(),
@@ -462,6 +471,10 @@ impl ConsumerBuilder {
             _coordinator: coordinator,
             settings,
             stream,
+            events: Events::new(),
+            stream_metrics,
+            durable,
+            past: HashMap::new(),
         })
     }
 }

@@ -5,10 +5,12 @@
 
 mod builder;
 mod discovery;
+mod observe;
 mod shards;
 mod shutdown;
 mod startup;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -36,6 +38,7 @@ use crate::kinesis::{SdkKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::ShardEvent;
 use crate::signal::{Fatal, Outbox};
+use crate::telemetry::{ConsumerEvent, Durable, Events, StreamMetrics};
 #[cfg(doc)]
 use crate::CheckpointMode;
 use crate::{Checkpointer, Error, Record};
@@ -93,6 +96,12 @@ pub struct Consumer {
     _coordinator: Option<AbortOnDropHandle<()>>,
     settings: Arc<Settings>,
     stream: Arc<StreamRef>,
+    events: Events,
+    stream_metrics: StreamMetrics,
+    durable: Durable,
+    /// What lag() shows of shards whose slot was reused: last delivered
+    /// position and lag.
+    past: HashMap<Arc<str>, (Option<Position>, Option<i64>)>,
 }
 
 /// News for the consumer from its background tasks, as each task sent it.
@@ -307,6 +316,10 @@ impl Consumer {
         match control {
             Control::EndSaved(EndSaved(shard)) => {
                 tracing::info!(parent: &self.spawner.span, %shard, "shard finished");
+                self.durable.set(&shard, &crate::Checkpoint::ShardEnd);
+                self.events.send(ConsumerEvent::ShardFinished {
+                    shard_id: shard.to_string(),
+                });
                 let starts = self.lineage.finished(&shard, SystemTime::now());
                 self.start(starts);
             }
@@ -323,6 +336,14 @@ impl Consumer {
             Control::Group(GroupEvent::Acquired(lease)) => {
                 let shard = lease.key.shard_id.as_str();
                 tracing::info!(parent: &self.spawner.span, %shard, epoch = lease.epoch, "lease acquired");
+                if let Some(checkpoint) = &lease.checkpoint {
+                    self.durable.set(shard, checkpoint);
+                }
+                self.stream_metrics.lease_taken();
+                self.events.send(ConsumerEvent::LeaseAcquired {
+                    shard_id: shard.to_owned(),
+                    epoch: lease.epoch,
+                });
                 let (starts, skipped) =
                     self.lineage
                         .acquire(shard, &lease.parents, lease.checkpoint.as_ref(), SystemTime::now());
@@ -333,6 +354,10 @@ impl Consumer {
                 }
             }
             Control::Group(GroupEvent::Lost(shard)) => {
+                self.stream_metrics.lease_lost();
+                self.events.send(ConsumerEvent::LeaseLost {
+                    shard_id: shard.to_string(),
+                });
                 self.stop_shard(&shard);
                 self.lineage.release(&shard);
                 if let Some(progress) = &self.progress {
@@ -340,6 +365,11 @@ impl Consumer {
                 }
             }
             Control::Group(GroupEvent::Release { shard, to }) => {
+                self.stream_metrics.lease_handed_over();
+                self.events.send(ConsumerEvent::LeaseHandedOver {
+                    shard_id: shard.to_string(),
+                    to: to.clone(),
+                });
                 // Processed positions first, so the handoff saves them.
                 self.hand_over();
                 self.stop_shard(&shard);
@@ -408,6 +438,11 @@ impl Stream for Consumer {
             }
             if let Some(batch) = &mut this.current {
                 if let Some(record) = batch.records.next() {
+                    let slot = &mut this.slots[batch.slot];
+                    match &mut slot.delivered {
+                        Some(delivered) => delivered.assign(&record),
+                        None => slot.delivered = Some(Position::of(&record)),
+                    }
                     if this.track {
                         this.in_flight_at.assign(&record);
                         this.in_flight = Some(batch.slot);
@@ -439,6 +474,7 @@ impl Stream for Consumer {
                     if let (Some(progress), Some(gate)) = (&this.progress, &this.slots[slot].gate) {
                         progress.register(&this.slots[slot].id, &records, gate);
                     }
+                    this.took(slot, &records);
                     let until = this.membership.as_ref().map(|m| {
                         m.deliverable_until(&this.slots[slot].id)
                             .unwrap_or_else(tokio::time::Instant::now)

@@ -20,6 +20,7 @@ use crate::kinesis::{ShardInfo, StreamRef};
 use crate::lineage::Start;
 use crate::read::{Deliver, DynReader, ReadShard, ShardEvent};
 use crate::signal::Fatal;
+use crate::telemetry::{ConsumerEvent, ShardMetrics};
 use crate::Record;
 
 /// Starts a reader task per shard.
@@ -29,6 +30,8 @@ pub(super) struct Spawner {
     pub(super) gated: bool,
     pub(super) reader: DynReader,
     pub(super) stream: Arc<StreamRef>,
+    /// The stream's name, as metrics label it.
+    pub(super) stream_name: Arc<str>,
     pub(super) settings: Arc<Settings>,
     pub(super) fatal: Fatal,
     pub(super) span: tracing::Span,
@@ -40,6 +43,7 @@ impl Spawner {
         let shard_id: Arc<str> = start.shard_id.into();
         let cancel = self.fatal.token().child_token();
         let gone = Arc::new(AtomicBool::new(false));
+        let metrics = ShardMetrics::new(&self.stream_name, &shard_id);
         let read = ReadShard {
             stream: Arc::clone(&self.stream),
             shard_id: Arc::clone(&shard_id),
@@ -49,6 +53,7 @@ impl Spawner {
             slot,
             tx: Deliver::new(tx, &self.settings, start.hash_range, start.skip),
             cancel: cancel.clone(),
+            metrics: metrics.clone(),
         };
         let span = tracing::info_span!(parent: &self.span, "shard", shard = %shard_id);
         let task = tokio::spawn(crate::read::run(Arc::clone(&self.reader), read, self.fatal.clone()).instrument(span));
@@ -63,6 +68,9 @@ impl Spawner {
         let slot = ShardSlot {
             gate,
             id: shard_id,
+            metrics,
+            delivered: None,
+            behind: None,
             processed: None,
             dirty: false,
             ended: false,
@@ -77,6 +85,11 @@ pub(super) struct ShardSlot {
     /// Manual mode: what caps the shard's unacknowledged records.
     pub(super) gate: Option<Arc<Gate>>,
     pub(super) id: Arc<str>,
+    pub(super) metrics: ShardMetrics,
+    /// The last record handed out.
+    pub(super) delivered: Option<Position>,
+    /// `MillisBehindLatest` of the latest batch taken.
+    pub(super) behind: Option<i64>,
     pub(super) processed: Option<Position>,
     pub(super) dirty: bool,
     /// Every record of the shard was handed out, or the shard was stopped.
@@ -127,11 +140,16 @@ impl Consumer {
                 progress.mark_start(&Arc::from(start.shard_id.as_str()), at);
             }
             tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
+            self.events.send(ConsumerEvent::ShardStarted {
+                shard_id: start.shard_id.clone(),
+            });
             match self.free_slot() {
                 Some(index) => {
                     let (stream, slot) = self.spawner.spawn(index, start);
                     self.shards.push(stream);
-                    self.slots[index] = slot;
+                    let old = std::mem::replace(&mut self.slots[index], slot);
+                    // What lag() shows of a shard no slot reads any more.
+                    self.past.insert(Arc::clone(&old.id), (old.delivered, old.behind));
                 }
                 None => {
                     let (stream, slot) = self.spawner.spawn(self.slots.len(), start);

@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::kinesis::ShardInfo;
 use crate::lineage::parents_of;
 use crate::signal::Fatal;
+use crate::telemetry::StreamMetrics;
 use crate::{CheckpointError, CheckpointKey, Lease};
 
 /// What one worker saw of a lease, and since when it has not changed.
@@ -39,10 +40,12 @@ pub(crate) struct Coordinator {
     requested: Option<(String, Instant)>,
     /// Shards the store had leases for before this process listed them.
     asked: HashSet<String>,
+    metrics: StreamMetrics,
 }
 
 impl Coordinator {
     pub(crate) fn new(membership: Arc<Membership>, settings: Arc<Settings>, fatal: Fatal) -> Self {
+        let metrics = StreamMetrics::new(&membership.stream_name);
         Self {
             membership,
             settings,
@@ -51,6 +54,7 @@ impl Coordinator {
             seen: HashMap::new(),
             requested: None,
             asked: HashSet::new(),
+            metrics,
         }
     }
 
@@ -253,14 +257,15 @@ impl Coordinator {
             self.requested = None;
         }
 
-        let plan = view.plan(
-            |lease| {
-                self.seen
-                    .get(&lease.key.shard_id)
-                    .is_some_and(|seen| now.duration_since(seen.since) >= self.settings.lease_duration)
-            },
-            self.requested.is_some(),
-        );
+        let expired = |lease: &Lease| {
+            self.seen
+                .get(&lease.key.shard_id)
+                .is_some_and(|seen| now.duration_since(seen.since) >= self.settings.lease_duration)
+        };
+        let (workers, unclaimed) = view.census(expired);
+        self.metrics.group(workers, unclaimed);
+        self.metrics.leases(membership.held().leases.len());
+        let plan = view.plan(expired, self.requested.is_some());
         for lease in plan.take {
             let sent = Instant::now();
             match store.take_lease(lease, me).await {

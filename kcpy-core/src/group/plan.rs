@@ -130,6 +130,22 @@ impl<'a> View<'a> {
     /// below it and with none free, asks the busiest worker for one lease if
     /// it holds at least two more than this one (hysteresis: shares settle
     /// within one of even and then stay put).
+    /// Workers holding a live lease (this one always counted) and shards
+    /// that need a lease and have no live holder.
+    pub(super) fn census(&self, expired: impl Fn(&Lease) -> bool) -> (usize, usize) {
+        let mut workers: HashSet<&str> = HashSet::from([self.me]);
+        let mut unclaimed = 0;
+        for lease in self.by_shard.values().filter(|l| self.eligible(l)) {
+            match lease.owner.as_deref() {
+                Some(owner) if !expired(lease) => {
+                    workers.insert(owner);
+                }
+                _ => unclaimed += 1,
+            }
+        }
+        (workers.len(), unclaimed)
+    }
+
     pub(super) fn plan(&self, expired: impl Fn(&Lease) -> bool, asked: bool) -> Plan<'a> {
         let me = self.me;
         let eligible: Vec<&'a Lease> = self.by_shard.values().copied().filter(|l| self.eligible(l)).collect();

@@ -15,6 +15,11 @@ use crate::config::Settings;
 use crate::kinesis::HashRange;
 use crate::Record;
 
+/// The most records handed over in one batch. A 1 MiB aggregate can hold
+/// 250,000 tiny user records: they reach the consumer in parts, each waiting
+/// for room in the shard's bounded channel, so memory stays bounded.
+pub(crate) const MAX_BATCH: usize = 10_000;
+
 /// The sending end of a shard's events, for its reader.
 #[derive(Debug)]
 pub(crate) struct Deliver {
@@ -49,30 +54,20 @@ impl Deliver {
     }
 
     /// Hands `event` to the consumer, waiting while it is behind. Records
-    /// are de-aggregated first; a batch left empty is not sent.
+    /// are de-aggregated first, and handed over at most [`MAX_BATCH`] at a
+    /// time; a batch left empty is not sent.
     pub(crate) async fn send(&self, event: ShardEvent) -> Result<(), SendError<ShardEvent>> {
-        let event = match event {
-            ShardEvent::Records(records) => {
-                let records = self.prepare(records);
-                if records.is_empty() {
-                    return Ok(());
-                }
-                ShardEvent::Records(records)
-            }
-            end @ ShardEvent::End(_) => end,
+        let records = match event {
+            ShardEvent::Records(records) => records,
+            end @ ShardEvent::End(_) => return self.tx.send(end).await,
         };
-        self.tx.send(event).await
-    }
-
-    fn prepare(&self, records: Vec<Record>) -> Vec<Record> {
-        let skip = self.skip.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut skip = self.skip.lock().unwrap_or_else(|p| p.into_inner()).take();
         if !self.deaggregate || !records.iter().any(|r| kpl::is_aggregate(&r.data)) {
-            return match skip {
-                Some(skip) => without_covered(records, &skip),
-                None => records,
-            };
+            let sent = self.forward(records, &mut skip).await;
+            self.keep(skip);
+            return sent;
         }
-        let mut out = Vec::with_capacity(records.len());
+        let mut out = Vec::with_capacity(records.len().min(MAX_BATCH));
         let (mut malformed, mut outside) = (0u64, 0u64);
         for record in records {
             let before = out.len();
@@ -86,15 +81,21 @@ impl Deliver {
                 Unpacked::Users { records, outside: some } => {
                     outside += some as u64;
                     if self.drop_outside {
-                        tracing::warn!(
-                            sequence_number = %out[before].sequence_number,
-                            user_records = records,
-                            outside = some,
-                            "dropped an aggregate with user records outside this shard's hash key range"
-                        );
+                        if let Some(first) = out.get(before) {
+                            tracing::warn!(
+                                sequence_number = %first.sequence_number,
+                                user_records = records,
+                                outside = some,
+                                "dropped an aggregate with user records outside this shard's hash key range"
+                            );
+                        }
                         out.truncate(before);
                     }
                 }
+            }
+            if out.len() >= MAX_BATCH {
+                let full = std::mem::replace(&mut out, Vec::with_capacity(MAX_BATCH));
+                self.forward(full, &mut skip).await?;
             }
         }
         if malformed > 0 {
@@ -114,23 +115,43 @@ impl Deliver {
                 "user records of aggregates hash outside this shard's hash key range"
             );
         }
-        match skip {
-            Some(skip) => without_covered(out, &skip),
-            None => out,
+        let sent = self.forward(out, &mut skip).await;
+        self.keep(skip);
+        sent
+    }
+
+    /// Sends `records` without those `skip` covers; `skip` stays while every
+    /// record so far was covered by it (an aggregate that spans batches).
+    async fn forward(
+        &self,
+        mut records: Vec<Record>,
+        skip: &mut Option<SubSequence>,
+    ) -> Result<(), SendError<ShardEvent>> {
+        if let Some(covering) = skip.take() {
+            let covered = records
+                .iter()
+                .take_while(|r| {
+                    r.sequence_number == *covering.sequence()
+                        && r.sub_sequence_number.is_some_and(|n| n <= covering.number())
+                })
+                .count();
+            if covered == records.len() {
+                *skip = Some(covering);
+            }
+            records.drain(..covered);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(ShardEvent::Records(records)).await
+    }
+
+    /// What is left of the skip applies to the next records sent.
+    fn keep(&self, skip: Option<SubSequence>) {
+        if skip.is_some() {
+            *self.skip.lock().unwrap_or_else(|p| p.into_inner()) = skip;
         }
     }
-}
-
-/// `records` without the user records of `skip`'s aggregate that it covers.
-fn without_covered(mut records: Vec<Record>, skip: &SubSequence) -> Vec<Record> {
-    let covered = records
-        .iter()
-        .take_while(|r| {
-            r.sequence_number == *skip.sequence() && r.sub_sequence_number.is_some_and(|n| n <= skip.number())
-        })
-        .count();
-    records.drain(..covered);
-    records
 }
 
 #[cfg(test)]
@@ -228,6 +249,40 @@ mod tests {
             .await
             .expect("send");
         assert_eq!(sent(&mut rx), [("a".into(), Some(0)), ("b".into(), Some(1))]);
+    }
+
+    #[tokio::test]
+    async fn a_huge_aggregate_reaches_the_consumer_in_bounded_batches_and_a_skip_spans_them() {
+        let users: Vec<(&str, &[u8], Option<&str>)> = (0..25_000).map(|_| ("k", &b""[..], None)).collect();
+        let huge = Record::new(
+            "shard",
+            SequenceNumber::parse("2").expect("valid"),
+            "agg",
+            crate::test_util::kpl_aggregate(&users),
+        );
+        let skip = SubSequence::new(SequenceNumber::parse("2").expect("valid"), 15_000);
+        let (tx, mut rx) = mpsc::channel(8);
+        let deliver = Deliver::new(tx, &Settings::default(), None, Some(skip));
+        let sending = tokio::spawn(async move { deliver.send(ShardEvent::Records(vec![huge, plain("3")])).await });
+        let mut batches = Vec::new();
+        while let Some(ShardEvent::Records(records)) = rx.recv().await {
+            batches.push(records);
+        }
+        sending.await.expect("joined").expect("sent");
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= MAX_BATCH));
+        let numbers: Vec<Option<u64>> = batches.iter().flatten().map(|r| r.sub_sequence_number).collect();
+        assert_eq!(
+            numbers.len(),
+            25_000 - 15_001 + 1,
+            "users 15,001 to 24,999 and the plain record"
+        );
+        assert_eq!(
+            numbers[0],
+            Some(15_001),
+            "nothing the checkpoint covers, nothing after it skipped"
+        );
+        assert_eq!(numbers[numbers.len() - 2], Some(24_999));
+        assert_eq!(numbers[numbers.len() - 1], None);
     }
 
     #[tokio::test]

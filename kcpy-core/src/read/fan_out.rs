@@ -100,6 +100,7 @@ impl Shard<'_> {
             }
             next = Instant::now() + SUBSCRIBE_SPACING;
             let position = self.position();
+            let subscribed = Instant::now();
             let call = self.reader.api.subscribe(
                 &self.read.stream,
                 &self.reader.consumer.arn,
@@ -114,6 +115,8 @@ impl Shard<'_> {
             let ended = match self.watch.sort(result, &self.read.stream) {
                 Ok(subscription) => {
                     tracing::debug!(?position, "subscribed");
+                    self.read.metrics.subscribe(subscribed.elapsed());
+                    self.read.metrics.subscribed();
                     self.drain(subscription).await?
                 }
                 Err(error) => self.failed(error, "SubscribeToShard").await?,
@@ -198,6 +201,7 @@ impl Shard<'_> {
 
     /// What to do after a failed subscription or event.
     async fn failed(&mut self, error: ApiError, operation: &'static str) -> Result<Ended, Error> {
+        self.read.metrics.failed(operation, &error);
         match error {
             ApiError::Throttled(source)
             | ApiError::Transient(source)

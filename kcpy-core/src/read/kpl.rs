@@ -159,7 +159,7 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, 
             millis_behind_latest: parent.millis_behind_latest,
             sub_sequence_number: Some(number),
             aggregate: Aggregate::Member {
-                records: count as u64,
+                count: count as u64,
                 outside_shard: is_outside,
             },
         });
@@ -309,7 +309,7 @@ mod tests {
             assert_eq!(
                 user.aggregate,
                 Aggregate::Member {
-                    records: 2,
+                    count: 2,
                     outside_shard: false
                 }
             );

@@ -30,6 +30,7 @@ use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition,
 use crate::lineage::Start;
 use crate::retry::Backoff;
 use crate::signal::Fatal;
+use crate::telemetry::ShardMetrics;
 use crate::{Error, Record};
 
 /// What a reader hands to the consumer, in shard order.
@@ -63,6 +64,8 @@ pub(crate) struct ReadShard {
     pub(crate) tx: Deliver,
     /// Stop reading: shutdown, or the shard was stopped.
     pub(crate) cancel: CancellationToken,
+    /// The shard's metric handles.
+    pub(crate) metrics: ShardMetrics,
 }
 
 /// A way of reading shards.

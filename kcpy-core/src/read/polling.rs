@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, RecordsPage, ShardInfo, StreamRef};
 use crate::lineage::Start;
 use crate::retry::{retry_startup, Backoff};
+use crate::telemetry::ShardMetrics;
 use crate::{Error, SequenceNumber};
 
 /// The polling reader: GetRecords, at most `max_get_records_per_second`
@@ -90,6 +91,7 @@ impl ShardReader for PollingReader {
             tx: shard.tx,
             cancel: shard.cancel,
             watch: FaultWatch::new(self.settings.credentials_timeout),
+            metrics: shard.metrics,
         };
         poller.poll_loop().await
     }
@@ -121,6 +123,7 @@ struct Poller {
     tx: Deliver,
     cancel: CancellationToken,
     watch: FaultWatch,
+    metrics: ShardMetrics,
 }
 
 impl Poller {
@@ -163,7 +166,12 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(());
             };
-            match self.watch.sort(result, &self.stream) {
+            self.metrics.get_records(started.elapsed());
+            let sorted = self.watch.sort(result, &self.stream);
+            if let Err(error) = &sorted {
+                self.metrics.failed("GetRecords", error);
+            }
+            match sorted {
                 Ok(page) => {
                     backoff.reset();
                     let count = page.records.len();
@@ -281,7 +289,11 @@ impl Poller {
             let Some(result) = self.until_cancelled(within(self.settings.request_timeout, call)).await else {
                 return Ok(Next::Stop);
             };
-            match self.watch.sort(result, &self.stream) {
+            let sorted = self.watch.sort(result, &self.stream);
+            if let Err(error) = &sorted {
+                self.metrics.failed("GetShardIterator", error);
+            }
+            match sorted {
                 Ok(iterator) => return Ok(Next::Iterator(iterator)),
                 // One shard past retention is that shard's end, not the
                 // stream's: only a stream missing from the listing is fatal.

@@ -1,0 +1,66 @@
+//! What the consumer shows of itself: per-batch metrics, the lag snapshot
+//! and the lifecycle events.
+
+use tokio::sync::broadcast;
+
+use super::Consumer;
+use crate::telemetry::{ConsumerEvent, ShardLag};
+use crate::Record;
+
+impl Consumer {
+    /// A batch of `slot`'s shard was taken to be handed out: counted whole,
+    /// so the per-record path makes no metric call.
+    pub(super) fn took(&mut self, slot: usize, records: &[Record]) {
+        let entry = &mut self.slots[slot];
+        entry.metrics.batch(records);
+        if let Some(ms) = records.last().and_then(|r| r.millis_behind_latest) {
+            entry.behind = Some(ms);
+            let most = self
+                .slots
+                .iter()
+                .filter(|s| !s.ended)
+                .filter_map(|s| s.behind)
+                .max()
+                .unwrap_or(ms);
+            self.stream_metrics.max_behind(most);
+        }
+    }
+
+    /// Where each shard of the stream stands: its state, the last record
+    /// handed to you, the last checkpoint known durable and how far behind
+    /// its tip the latest batch was. For a health endpoint; cheap enough to
+    /// call on every request. Shards are listed in id order.
+    pub fn lag(&self) -> Vec<ShardLag> {
+        self.lineage
+            .states()
+            .map(|(shard, state)| {
+                // The newest slot of the shard: a lease taken again reads
+                // it in a new one.
+                let live = self.slots.iter().rev().find(|slot| &*slot.id == shard);
+                let (delivered, behind) = match live {
+                    Some(slot) => (slot.delivered.as_ref(), slot.behind),
+                    None => match self.past.get(shard) {
+                        Some((delivered, behind)) => (delivered.as_ref(), *behind),
+                        None => (None, None),
+                    },
+                };
+                ShardLag {
+                    shard_id: shard.to_owned(),
+                    state,
+                    delivered: delivered.map(|at| at.checkpoint()),
+                    durable: self.durable.get(shard),
+                    millis_behind_latest: behind,
+                }
+            })
+            .collect()
+    }
+
+    /// The consumer's lifecycle events from now on: shards started and
+    /// finished, leases acquired, lost and handed over. Each receiver gets
+    /// every event sent after it subscribed; one more than 1,024 events
+    /// behind misses the oldest (`RecvError::Lagged`). [`lag`](Self::lag)
+    /// says where things stand when you subscribe.
+    pub fn events(&self) -> broadcast::Receiver<ConsumerEvent> {
+        self.events.subscribe()
+    }
+}

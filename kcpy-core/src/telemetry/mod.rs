@@ -1,0 +1,229 @@
+//! What the consumer tells its operators: metrics through the [`metrics`]
+//! facade (the application picks the exporter), a snapshot of each shard's
+//! progress ([`ShardLag`]), and lifecycle events ([`ConsumerEvent`]).
+//!
+//! Metric names follow KCL's where they mean the same, so dashboards carry
+//! over. Every series has the label `stream`; per-shard ones also `shard`.
+//! Install the recorder before building the consumer: handles are taken
+//! once per shard, and the per-record path makes no metric call (records are
+//! counted per batch).
+//!
+//! | name | kind | labels | what |
+//! | --- | --- | --- | --- |
+//! | `RecordsProcessed` | counter | stream, shard | records handed to the caller |
+//! | `DataBytesProcessed` | counter | stream, shard | their payload bytes |
+//! | `MillisBehindLatest` | gauge (ms) | stream, shard | how far behind the shard's tip its latest batch was |
+//! | `MaxMillisBehindLatest` | gauge (ms) | stream | the largest `MillisBehindLatest` of the shards being read: the application's lag |
+//! | `GetRecords.Time` | histogram (ms) | stream, shard | GetRecords call latency, failed calls included |
+//! | `SubscribeToShard.Time` | histogram (ms) | stream, shard | time until a subscription answers |
+//! | `Retries` | counter | stream, shard, operation, kind | calls retried: `kind` is `throttled`, `transient`, `credentials` or `clock_skew` |
+//! | `IteratorRenewals` | counter | stream, shard | shard iterators renewed after they expired |
+//! | `Subscriptions` | counter | stream, shard | enhanced fan-out subscriptions made (one per 5 minutes per shard when all is well) |
+//! | `Checkpoint.Saves` | counter | stream | checkpoints saved |
+//! | `Checkpoint.Failures` | counter | stream | failed save attempts (each retry counts) |
+//! | `Checkpoint.Time` | histogram (ms) | stream | save latency |
+//! | `CurrentLeases` | gauge | stream | leases this worker holds |
+//! | `TakenLeases` | counter | stream | leases this worker acquired |
+//! | `LostLeases` | counter | stream | leases taken from this worker, or not renewed in time |
+//! | `HandedOverLeases` | counter | stream | leases this worker gave to another on request |
+//! | `NumWorkers` | gauge | stream | workers of the group seen in the last lease round |
+//! | `UnclaimedShards` | gauge | stream | shards that need a lease and have no live holder |
+
+mod events;
+mod lag;
+
+pub use events::ConsumerEvent;
+pub(crate) use events::Events;
+pub use lag::{ShardLag, ShardState};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use crate::kinesis::ApiError;
+
+/// Per shard, the last checkpoint known durable: loaded at start, taken
+/// with a lease, or saved since. Shared by the writer and the consumer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Durable(Arc<Mutex<HashMap<Arc<str>, crate::Checkpoint>>>);
+
+impl Durable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, crate::Checkpoint>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set(&self, shard: &str, checkpoint: &crate::Checkpoint) {
+        let mut map = self.lock();
+        match map.get_mut(shard) {
+            Some(known) if *known >= *checkpoint => {}
+            Some(known) => *known = checkpoint.clone(),
+            None => {
+                map.insert(Arc::from(shard), checkpoint.clone());
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, shard: &str) -> Option<crate::Checkpoint> {
+        self.lock().get(shard).cloned()
+    }
+}
+
+/// Metric names, as documented above.
+pub(crate) mod name {
+    pub(crate) const RECORDS: &str = "RecordsProcessed";
+    pub(crate) const BYTES: &str = "DataBytesProcessed";
+    pub(crate) const BEHIND: &str = "MillisBehindLatest";
+    pub(crate) const MAX_BEHIND: &str = "MaxMillisBehindLatest";
+    pub(crate) const GET_RECORDS_TIME: &str = "GetRecords.Time";
+    pub(crate) const SUBSCRIBE_TIME: &str = "SubscribeToShard.Time";
+    pub(crate) const RETRIES: &str = "Retries";
+    pub(crate) const RENEWALS: &str = "IteratorRenewals";
+    pub(crate) const SUBSCRIPTIONS: &str = "Subscriptions";
+    pub(crate) const SAVES: &str = "Checkpoint.Saves";
+    pub(crate) const SAVE_FAILURES: &str = "Checkpoint.Failures";
+    pub(crate) const SAVE_TIME: &str = "Checkpoint.Time";
+    pub(crate) const CURRENT_LEASES: &str = "CurrentLeases";
+    pub(crate) const TAKEN_LEASES: &str = "TakenLeases";
+    pub(crate) const LOST_LEASES: &str = "LostLeases";
+    pub(crate) const HANDED_OVER: &str = "HandedOverLeases";
+    pub(crate) const WORKERS: &str = "NumWorkers";
+    pub(crate) const UNCLAIMED: &str = "UnclaimedShards";
+}
+
+/// One shard's handles, taken when its reading starts.
+#[derive(Clone)]
+pub(crate) struct ShardMetrics {
+    stream: Arc<str>,
+    shard: Arc<str>,
+    records: Counter,
+    bytes: Counter,
+    behind: Gauge,
+    get_records: Histogram,
+}
+
+impl std::fmt::Debug for ShardMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardMetrics")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardMetrics {
+    pub(crate) fn new(stream: &Arc<str>, shard: &Arc<str>) -> Self {
+        let labels = [("stream", stream.to_string()), ("shard", shard.to_string())];
+        Self {
+            stream: Arc::clone(stream),
+            shard: Arc::clone(shard),
+            records: metrics::counter!(name::RECORDS, &labels),
+            bytes: metrics::counter!(name::BYTES, &labels),
+            behind: metrics::gauge!(name::BEHIND, &labels),
+            get_records: metrics::histogram!(name::GET_RECORDS_TIME, &labels),
+        }
+    }
+
+    /// A batch handed to the consumer: counted as a whole.
+    pub(crate) fn batch(&self, records: &[crate::Record]) {
+        self.records.increment(records.len() as u64);
+        self.bytes.increment(records.iter().map(|r| r.data.len() as u64).sum());
+        if let Some(ms) = records.last().and_then(|r| r.millis_behind_latest) {
+            self.behind.set(ms as f64);
+        }
+    }
+
+    fn labels(&self) -> [(&'static str, String); 2] {
+        [("stream", self.stream.to_string()), ("shard", self.shard.to_string())]
+    }
+
+    /// A call failed: retried (counted by operation and kind), or an
+    /// expired iterator renewed. Fatal errors end the stream and are not
+    /// counted here.
+    pub(crate) fn failed(&self, operation: &'static str, error: &ApiError) {
+        let kind = match error {
+            ApiError::Throttled(_) => "throttled",
+            ApiError::Transient(_) => "transient",
+            ApiError::Credentials(_) => "credentials",
+            ApiError::ClockSkew(_) => "clock_skew",
+            ApiError::ExpiredIterator => {
+                metrics::counter!(name::RENEWALS, &self.labels()).increment(1);
+                return;
+            }
+            ApiError::Fatal(_) => return,
+        };
+        let [stream, shard] = self.labels();
+        let labels = [
+            stream,
+            shard,
+            ("operation", operation.to_owned()),
+            ("kind", kind.to_owned()),
+        ];
+        metrics::counter!(name::RETRIES, &labels).increment(1);
+    }
+
+    pub(crate) fn subscribed(&self) {
+        metrics::counter!(name::SUBSCRIPTIONS, &self.labels()).increment(1);
+    }
+
+    /// How long a GetRecords call took.
+    pub(crate) fn get_records(&self, took: Duration) {
+        self.get_records.record(took.as_secs_f64() * 1e3);
+    }
+
+    /// How long a subscription took to answer.
+    pub(crate) fn subscribe(&self, took: Duration) {
+        metrics::histogram!(name::SUBSCRIBE_TIME, &self.labels()).record(took.as_secs_f64() * 1e3);
+    }
+}
+
+/// Stream-wide series.
+pub(crate) struct StreamMetrics {
+    stream: String,
+}
+
+impl StreamMetrics {
+    pub(crate) fn new(stream: &str) -> Self {
+        Self {
+            stream: stream.to_owned(),
+        }
+    }
+
+    fn labels(&self) -> [(&'static str, String); 1] {
+        [("stream", self.stream.clone())]
+    }
+
+    pub(crate) fn max_behind(&self, ms: i64) {
+        metrics::gauge!(name::MAX_BEHIND, &self.labels()).set(ms as f64);
+    }
+
+    pub(crate) fn saved(&self, took: Duration) {
+        metrics::counter!(name::SAVES, &self.labels()).increment(1);
+        metrics::histogram!(name::SAVE_TIME, &self.labels()).record(took.as_secs_f64() * 1e3);
+    }
+
+    pub(crate) fn save_failed(&self) {
+        metrics::counter!(name::SAVE_FAILURES, &self.labels()).increment(1);
+    }
+
+    pub(crate) fn leases(&self, held: usize) {
+        metrics::gauge!(name::CURRENT_LEASES, &self.labels()).set(held as f64);
+    }
+
+    pub(crate) fn lease_taken(&self) {
+        metrics::counter!(name::TAKEN_LEASES, &self.labels()).increment(1);
+    }
+
+    pub(crate) fn lease_lost(&self) {
+        metrics::counter!(name::LOST_LEASES, &self.labels()).increment(1);
+    }
+
+    pub(crate) fn lease_handed_over(&self) {
+        metrics::counter!(name::HANDED_OVER, &self.labels()).increment(1);
+    }
+
+    pub(crate) fn group(&self, workers: usize, unclaimed: usize) {
+        metrics::gauge!(name::WORKERS, &self.labels()).set(workers as f64);
+        metrics::gauge!(name::UNCLAIMED, &self.labels()).set(unclaimed as f64);
+    }
+}
