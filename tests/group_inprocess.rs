@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kcpy::{Consumer, MemoryCheckpointStore};
+use kcpy::{Consumer, ConsumerEvent, MemoryCheckpointStore, ShardState};
 use support::{as_put, counts, Put, TestStream};
 
 async fn member(stream: &TestStream, store: &MemoryCheckpointStore, worker: &str) -> Consumer {
@@ -81,12 +81,40 @@ async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
     let store = MemoryCheckpointStore::new();
     let mut a = member_reading(&stream, &store, "a", fan_out).await;
     let mut b = member_reading(&stream, &store, "b", fan_out).await;
+    let (mut a_events, mut b_events) = (a.events(), b.events());
     let mut read = Vec::new();
     drive(&mut [&mut a, &mut b], &mut read, |m, read| {
         read.len() >= 400 && owned(m[0]).len() == 2 && owned(m[1]).len() == 2
     })
     .await;
     assert!(owned(&a).is_disjoint(&owned(&b)), "each shard has one owner");
+    // What each member did, as its events tell and its lag snapshot shows.
+    for (member, events, theirs) in [(&a, &mut a_events, &b), (&b, &mut b_events, &a)] {
+        let mut acquired = HashSet::new();
+        let mut handed = HashSet::new();
+        while let Ok(event) = events.try_recv() {
+            match event {
+                ConsumerEvent::LeaseAcquired { shard_id, .. } => {
+                    acquired.insert(shard_id);
+                }
+                ConsumerEvent::LeaseHandedOver { shard_id, .. } | ConsumerEvent::LeaseLost { shard_id } => {
+                    handed.insert(shard_id);
+                }
+                _ => {}
+            }
+        }
+        let now: HashSet<String> = acquired.difference(&handed).cloned().collect();
+        assert_eq!(now, owned(member), "acquired less handed over (or lost) is what it holds");
+        for shard in member.lag() {
+            let expected = if owned(member).contains(&shard.shard_id) {
+                ShardState::Reading
+            } else {
+                assert!(owned(theirs).contains(&shard.shard_id));
+                ShardState::LeasedElsewhere
+            };
+            assert_eq!(shard.state, expected, "{}", shard.shard_id);
+        }
+    }
     puts.extend(stream.put_many("mid", 200, 97).await);
     drive(&mut [&mut a, &mut b], &mut read, |_, read| distinct(read) >= puts.len()).await;
 
