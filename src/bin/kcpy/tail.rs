@@ -1,0 +1,183 @@
+//! `kcpy tail`: a stream's records, one per line.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use kcpy::{Consumer, Record, ShardState, StartPosition};
+
+use crate::stores::Store;
+use crate::Context;
+
+/// How long without a record, every shard at its tip, before `tail` stops.
+const QUIET: Duration = Duration::from_secs(1);
+
+#[derive(Args)]
+pub(crate) struct Tail {
+    /// The stream's name or ARN.
+    stream: String,
+    /// Start at the oldest record kept (stops at the tip unless --follow).
+    #[arg(long, group = "start")]
+    trim_horizon: bool,
+    /// Start at the tip, and follow (the default).
+    #[arg(long, group = "start")]
+    latest: bool,
+    /// Start at the first record at or after TIME: RFC 3339
+    /// (2026-12-04T10:00:00Z) or a time ago (-15m, -2h); stops at the tip
+    /// unless --follow.
+    #[arg(long, group = "start", value_name = "TIME", value_parser = parse_time, allow_hyphen_values = true)]
+    at: Option<SystemTime>,
+    /// Keep reading at the tip instead of stopping there.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    max: Option<u64>,
+    /// Print only the records of this shard.
+    #[arg(long, value_name = "ID")]
+    shard: Option<String>,
+    /// How each record is printed.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Keep checkpoints in this store (sqlite://, redis://, mysql://,
+    /// postgres://, dynamodb://TABLE): the next run resumes after them.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// The consumer name the checkpoints are kept under.
+    #[arg(long, default_value = "kcpy-tail")]
+    consumer_name: String,
+    /// Write checkpoints after this many records.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    checkpoint_every: u64,
+    /// Read through enhanced fan-out, as this stream consumer (registered if missing).
+    #[arg(long, value_name = "NAME")]
+    fan_out: Option<String>,
+    /// Join the consumer group whose leases are in --store.
+    #[arg(long, requires = "store")]
+    group: bool,
+    /// This process's id in its group.
+    #[arg(long, requires = "group")]
+    worker_id: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// A JSON object per record: shard, sequence number, partition key,
+    /// arrival time and data (as UTF-8, lossy).
+    Json,
+    /// The data as it is, then a newline.
+    Raw,
+    /// The data in hex.
+    Hex,
+    /// The data in base64.
+    Base64,
+}
+
+fn parse_time(text: &str) -> Result<SystemTime, String> {
+    match text.strip_prefix('-') {
+        Some(ago) => {
+            let ago = humantime::parse_duration(ago).map_err(|e| format!("{text:?} is no time ago: {e}"))?;
+            SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{text:?} is before 1970"))
+        }
+        None => humantime::parse_rfc3339_weak(text).map_err(|e| format!("{text:?} is no RFC 3339 time: {e}")),
+    }
+}
+
+impl Tail {
+    pub(crate) async fn run(self, context: &Context) -> Result<(), Box<dyn std::error::Error>> {
+        let (start, stops) = match (self.trim_horizon, self.at) {
+            (true, _) => (StartPosition::TrimHorizon, !self.follow),
+            (false, Some(at)) => (StartPosition::AtTimestamp(at), !self.follow),
+            (false, None) => (StartPosition::Latest, false),
+        };
+        let mut builder = Consumer::builder(context.kinesis.clone(), &self.stream)
+            .consumer_name(&self.consumer_name)
+            .start_position(start)
+            .checkpoint_every(self.checkpoint_every)
+            .idle_interval(Duration::from_millis(200));
+        if let Some(name) = &self.fan_out {
+            builder = builder.fan_out(kcpy::FanOut::register(name));
+        }
+        if let Some(id) = &self.worker_id {
+            builder = builder.worker_id(id);
+        }
+        if let Some(url) = &self.store {
+            builder = Store::open(url, &context.config)
+                .await?
+                .configure(builder, self.group)?;
+        }
+        let mut consumer = builder.build().await?;
+        let shutdown = consumer.shutdown_handle();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shutdown.shutdown();
+            }
+        });
+        let mut out = std::io::stdout().lock();
+        let mut printed = 0u64;
+        while self.max.is_none_or(|max| printed < max) {
+            let record = match tokio::time::timeout(QUIET, consumer.next()).await {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(_) if stops && at_tip(&consumer) => break,
+                Err(_) => continue,
+            };
+            if self.shard.as_deref().is_some_and(|shard| shard != &*record.shard_id) {
+                continue;
+            }
+            print(&mut out, &record, self.format)?;
+            printed += 1;
+        }
+        // The last record printed was processed too: ask once more so that
+        // its checkpoint is written, without waiting for another.
+        if self.max.is_some() {
+            let _ = tokio::time::timeout(Duration::ZERO, consumer.next()).await;
+        }
+        consumer.close().await?;
+        Ok(())
+    }
+}
+
+/// Every shard being read has caught up with its tip.
+fn at_tip(consumer: &Consumer) -> bool {
+    consumer
+        .lag()
+        .iter()
+        .filter(|shard| shard.state == ShardState::Reading)
+        .all(|shard| shard.millis_behind_latest.is_none_or(|ms| ms == 0))
+}
+
+fn print(out: &mut impl Write, record: &Record, format: Format) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            let mut line = serde_json::json!({
+                "shard_id": &*record.shard_id,
+                "sequence_number": record.sequence_number.as_str(),
+                "partition_key": record.partition_key,
+                "data": String::from_utf8_lossy(&record.data),
+            });
+            if let Some(number) = record.sub_sequence_number {
+                line["sub_sequence_number"] = number.into();
+            }
+            if let Some(at) = record.approximate_arrival_timestamp {
+                line["approximate_arrival_timestamp"] = humantime::format_rfc3339_millis(at).to_string().into();
+            }
+            writeln!(out, "{line}")?;
+        }
+        Format::Raw => {
+            out.write_all(&record.data)?;
+            out.write_all(b"\n")?;
+        }
+        Format::Hex => {
+            for byte in record.data.iter() {
+                write!(out, "{byte:02x}")?;
+            }
+            out.write_all(b"\n")?;
+        }
+        Format::Base64 => writeln!(out, "{}", base64_simd::STANDARD.encode_to_string(&record.data))?,
+    }
+    out.flush()
+}
