@@ -19,9 +19,12 @@ fn spawn(stream: &str, store: &str) -> (Child, Lines<BufReader<ChildStdout>>) {
 }
 
 fn spawn_with(stream: &str, store: &str, extra: &[&str]) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy"))
         .args([
+            "tail",
             stream,
+            "--trim-horizon",
+            "--follow",
             "--store",
             store,
             "--consumer-name",
@@ -35,7 +38,7 @@ fn spawn_with(stream: &str, store: &str, extra: &[&str]) -> (Child, Lines<BufRea
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn kcpy-tail");
+        .expect("spawn kcpy tail");
     let stdout = child.stdout.take().expect("piped stdout");
     (child, BufReader::new(stdout).lines())
 }

@@ -1,4 +1,4 @@
-//! Consumer groups across processes: `kcpy-tail --group` workers sharing a
+//! Consumer groups across processes: `kcpy tail --group` workers sharing a
 //! 6-shard stream through PostgreSQL, MySQL (MariaDB) or DynamoDB (dynalite)
 //! leases, with workers killed, paused, added and restarted.
 #![cfg(all(feature = "postgres", feature = "dynamodb", feature = "mysql"))]
@@ -106,8 +106,8 @@ impl Group {
     fn spawn(&mut self) -> usize {
         let index = self.workers.len();
         let id = format!("worker-{index}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
-            .arg(&self.stream.name)
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kcpy"))
+            .args(["tail", &self.stream.name, "--trim-horizon", "--follow"])
             .args(["--store", &self.backend.store_url(), "--consumer-name", &self.consumer])
             .args(["--group", "--worker-id", &id, "--checkpoint-every", "10"])
             .args(["--lease-duration-ms", &LEASE.as_millis().to_string()])
@@ -118,7 +118,7 @@ impl Group {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn kcpy-tail");
+            .expect("spawn kcpy tail");
         let stdout = child.stdout.take().expect("piped stdout");
         let delivered = self.delivered.clone();
         tokio::spawn(async move {

@@ -332,7 +332,7 @@ async fn malformed_aggregates_are_delivered_whole_and_flagged_and_de_aggregation
     stream.delete().await;
 }
 
-/// A user record as `kcpy-tail` printed it.
+/// A user record as `kcpy tail` printed it.
 fn parse_line(line: &str) -> (String, kcpy::SequenceNumber, Option<u64>, String) {
     let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line per record");
     (
@@ -404,9 +404,12 @@ async fn sigkill_inside_aggregates_loses_nothing_and_repeats_nothing_before_the_
             };
             resume.insert(shard.clone(), (next, shard_order));
         }
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcpy-tail"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcpy"))
             .args([
+                "tail",
                 &stream.name,
+                "--trim-horizon",
+                "--follow",
                 "--store",
                 &url,
                 "--consumer-name",
@@ -418,7 +421,7 @@ async fn sigkill_inside_aggregates_loses_nothing_and_repeats_nothing_before_the_
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn kcpy-tail");
+            .expect("spawn kcpy tail");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let kill_after = if kills < 4 { Some(rng.usize(40..400)) } else { None };
         let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
@@ -429,7 +432,7 @@ async fn sigkill_inside_aggregates_loses_nothing_and_repeats_nothing_before_the_
                 if kill_after.is_some_and(|n| printed >= n) || (kill_after.is_none() && seen.len() == all) {
                     break;
                 }
-                let line = lines.next_line().await.expect("stdout").expect("kcpy-tail exited early");
+                let line = lines.next_line().await.expect("stdout").expect("kcpy tail exited early");
                 let (shard, _, sub, data) = parse_line(&line);
                 assert!(sub.is_some(), "every record is a user record");
                 first.entry(shard).or_insert_with(|| data.clone());

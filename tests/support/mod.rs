@@ -59,7 +59,7 @@ pub fn dynamodb_client() -> kcpy::aws_sdk_dynamodb::Client {
     kcpy::aws_sdk_dynamodb::Client::from_conf(config)
 }
 
-/// A record as `kcpy-tail` prints it: one JSON object per line.
+/// A record as `kcpy tail` prints it: one JSON object per line.
 pub fn parse_json_line(line: &str) -> Put {
     let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line per record");
     let text = |field: &str| value[field].as_str().expect("string field").to_owned();

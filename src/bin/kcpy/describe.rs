@@ -26,20 +26,7 @@ impl Describe {
         let status = summary
             .map(|s| s.stream_status().as_str().to_owned())
             .unwrap_or_default();
-        let mut shards = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let request = match &token {
-                Some(token) => context.kinesis.list_shards().next_token(token),
-                None => context.kinesis.list_shards().stream_name(&self.stream),
-            };
-            let page = request.send().await?;
-            shards.extend(page.shards.unwrap_or_default());
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
+        let shards = context.shards(&self.stream).await?;
         let consumers = context
             .kinesis
             .list_stream_consumers()

@@ -26,20 +26,7 @@ pub(crate) struct List {
 impl List {
     pub(crate) async fn run(self, context: &Context) -> Result<(), Box<dyn std::error::Error>> {
         let store = Store::open(&self.store, &context.config).await?;
-        let mut shards = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let request = match &token {
-                Some(token) => context.kinesis.list_shards().next_token(token),
-                None => context.kinesis.list_shards().stream_name(&self.stream),
-            };
-            let page = request.send().await?;
-            shards.extend(page.shards.unwrap_or_default());
-            match page.next_token {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
+        let shards = context.shards(&self.stream).await?;
         let leases = store.leases(&self.consumer_name, &self.stream).await?;
         if !self.json {
             println!(

@@ -71,6 +71,30 @@ pub(crate) struct Context {
     pub(crate) kinesis: kcpy::aws_sdk_kinesis::Client,
 }
 
+impl Context {
+    /// Every shard of `stream`, through every page of ListShards.
+    pub(crate) async fn shards(
+        &self,
+        stream: &str,
+    ) -> Result<Vec<kcpy::aws_sdk_kinesis::types::Shard>, Box<dyn std::error::Error>> {
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let request = match &token {
+                Some(token) => self.kinesis.list_shards().next_token(token),
+                None => self.kinesis.list_shards().stream_name(stream),
+            };
+            let page = request.send().await?;
+            shards.extend(page.shards.unwrap_or_default());
+            match page.next_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        Ok(shards)
+    }
+}
+
 async fn context(endpoint: Option<&str>) -> Context {
     let mut config = aws_config::defaults(BehaviorVersion::latest());
     if let Some(endpoint) = endpoint {

@@ -59,6 +59,12 @@ pub(crate) struct Tail {
     /// This process's id in its group.
     #[arg(long, requires = "group")]
     worker_id: Option<String>,
+    /// In a group: how long an unrenewed lease lasts, in milliseconds.
+    #[arg(long, requires = "group", value_name = "MS")]
+    lease_duration_ms: Option<u64>,
+    /// In a group: how often leases are renewed, in milliseconds.
+    #[arg(long, requires = "group", value_name = "MS")]
+    lease_renew_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +109,12 @@ impl Tail {
         }
         if let Some(id) = &self.worker_id {
             builder = builder.worker_id(id);
+        }
+        if let Some(ms) = self.lease_duration_ms {
+            builder = builder.lease_duration(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.lease_renew_ms {
+            builder = builder.lease_renew_interval(Duration::from_millis(ms));
         }
         if let Some(url) = &self.store {
             builder = Store::open(url, &context.config)
