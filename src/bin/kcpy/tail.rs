@@ -130,13 +130,18 @@ impl Tail {
         });
         let mut out = std::io::stdout().lock();
         let mut printed = 0u64;
+        let mut progress = Progress::new();
         while self.max.is_none_or(|max| printed < max) {
             let record = match tokio::time::timeout(QUIET, consumer.next()).await {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
                 Err(_) if stops && at_tip(&consumer) => break,
-                Err(_) => continue,
+                Err(_) => {
+                    progress.show(&consumer);
+                    continue;
+                }
             };
+            progress.record(&consumer);
             if self.shard.as_deref().is_some_and(|shard| shard != &*record.shard_id) {
                 continue;
             }
@@ -148,8 +153,63 @@ impl Tail {
         if self.max.is_some() {
             let _ = tokio::time::timeout(Duration::ZERO, consumer.next()).await;
         }
+        progress.finish();
         consumer.close().await?;
         Ok(())
+    }
+}
+
+/// A line on stderr while catching up: records read, their rate, how far
+/// behind the slowest shard is. Only when stderr is a terminal and stdout
+/// is not (records printed to the terminal show progress themselves).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    read: u64,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        let bar = (std::io::stderr().is_terminal() && !std::io::stdout().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        Self {
+            bar,
+            read: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn record(&mut self, consumer: &Consumer) {
+        self.read += 1;
+        if self.read % 1000 == 0 {
+            self.show(consumer);
+        }
+    }
+
+    fn show(&self, consumer: &Consumer) {
+        let Some(bar) = &self.bar else { return };
+        let behind = consumer
+            .lag()
+            .iter()
+            .filter_map(|s| s.millis_behind_latest)
+            .max()
+            .unwrap_or(0);
+        let rate = self.read as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!(
+            "{} records, {rate:.0}/s, behind by {}",
+            self.read,
+            humantime::format_duration(Duration::from_millis(behind.max(0) as u64))
+        ));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
