@@ -173,3 +173,185 @@ async fn bad_input_gets_one_line_on_stderr_and_a_failing_exit() {
         }
     }
 }
+
+/// `kcpy` with `input` on its stdin.
+async fn kcpy_answering(args: &[&str], input: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kcpy"))
+        .args(args)
+        .args(["--endpoint", &support::endpoint()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kcpy");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).await.expect("answer");
+    drop(stdin);
+    child.wait_with_output().await.expect("kcpy ends")
+}
+
+fn data_of(output: &Output) -> Vec<String> {
+    let mut data: Vec<String> = lines(output)
+        .iter()
+        .map(|l| l["data"].as_str().expect("data").to_owned())
+        .collect();
+    data.sort();
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_rewinds_a_consumer_after_asking_and_the_next_run_starts_where_it_says() {
+    let stream = TestStream::create("cli-reset", 2).await;
+    let puts = stream.put_many("r", 30, 5).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}", dir.path().join("reset.db").display());
+    let tail = [
+        "tail",
+        stream.name.as_str(),
+        "--trim-horizon",
+        "--store",
+        store.as_str(),
+    ];
+    assert_eq!(data_of(&kcpy(&tail).await).len(), 30, "the first run reads everything");
+    assert!(data_of(&kcpy(&tail).await).is_empty(), "the second resumes after it");
+
+    let reset = [
+        "checkpoints",
+        "reset",
+        "--store",
+        &store,
+        "--consumer-name",
+        "kcpy-tail",
+        "--stream",
+        &stream.name,
+        "--to-trim-horizon",
+    ];
+    // Asked, and not answered yes: nothing changes.
+    let declined = kcpy_answering(&reset, "n\n").await;
+    assert_eq!(declined.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&declined.stderr).contains("nothing changed"));
+    assert!(data_of(&kcpy(&tail).await).is_empty(), "still after everything");
+    // Answered yes: the plan is printed, then done.
+    let done = kcpy_answering(&reset, "y\n").await;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("-> AT_TIMESTAMP:0"));
+    let mut all: Vec<String> = puts.iter().map(|p| p.data.clone()).collect();
+    all.sort();
+    assert_eq!(data_of(&kcpy(&tail).await), all, "from the oldest record again");
+
+    // One shard, to a sequence number: the next run resumes right after it.
+    let shard = puts[0].shard_id.clone();
+    let on_shard: Vec<&support::Put> = puts.iter().filter(|p| p.shard_id == shard).collect();
+    let to = on_shard[2].sequence_number.to_string();
+    let one = kcpy(&[
+        "checkpoints",
+        "reset",
+        "--store",
+        &store,
+        "--consumer-name",
+        "kcpy-tail",
+        "--stream",
+        &stream.name,
+        "--shard",
+        &shard,
+        "--to",
+        &to,
+        "--yes",
+    ])
+    .await;
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let mut after: Vec<String> = on_shard[3..].iter().map(|p| p.data.clone()).collect();
+    after.sort();
+    assert_eq!(data_of(&kcpy(&tail).await), after);
+
+    let bad = kcpy(&[
+        "checkpoints",
+        "reset",
+        "--store",
+        &store,
+        "--consumer-name",
+        "kcpy-tail",
+        "--stream",
+        &stream.name,
+        "--shard",
+        &shard,
+        "--to",
+        "4.2e+55",
+        "--yes",
+    ])
+    .await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is no checkpoint"));
+    stream.delete().await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_refuses_while_a_worker_holds_a_lease_and_with_force_fences_it_out() {
+    use kcpy::{Checkpoint, CheckpointError, CheckpointKey, LeaseStore, PostgresCheckpointStore};
+
+    let stream = TestStream::create("cli-reset-lease", 1).await;
+    let shard = stream.open_shards().await.remove(0).shard_id;
+    let url = support::postgres_url();
+    let store = PostgresCheckpointStore::connect(&url).await.expect("postgres");
+    let consumer = support::unique_name("reset-group");
+    let key = CheckpointKey::new(&consumer, &stream.name, &shard);
+    store.create_lease(&key, &[]).await.expect("create");
+    let lease = store
+        .list_leases(&consumer, &stream.name)
+        .await
+        .expect("list")
+        .remove(0);
+    let held = store.take_lease(&lease, "worker-x").await.expect("take");
+    let seq = kcpy::SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").expect("valid");
+    store
+        .save_leased(&held, &Checkpoint::Sequence(seq.clone()))
+        .await
+        .expect("save");
+
+    let reset = [
+        "checkpoints",
+        "reset",
+        "--store",
+        &url,
+        "--consumer-name",
+        &consumer,
+        "--stream",
+        &stream.name,
+        "--to-latest",
+        "--yes",
+    ];
+    let refused = kcpy(&reset).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("worker-x") && stderr.contains("--force"), "{stderr}");
+    let stored = store
+        .list_leases(&consumer, &stream.name)
+        .await
+        .expect("list")
+        .remove(0);
+    assert_eq!(
+        (stored.owner.as_deref(), stored.checkpoint),
+        (Some("worker-x"), Some(Checkpoint::Sequence(seq)))
+    );
+
+    let forced = kcpy(&[&reset[..], &["--force"]].concat()).await;
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    let after = store
+        .list_leases(&consumer, &stream.name)
+        .await
+        .expect("list")
+        .remove(0);
+    assert_eq!(after.owner, None, "the lease is free");
+    assert!(
+        matches!(after.checkpoint, Some(Checkpoint::AtTimestamp(_))),
+        "{:?}",
+        after.checkpoint
+    );
+    assert!(matches!(
+        store.save_leased(&held, &Checkpoint::ShardEnd).await,
+        Err(CheckpointError::LeaseLost { .. })
+    ));
+    stream.delete().await;
+}

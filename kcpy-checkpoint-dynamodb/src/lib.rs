@@ -356,6 +356,33 @@ impl CheckpointStore for DynamoDbCheckpointStore {
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         self.advance(key, checkpoint, None).await
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        // The lease ends with it: no owner, a higher epoch.
+        let (set, remove) = match to {
+            Some(_) => ("SET #cp = :cp, ", "REMOVE #owner, handoff_to"),
+            None => ("SET ", "REMOVE #owner, handoff_to, #cp"),
+        };
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item_key(key)))
+            .update_expression(format!(
+                "{set}consumer_name = :consumer, stream_name = :stream, \
+                 epoch = if_not_exists(epoch, :zero) + :one, heartbeat = if_not_exists(heartbeat, :zero) + :one {remove}"
+            ))
+            .expression_attribute_names("#cp", "checkpoint")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":consumer", s(&key.consumer_name))
+            .expression_attribute_values(":stream", s(&key.stream_name))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1));
+        if let Some(to) = to {
+            update = update.expression_attribute_values(":cp", s(to.as_str()));
+        }
+        update.send().await.map_err(store_error::<UpdateItemError>).map(drop)
+    }
 }
 
 #[async_trait]
@@ -538,6 +565,7 @@ mod tests {
     #[tokio::test]
     async fn dynamodb_store_meets_the_checkpoint_store_contract() {
         kcpy_core::test_util::checkpoint_store_conformance(&store().await).await;
+        kcpy_core::test_util::reset_conformance(&store().await).await;
     }
 
     #[tokio::test]

@@ -74,6 +74,20 @@ impl CheckpointStore for MemoryCheckpointStore {
             .or_insert_with(|| Lease::new(key.clone(), Vec::new()));
         advance(key, &mut entry.checkpoint, checkpoint)
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        let mut entries = self.lock();
+        let entry = entries
+            .entry(key.clone())
+            .or_insert_with(|| Lease::new(key.clone(), Vec::new()));
+        entry.checkpoint = to.cloned();
+        // Ends the lease, if one is held: its holder is fenced out.
+        entry.owner = None;
+        entry.handoff_to = None;
+        entry.epoch += 1;
+        entry.heartbeat += 1;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -163,6 +177,7 @@ mod tests {
     #[tokio::test]
     async fn memory_store_meets_the_checkpoint_store_contract() {
         kcpy_core::test_util::checkpoint_store_conformance(&MemoryCheckpointStore::new()).await;
+        kcpy_core::test_util::reset_conformance(&MemoryCheckpointStore::new()).await;
     }
 
     #[tokio::test]

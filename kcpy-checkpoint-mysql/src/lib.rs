@@ -239,6 +239,29 @@ impl CheckpointStore for MySqlCheckpointStore {
         let row = Self::lock_row(&mut tx, key).await?;
         Self::advance(tx, key, row.and_then(|row| row.1), checkpoint).await
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        // The lease ends with it: no owner, a higher epoch.
+        let query = match to {
+            Some(to) => sqlx::query(
+                "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES (?, ?, ?, ?)
+                 ON DUPLICATE KEY UPDATE checkpoint = VALUES(checkpoint), owner = NULL, handoff_to = NULL,
+                 epoch = epoch + 1, heartbeat = heartbeat + 1",
+            )
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id)
+            .bind(to.as_str()),
+            None => sqlx::query(
+                "UPDATE kcpy_checkpoints SET checkpoint = NULL, owner = NULL, handoff_to = NULL, epoch = epoch + 1,
+                 heartbeat = heartbeat + 1 WHERE consumer_name = ? AND stream_name = ? AND shard_id = ?",
+            )
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id),
+        };
+        query.execute(&self.pool).await.map_err(store_error).map(drop)
+    }
 }
 
 impl MySqlCheckpointStore {
@@ -468,6 +491,7 @@ mod tests {
     #[tokio::test]
     async fn mysql_store_meets_the_checkpoint_store_contract() {
         kcpy_core::test_util::checkpoint_store_conformance(&store().await).await;
+        kcpy_core::test_util::reset_conformance(&store().await).await;
     }
 
     #[tokio::test]

@@ -311,6 +311,30 @@ impl CheckpointStore for PostgresCheckpointStore {
         };
         Self::advance(tx, key, stored, checkpoint).await
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        // The lease ends with it: no owner, a higher epoch.
+        let query = match to {
+            Some(to) => sqlx::query(
+                "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id, checkpoint) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE SET checkpoint = excluded.checkpoint,
+                 owner = NULL, handoff_to = NULL, epoch = kcpy_checkpoints.epoch + 1,
+                 heartbeat = kcpy_checkpoints.heartbeat + 1, updated_at = now()",
+            )
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id)
+            .bind(to.as_str()),
+            None => sqlx::query(
+                "UPDATE kcpy_checkpoints SET checkpoint = NULL, owner = NULL, handoff_to = NULL, epoch = epoch + 1,
+                 heartbeat = heartbeat + 1, updated_at = now() WHERE consumer_name = $1 AND stream_name = $2 AND shard_id = $3",
+            )
+            .bind(&key.consumer_name)
+            .bind(&key.stream_name)
+            .bind(&key.shard_id),
+        };
+        query.execute(&self.pool).await.map_err(store_error).map(drop)
+    }
 }
 
 #[async_trait]
@@ -438,6 +462,7 @@ mod tests {
     #[tokio::test]
     async fn postgres_store_meets_the_checkpoint_store_contract() {
         kcpy_core::test_util::checkpoint_store_conformance(&store().await).await;
+        kcpy_core::test_util::reset_conformance(&store().await).await;
     }
 
     #[tokio::test]

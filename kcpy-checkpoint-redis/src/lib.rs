@@ -206,6 +206,16 @@ impl CheckpointStore for RedisCheckpointStore {
                 })),
         }
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        let hash = self.hash_key(key);
+        let mut connection = self.connection.clone();
+        let result: Result<(), RedisError> = match to {
+            Some(to) => connection.hset(&hash, &key.shard_id, to.as_str()).await,
+            None => connection.hdel(&hash, &key.shard_id).await,
+        };
+        result.map_err(|e| store_error(e, &hash))
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +240,7 @@ mod tests {
             .await
             .expect("connect");
         kcpy_core::test_util::checkpoint_store_conformance(&store).await;
+        kcpy_core::test_util::reset_conformance(&store).await;
     }
 
     #[tokio::test]

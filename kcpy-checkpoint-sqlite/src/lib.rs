@@ -105,6 +105,14 @@ fn order_key(column: &str) -> String {
     )
 }
 
+const RESET: &str = "INSERT INTO kcpy_checkpoints
+    (consumer_name, stream_name, shard_id, checkpoint, updated_at_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE
+    SET checkpoint = excluded.checkpoint, updated_at_ms = excluded.updated_at_ms";
+
+const DELETE: &str = "DELETE FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";
+
 const LOAD: &str =
     "SELECT checkpoint FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";
 
@@ -238,6 +246,13 @@ fn store_error(error: sqlx::Error) -> CheckpointError {
     CheckpointError::backend(error, transient)
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 #[async_trait]
 impl CheckpointStore for SqliteCheckpointStore {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -263,16 +278,12 @@ impl CheckpointStore for SqliteCheckpointStore {
     }
 
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
         let done = sqlx::query(&SAVE)
             .bind(&key.consumer_name)
             .bind(&key.stream_name)
             .bind(&key.shard_id)
             .bind(checkpoint.as_str())
-            .bind(now_ms)
+            .bind(now_ms())
             .execute(&self.pool)
             .await
             .map_err(store_error)?;
@@ -285,6 +296,22 @@ impl CheckpointStore for SqliteCheckpointStore {
                 source: Arc::new(SchemaError(format!("the save of {key} changed no row"))),
             }),
         }
+    }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        let query = match to {
+            Some(to) => sqlx::query(RESET)
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .bind(to.as_str())
+                .bind(now_ms()),
+            None => sqlx::query(DELETE)
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id),
+        };
+        query.execute(&self.pool).await.map_err(store_error).map(drop)
     }
 }
 
@@ -305,6 +332,7 @@ mod tests {
     async fn sqlite_file_store_meets_the_checkpoint_store_contract() {
         let (_dir, _path, store) = file_store().await;
         kcpy_core::test_util::checkpoint_store_conformance(&store).await;
+        kcpy_core::test_util::reset_conformance(&store).await;
     }
 
     #[tokio::test]

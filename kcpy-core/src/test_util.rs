@@ -266,6 +266,54 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
     );
 }
 
+/// Checks [`CheckpointStore::reset`]: it moves a checkpoint backwards and
+/// forwards whatever is stored, removes it with `None`, and what it wrote is
+/// then an ordinary checkpoint (saves move on from it, never back). Stores
+/// with leases also run [`lease_store_conformance`], which checks that a
+/// reset fences the holder out.
+pub async fn reset_conformance(store: &dyn CheckpointStore) {
+    let prefix = unique_prefix();
+    let key = CheckpointKey::new(format!("{prefix}-app"), format!("{prefix}-stream"), "shardId-reset");
+    store.save(&key, &seq("5000")).await.expect("save");
+    store.reset(&key, Some(&seq("12"))).await.expect("a reset backwards");
+    assert_eq!(
+        store.load(&key).await.expect("load"),
+        Some(seq("12")),
+        "reset moves back"
+    );
+    store.save(&key, &seq("13")).await.expect("a save on from the reset");
+    assert!(
+        matches!(
+            store.save(&key, &seq("11")).await,
+            Err(CheckpointError::Conflict { .. })
+        ),
+        "after a reset the checkpoint still never moves back by save"
+    );
+    let start = Checkpoint::AtTimestamp(crate::StartTime::new(UNIX_EPOCH));
+    store.reset(&key, Some(&start)).await.expect("a reset to a start time");
+    assert_eq!(store.load(&key).await.expect("load"), Some(start));
+    store
+        .reset(&key, Some(&Checkpoint::ShardEnd))
+        .await
+        .expect("a reset forwards");
+    assert_eq!(store.load(&key).await.expect("load"), Some(Checkpoint::ShardEnd));
+    store.reset(&key, None).await.expect("a reset to nothing");
+    assert_eq!(store.load(&key).await.expect("load"), None, "removed");
+    let fresh = CheckpointKey::new(
+        format!("{prefix}-app"),
+        format!("{prefix}-stream"),
+        "shardId-never-saved",
+    );
+    store
+        .reset(&fresh, Some(&seq("7")))
+        .await
+        .expect("a reset of a key never saved");
+    assert_eq!(store.load(&fresh).await.expect("load"), Some(seq("7")));
+    store.reset(&fresh, None).await.expect("a reset to nothing");
+    store.reset(&fresh, None).await.expect("a reset of nothing to nothing");
+    assert_eq!(store.load(&fresh).await.expect("load"), None);
+}
+
 /// Stored texts that are not checkpoints: a float (as Python kcpy once
 /// wrote), junk, too many digits, a leading zero, whitespace, nothing, and
 /// start markers without a proper time, and sub-sequence numbers that are
@@ -455,6 +503,36 @@ pub async fn lease_store_conformance<S: LeaseStore + CheckpointStore>(store: &S)
         find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a").checkpoint,
         Some(high.clone())
     );
+
+    // An operator's reset fences the holder out and frees the lease, at
+    // the checkpoint it wrote.
+    let reset_key = key("shardId-reset");
+    assert!(store.create_lease(&reset_key, &[]).await.expect("create"));
+    let free = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-reset");
+    let holding = store.take_lease(&free, "worker-1").await.expect("take");
+    store.save_leased(&holding, &high).await.expect("save under the lease");
+    store.reset(&reset_key, Some(&low)).await.expect("reset");
+    assert_lost(
+        store.save_leased(&holding, &high).await,
+        "a save by the holder of a reset lease",
+    );
+    assert_lost(store.renew_lease(&holding).await, "a renew of a reset lease");
+    let after = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-reset");
+    assert_eq!(after.owner, None, "a reset lease has no owner");
+    assert!(after.epoch > holding.epoch, "a reset raises the epoch");
+    assert_eq!(
+        after.checkpoint,
+        Some(low.clone()),
+        "the lease carries the reset checkpoint"
+    );
+    let retaken = store
+        .take_lease(&after, "worker-2")
+        .await
+        .expect("a reset lease is free to take");
+    store
+        .save_leased(&retaken, &high)
+        .await
+        .expect("its new holder saves on");
 
     // Taking over an expired lease fences the old owner out of everything.
     let observed = find(&store.list_leases(&app, &stream).await.expect("list"), "shardId-a");

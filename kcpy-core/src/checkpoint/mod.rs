@@ -327,6 +327,12 @@ pub enum CheckpointError {
         #[source]
         source: BoxError,
     },
+    /// The store does not offer this operation.
+    #[error("this checkpoint store cannot {operation}")]
+    Unsupported {
+        /// What was asked, e.g. `reset a checkpoint`.
+        operation: &'static str,
+    },
     /// The store failed in a way retrying will not fix.
     #[error("checkpoint store failed")]
     Backend {
@@ -479,6 +485,24 @@ pub trait CheckpointStore: fmt::Debug + Send + Sync + 'static {
 
     /// Stores `checkpoint` for `key`, durably, unless it would move backwards.
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
+
+    /// An operator's rewind (or fast-forward), never the consumer's: writes
+    /// `to` for `key` whatever is stored — backwards too — or, with `None`,
+    /// removes the key's checkpoint. In a store that holds leases it also
+    /// ends the key's lease (no owner, no handoff, a higher epoch), so that a
+    /// worker still holding it is fenced out: its next renewal or save fails
+    /// with [`CheckpointError::LeaseLost`], and the shard is taken again at
+    /// `to`. A consumer without leases that is still running may overwrite it;
+    /// stop those first. Durable on return, like `save`.
+    ///
+    /// The default is [`CheckpointError::Unsupported`]; every bundled store
+    /// implements it.
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        let _ = (key, to);
+        Err(CheckpointError::Unsupported {
+            operation: "reset a checkpoint",
+        })
+    }
 }
 
 #[async_trait]
@@ -490,6 +514,10 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Arc<T> {
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
     }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        (**self).reset(key, to).await
+    }
 }
 
 #[async_trait]
@@ -500,6 +528,10 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
 
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         (**self).save(key, checkpoint).await
+    }
+
+    async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        (**self).reset(key, to).await
     }
 }
 

@@ -6,6 +6,8 @@
 //!                  [--store URL --consumer-name NAME] [--fan-out NAME]
 //! kcpy streams describe STREAM
 //! kcpy checkpoints list --store URL --consumer-name NAME --stream STREAM [--json]
+//! kcpy checkpoints reset --store URL --consumer-name NAME --stream STREAM
+//!       (--to-trim-horizon | --to-latest | --at TIME | --shard ID --to CHECKPOINT) [--force] [--yes]
 //! ```
 //!
 //! `--endpoint` (or `KCPY_KINESIS_ENDPOINT`) points it at an emulator;
@@ -14,6 +16,7 @@
 
 mod describe;
 mod list;
+mod reset;
 mod stores;
 mod tail;
 
@@ -63,6 +66,8 @@ enum StreamsCommand {
 enum CheckpointsCommand {
     /// Per shard: the checkpoint, the lease's owner and epoch, how far behind the tip.
     List(list::List),
+    /// Rewind or forward a consumer: what it will change is shown and asked first.
+    Reset(reset::Reset),
 }
 
 /// What every subcommand needs: the AWS configuration and a Kinesis client.
@@ -124,6 +129,9 @@ async fn main() -> ExitCode {
         Command::Checkpoints {
             command: CheckpointsCommand::List(list),
         } => list.run(&context).await,
+        Command::Checkpoints {
+            command: CheckpointsCommand::Reset(reset),
+        } => reset.run(&context).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,6 +75,14 @@ impl Store {
         }
     }
 
+    /// Writes `to` whatever is stored (ending the key's lease, if any).
+    pub(crate) async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
+        match self {
+            Store::Checkpoints(store) => store.reset(key, to).await,
+            Store::Leases(store) => store.checkpoints().reset(key, to).await,
+        }
+    }
+
     /// The leases of `consumer_name` on `stream_name`, if the store holds leases.
     pub(crate) async fn leases(
         &self,

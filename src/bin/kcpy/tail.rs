@@ -80,7 +80,7 @@ enum Format {
     Base64,
 }
 
-fn parse_time(text: &str) -> Result<SystemTime, String> {
+pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
     match text.strip_prefix('-') {
         Some(ago) => {
             let ago = humantime::parse_duration(ago).map_err(|e| format!("{text:?} is no time ago: {e}"))?;
