@@ -355,3 +355,81 @@ async fn reset_refuses_while_a_worker_holds_a_lease_and_with_force_fences_it_out
     ));
     stream.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_from_the_oldest_stops_at_the_tip_of_a_stream_written_to_all_the_time() {
+    let stream = TestStream::create("cli-busy", 2).await;
+    let before = stream.put_many("before", 50, 7).await;
+    let producer = support::Producer::start(&stream, 7);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        kcpy(&["tail", &stream.name, "--trim-horizon"]),
+    )
+    .await
+    .expect("tail stops once caught up, though records keep coming");
+    producer.stop().await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<String> = lines(&out)
+        .iter()
+        .map(|l| l["data"].as_str().expect("data").to_owned())
+        .collect();
+    assert!(
+        before.iter().all(|p| printed.contains(&p.data)),
+        "everything put before it started"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_a_resharded_stream_restarts_its_roots_and_lets_children_wait_for_them() {
+    let stream = TestStream::create("cli-reset-split", 1).await;
+    let mut puts = stream.put_many("p", 20, 5).await;
+    let parent = stream.open_shards().await.remove(0);
+    stream.split(&parent).await;
+    puts.extend(stream.put_many("c", 20, 5).await);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("sqlite://{}", dir.path().join("split.db").display());
+    let tail = [
+        "tail",
+        stream.name.as_str(),
+        "--trim-horizon",
+        "--store",
+        store.as_str(),
+    ];
+    assert_eq!(data_of(&kcpy(&tail).await).len(), 40);
+
+    let reset = kcpy(&[
+        "checkpoints",
+        "reset",
+        "--store",
+        &store,
+        "--consumer-name",
+        "kcpy-tail",
+        "--stream",
+        &stream.name,
+        "--to-trim-horizon",
+        "--yes",
+    ])
+    .await;
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    let plan = String::from_utf8_lossy(&reset.stdout);
+    assert!(
+        plan.contains(&format!("{}: SHARD_END -> AT_TIMESTAMP:0", parent.shard_id)),
+        "{plan}"
+    );
+    assert_eq!(plan.matches("-> none (after its parents").count(), 2, "{plan}");
+
+    let again = kcpy(&tail).await;
+    let again = lines(&again);
+    assert_eq!(again.len(), 40, "everything again");
+    // The parent's records all come before any child's.
+    let first_child = again
+        .iter()
+        .position(|l| l["shard_id"] != parent.shard_id.as_str())
+        .expect("children read");
+    assert!(again[first_child..]
+        .iter()
+        .all(|l| l["shard_id"] != parent.shard_id.as_str()));
+    assert_eq!(first_child, 20);
+    stream.delete().await;
+}

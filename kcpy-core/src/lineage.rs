@@ -295,6 +295,8 @@ impl Lineage {
             owned: false,
         });
         node.owned = true;
+        // The lease's checkpoint is the one that counts, over anything
+        // remembered from an earlier tenure: an operator may have reset it.
         let skipped = match checkpoint {
             Some(done @ (Checkpoint::Sequence(_) | Checkpoint::SubSequence(_))) => {
                 node.checkpoint = Some(done.clone());
@@ -302,6 +304,7 @@ impl Lineage {
                 false
             }
             Some(Checkpoint::AtTimestamp(at)) => {
+                node.checkpoint = None;
                 node.started = Some(at.time());
                 node.state = State::Waiting;
                 false
@@ -310,7 +313,11 @@ impl Lineage {
                 node.state = State::Finished;
                 false
             }
-            None => node.state == State::Finished,
+            None => {
+                node.checkpoint = None;
+                node.started = None;
+                node.state == State::Finished
+            }
         };
         let parents = node.parents.clone();
         for parent in parents {

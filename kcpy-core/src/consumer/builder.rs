@@ -423,6 +423,7 @@ impl ConsumerBuilder {
             reader,
             stream: Arc::clone(&stream),
             stream_name: Arc::from(stream.name.as_str()),
+            behind: Arc::default(),
             settings: Arc::clone(&settings),
             fatal: fatal.clone(),
             span: span.clone(),

@@ -99,9 +99,9 @@ pub struct Consumer {
     events: Events,
     stream_metrics: StreamMetrics,
     durable: Durable,
-    /// What lag() shows of shards whose slot was reused: last delivered
-    /// position and lag.
-    past: HashMap<Arc<str>, (Option<Position>, Option<i64>)>,
+    /// What lag() shows of shards whose slot was reused: the last
+    /// delivered position.
+    past: HashMap<Arc<str>, Option<Position>>,
 }
 
 /// News for the consumer from its background tasks, as each task sent it.

@@ -11,19 +11,7 @@ impl Consumer {
     /// A batch of `slot`'s shard was taken to be handed out: counted whole,
     /// so the per-record path makes no metric call.
     pub(super) fn took(&mut self, slot: usize, records: &[Record]) {
-        let entry = &mut self.slots[slot];
-        entry.metrics.batch(records);
-        if let Some(ms) = records.last().and_then(|r| r.millis_behind_latest) {
-            entry.behind = Some(ms);
-            let most = self
-                .slots
-                .iter()
-                .filter(|s| !s.ended)
-                .filter_map(|s| s.behind)
-                .max()
-                .unwrap_or(ms);
-            self.stream_metrics.max_behind(most);
-        }
+        self.slots[slot].metrics.batch(records);
     }
 
     /// Where each shard of the stream stands: its state, the last record
@@ -34,16 +22,18 @@ impl Consumer {
         self.lineage
             .states()
             .map(|(shard, state)| {
-                // The newest slot of the shard: a lease taken again reads
-                // it in a new one.
-                let live = self.slots.iter().rev().find(|slot| &*slot.id == shard);
-                let (delivered, behind) = match live {
-                    Some(slot) => (slot.delivered.as_ref(), slot.behind),
-                    None => match self.past.get(shard) {
-                        Some((delivered, behind)) => (delivered.as_ref(), *behind),
-                        None => (None, None),
-                    },
+                // The slot reading it, else one it was read in: a lease
+                // taken again reads it in a new one.
+                let slot = self
+                    .slots
+                    .iter()
+                    .filter(|slot| &*slot.id == shard)
+                    .min_by_key(|slot| slot.ended);
+                let delivered = match slot {
+                    Some(slot) => slot.delivered.as_ref(),
+                    None => self.past.get(shard).and_then(Option::as_ref),
                 };
+                let behind = self.spawner.behind.get(shard);
                 ShardLag {
                     shard_id: shard.to_owned(),
                     state,

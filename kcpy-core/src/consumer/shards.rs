@@ -20,7 +20,7 @@ use crate::kinesis::{ShardInfo, StreamRef};
 use crate::lineage::Start;
 use crate::read::{Deliver, DynReader, ReadShard, ShardEvent};
 use crate::signal::Fatal;
-use crate::telemetry::{ConsumerEvent, ShardMetrics};
+use crate::telemetry::{Behind, ConsumerEvent, ShardMetrics};
 use crate::Record;
 
 /// Starts a reader task per shard.
@@ -32,6 +32,8 @@ pub(super) struct Spawner {
     pub(super) stream: Arc<StreamRef>,
     /// The stream's name, as metrics label it.
     pub(super) stream_name: Arc<str>,
+    /// Each shard's latest lag, as its reader last heard it.
+    pub(super) behind: Arc<Behind>,
     pub(super) settings: Arc<Settings>,
     pub(super) fatal: Fatal,
     pub(super) span: tracing::Span,
@@ -43,7 +45,7 @@ impl Spawner {
         let shard_id: Arc<str> = start.shard_id.into();
         let cancel = self.fatal.token().child_token();
         let gone = Arc::new(AtomicBool::new(false));
-        let metrics = ShardMetrics::new(&self.stream_name, &shard_id);
+        let metrics = ShardMetrics::new(&self.stream_name, &shard_id, &self.behind);
         let read = ReadShard {
             stream: Arc::clone(&self.stream),
             shard_id: Arc::clone(&shard_id),
@@ -70,7 +72,6 @@ impl Spawner {
             id: shard_id,
             metrics,
             delivered: None,
-            behind: None,
             processed: None,
             dirty: false,
             ended: false,
@@ -88,8 +89,6 @@ pub(super) struct ShardSlot {
     pub(super) metrics: ShardMetrics,
     /// The last record handed out.
     pub(super) delivered: Option<Position>,
-    /// `MillisBehindLatest` of the latest batch taken.
-    pub(super) behind: Option<i64>,
     pub(super) processed: Option<Position>,
     pub(super) dirty: bool,
     /// Every record of the shard was handed out, or the shard was stopped.
@@ -149,7 +148,7 @@ impl Consumer {
                     self.shards.push(stream);
                     let old = std::mem::replace(&mut self.slots[index], slot);
                     // What lag() shows of a shard no slot reads any more.
-                    self.past.insert(Arc::clone(&old.id), (old.delivered, old.behind));
+                    self.past.insert(Arc::clone(&old.id), old.delivered);
                 }
                 None => {
                     let (stream, slot) = self.spawner.spawn(self.slots.len(), start);
@@ -184,6 +183,7 @@ impl Consumer {
             slot.ended = true;
             slot.gone.store(true, Ordering::Release);
             slot.cancel.cancel();
+            slot.metrics.stopped();
             if std::mem::take(&mut slot.dirty) {
                 self.dirty.retain(|&dirty| dirty != index);
             }
@@ -202,6 +202,7 @@ impl Consumer {
         let entry = &mut self.slots[slot];
         entry.ended = true;
         entry.gone.store(true, Ordering::Release);
+        entry.metrics.stopped();
         // Its end checkpoint supersedes the last sequence number.
         if std::mem::take(&mut entry.dirty) {
             self.dirty.retain(|&dirty| dirty != slot);
@@ -221,6 +222,10 @@ impl Consumer {
         match &self.progress {
             Some(progress) => progress.end_shard(&shard),
             None => {
+                // Without a store the end needs no saving: finished now.
+                self.events.send(ConsumerEvent::ShardFinished {
+                    shard_id: shard.to_string(),
+                });
                 let starts = self.lineage.finished(&shard, now);
                 self.start(starts);
             }

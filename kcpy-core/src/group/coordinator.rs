@@ -264,7 +264,6 @@ impl Coordinator {
         };
         let (workers, unclaimed) = view.census(expired);
         self.metrics.group(workers, unclaimed);
-        self.metrics.leases(membership.held().leases.len());
         let plan = view.plan(expired, self.requested.is_some());
         for lease in plan.take {
             let sent = Instant::now();
@@ -287,6 +286,7 @@ impl Coordinator {
                 Err(error) => return Err(error),
             }
         }
+        self.metrics.leases(membership.held().leases.len());
         if !self.settings.keep_finished_leases {
             for lease in leases.iter().filter(|lease| view.deletable(lease)) {
                 match store.delete_lease(lease).await {

@@ -147,6 +147,7 @@ impl EventStream {
             records: parsed.records,
             continuation,
             child_shards: parsed.child_shards,
+            millis_behind_latest: parsed.millis_behind_latest,
         })
     }
 

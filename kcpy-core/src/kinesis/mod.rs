@@ -217,6 +217,7 @@ pub(crate) struct SubscriptionEvent {
     pub(crate) continuation: Option<SequenceNumber>,
     /// At the shard's end: the shards that continue it.
     pub(crate) child_shards: Vec<ShardInfo>,
+    pub(crate) millis_behind_latest: Option<i64>,
 }
 
 /// A live subscription to one shard.

@@ -169,8 +169,9 @@ impl Shard<'_> {
             records,
             continuation,
             child_shards,
-            ..
+            millis_behind_latest,
         } = event;
+        self.read.metrics.behind(millis_behind_latest);
         if let Some(newest) = records.last().map(|r| r.sequence_number.clone()) {
             match until_cancelled(&self.read.cancel, self.read.tx.send(ShardEvent::Records(records))).await {
                 Some(Ok(())) => self.last = Some(newest),

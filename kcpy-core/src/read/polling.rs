@@ -174,6 +174,7 @@ impl Poller {
             match sorted {
                 Ok(page) => {
                     backoff.reset();
+                    self.metrics.behind(page.millis_behind_latest);
                     let count = page.records.len();
                     let behind = count >= limit as usize || page.millis_behind_latest.is_some_and(|ms| ms > 0);
                     let RecordsPage {

@@ -28,7 +28,9 @@ pub enum ShardState {
     Reading,
     /// Not read yet: a parent shard is not finished.
     WaitingForParents,
-    /// Read to its end, and the end checkpointed.
+    /// Read to its end, and the end checkpointed; or, with
+    /// [`StartPosition::Latest`](crate::StartPosition::Latest), closed before the
+    /// consumer started and so not read.
     Finished,
     /// In a consumer group: another worker holds its lease (or no one does
     /// yet and this worker has not taken it).

@@ -12,7 +12,7 @@
 //! | --- | --- | --- | --- |
 //! | `RecordsProcessed` | counter | stream, shard | records handed to the caller |
 //! | `DataBytesProcessed` | counter | stream, shard | their payload bytes |
-//! | `MillisBehindLatest` | gauge (ms) | stream, shard | how far behind the shard's tip its latest batch was |
+//! | `MillisBehindLatest` | gauge (ms) | stream, shard | how far behind its tip the shard's latest GetRecords answer (or fan-out event) was, empty ones included; 0 once the shard is finished or stopped |
 //! | `MaxMillisBehindLatest` | gauge (ms) | stream | the largest `MillisBehindLatest` of the shards being read: the application's lag |
 //! | `GetRecords.Time` | histogram (ms) | stream, shard | GetRecords call latency, failed calls included |
 //! | `SubscribeToShard.Time` | histogram (ms) | stream, shard | time until a subscription answers |
@@ -26,7 +26,7 @@
 //! | `TakenLeases` | counter | stream | leases this worker acquired |
 //! | `LostLeases` | counter | stream | leases taken from this worker, or not renewed in time |
 //! | `HandedOverLeases` | counter | stream | leases this worker gave to another on request |
-//! | `NumWorkers` | gauge | stream | workers of the group seen in the last lease round |
+//! | `NumWorkers` | gauge | stream | workers of the group holding an unexpired lease, this one included |
 //! | `UnclaimedShards` | gauge | stream | shards that need a lease and have no live holder |
 
 mod events;
@@ -54,10 +54,11 @@ impl Durable {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The store now holds `checkpoint` (saved, loaded, carried by a lease,
+    /// or reset by an operator: it may move back).
     pub(crate) fn set(&self, shard: &str, checkpoint: &crate::Checkpoint) {
         let mut map = self.lock();
         match map.get_mut(shard) {
-            Some(known) if *known >= *checkpoint => {}
             Some(known) => *known = checkpoint.clone(),
             None => {
                 map.insert(Arc::from(shard), checkpoint.clone());
@@ -92,6 +93,36 @@ pub(crate) mod name {
     pub(crate) const UNCLAIMED: &str = "UnclaimedShards";
 }
 
+/// Per shard being read, its latest `MillisBehindLatest`: for the stream's
+/// maximum.
+#[derive(Debug, Default)]
+pub(crate) struct Behind(Mutex<HashMap<Arc<str>, i64>>);
+
+impl Behind {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, i64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `ms` for `shard` (or forgets it, with `None`); the new maximum.
+    fn update(&self, shard: &Arc<str>, ms: Option<i64>) -> i64 {
+        let mut map = self.lock();
+        match ms {
+            Some(ms) => {
+                map.insert(Arc::clone(shard), ms);
+            }
+            None => {
+                map.remove(shard);
+            }
+        }
+        map.values().copied().max().unwrap_or(0)
+    }
+
+    /// `shard`'s latest, if it reported one.
+    pub(crate) fn get(&self, shard: &str) -> Option<i64> {
+        self.lock().get(shard).copied()
+    }
+}
+
 /// One shard's handles, taken when its reading starts.
 #[derive(Clone)]
 pub(crate) struct ShardMetrics {
@@ -100,6 +131,8 @@ pub(crate) struct ShardMetrics {
     records: Counter,
     bytes: Counter,
     behind: Gauge,
+    max_behind: Gauge,
+    all_behind: Arc<Behind>,
     get_records: Histogram,
 }
 
@@ -112,7 +145,7 @@ impl std::fmt::Debug for ShardMetrics {
 }
 
 impl ShardMetrics {
-    pub(crate) fn new(stream: &Arc<str>, shard: &Arc<str>) -> Self {
+    pub(crate) fn new(stream: &Arc<str>, shard: &Arc<str>, all_behind: &Arc<Behind>) -> Self {
         let labels = [("stream", stream.to_string()), ("shard", shard.to_string())];
         Self {
             stream: Arc::clone(stream),
@@ -120,6 +153,8 @@ impl ShardMetrics {
             records: metrics::counter!(name::RECORDS, &labels),
             bytes: metrics::counter!(name::BYTES, &labels),
             behind: metrics::gauge!(name::BEHIND, &labels),
+            max_behind: metrics::gauge!(name::MAX_BEHIND, "stream" => stream.to_string()),
+            all_behind: Arc::clone(all_behind),
             get_records: metrics::histogram!(name::GET_RECORDS_TIME, &labels),
         }
     }
@@ -128,9 +163,23 @@ impl ShardMetrics {
     pub(crate) fn batch(&self, records: &[crate::Record]) {
         self.records.increment(records.len() as u64);
         self.bytes.increment(records.iter().map(|r| r.data.len() as u64).sum());
-        if let Some(ms) = records.last().and_then(|r| r.millis_behind_latest) {
+    }
+
+    /// What a GetRecords answer or fan-out event said of the shard's lag,
+    /// records or not.
+    pub(crate) fn behind(&self, ms: Option<i64>) {
+        if let Some(ms) = ms {
             self.behind.set(ms as f64);
+            self.max_behind
+                .set(self.all_behind.update(&self.shard, Some(ms)) as f64);
         }
+    }
+
+    /// The shard is no longer read here (finished, stopped, its lease
+    /// gone): it no longer counts towards the stream's lag.
+    pub(crate) fn stopped(&self) {
+        self.behind.set(0.0);
+        self.max_behind.set(self.all_behind.update(&self.shard, None) as f64);
     }
 
     fn labels(&self) -> [(&'static str, String); 2] {
@@ -191,10 +240,6 @@ impl StreamMetrics {
 
     fn labels(&self) -> [(&'static str, String); 1] {
         [("stream", self.stream.clone())]
-    }
-
-    pub(crate) fn max_behind(&self, ms: i64) {
-        metrics::gauge!(name::MAX_BEHIND, &self.labels()).set(ms as f64);
     }
 
     pub(crate) fn saved(&self, took: Duration) {

@@ -34,7 +34,7 @@ impl Describe {
             .send()
             .await
             .map(|out| out.consumers.unwrap_or_default())
-            .unwrap_or_default();
+            .map_err(|e| format!("ListStreamConsumers: {e}"))?;
         let rows: Vec<serde_json::Value> = shards
             .iter()
             .map(|shard| {

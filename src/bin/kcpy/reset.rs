@@ -58,23 +58,33 @@ impl Reset {
             _ if self.to_latest => Checkpoint::AtTimestamp(StartTime::new(SystemTime::now())),
             _ => Checkpoint::AtTimestamp(StartTime::new(self.at.ok_or("say where to reset to")?)),
         };
-        let shards: Vec<String> = match &self.shard {
-            Some(shard) => vec![shard.clone()],
-            None => context
-                .shards(&self.stream)
-                .await?
-                .into_iter()
-                .map(|s| s.shard_id)
-                .collect(),
+        // Per shard, what it becomes. The whole stream: the shards without a
+        // listed parent start at the target; the others lose their
+        // checkpoint, so that they wait for their parents and start where
+        // those end (a reset child would be read beside its parent).
+        let changes: Vec<(String, Option<Checkpoint>)> = match &self.shard {
+            Some(shard) => vec![(shard.clone(), Some(target.clone()))],
+            None => {
+                let listed = context.shards(&self.stream).await?;
+                let ids: Vec<&str> = listed.iter().map(|s| s.shard_id()).collect();
+                listed
+                    .iter()
+                    .map(|shard| {
+                        let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()];
+                        let root = !parents.into_iter().flatten().any(|p| ids.contains(&p));
+                        (shard.shard_id().to_owned(), root.then(|| target.clone()))
+                    })
+                    .collect()
+            }
         };
-        // A live group would overwrite a reset: refuse unless told.
+        // A live group would overwrite a reset: refuse unless told. A lease
+        // with an owner counts, expired or not: telling would take a wait.
         let leases = store
             .leases(&self.consumer_name, &self.stream)
             .await?
             .unwrap_or_default();
         let held: Vec<String> = leases
             .iter()
-            .filter(|lease| shards.contains(&lease.key.shard_id))
             .filter_map(|lease| {
                 let owner = lease.owner.as_deref()?;
                 Some(format!("{} by {owner} (epoch {})", lease.key.shard_id, lease.epoch))
@@ -88,23 +98,30 @@ impl Reset {
             .into());
         }
         let mut plan = Vec::new();
-        for shard in &shards {
-            let key = CheckpointKey::new(&self.consumer_name, &self.stream, shard);
+        for (shard, to) in changes {
+            let key = CheckpointKey::new(&self.consumer_name, &self.stream, &shard);
             let now = store.load(&key).await?;
             println!(
-                "{shard}: {} -> {target}",
-                now.as_ref().map_or("none".to_owned(), |c| c.to_string())
+                "{shard}: {} -> {}",
+                now.as_ref().map_or("none".to_owned(), |c| c.to_string()),
+                to.as_ref()
+                    .map_or("none (after its parents, where they end)".to_owned(), |c| c.to_string())
             );
-            plan.push(key);
+            plan.push((key, to));
         }
         if !self.yes && !confirm(plan.len())? {
             return Err("nothing changed".into());
         }
-        for (done, key) in plan.iter().enumerate() {
-            store
-                .reset(key, Some(&target))
-                .await
-                .map_err(|e| format!("{done} of {} shards reset, then {}: {e}", plan.len(), key.shard_id))?;
+        // Shard by shard: a failure part-way says how far it got, and the
+        // same command can be run again.
+        for (done, (key, to)) in plan.iter().enumerate() {
+            store.reset(key, to.as_ref()).await.map_err(|e| {
+                format!(
+                    "{done} of {} shards reset, then {} failed (run it again): {e}",
+                    plan.len(),
+                    key.shard_id
+                )
+            })?;
         }
         println!(
             "reset {} checkpoints of {} on {}",

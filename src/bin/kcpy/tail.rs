@@ -10,8 +10,13 @@ use kcpy::{Consumer, Record, ShardState, StartPosition};
 use crate::stores::Store;
 use crate::Context;
 
-/// How long without a record, every shard at its tip, before `tail` stops.
+/// How long to wait for a record before looking whether every shard is at
+/// its tip.
 const QUIET: Duration = Duration::from_secs(1);
+
+/// Records between two looks at whether every shard is at its tip: on a
+/// stream written to all the time, records keep coming after the tip.
+const LOOK_EVERY: u64 = 100;
 
 #[derive(Args)]
 pub(crate) struct Tail {
@@ -34,8 +39,9 @@ pub(crate) struct Tail {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     max: Option<u64>,
-    /// Print only the records of this shard.
-    #[arg(long, value_name = "ID")]
+    /// Print only the records of this shard (every shard is still read; not
+    /// with --store, which would checkpoint the others unprinted).
+    #[arg(long, value_name = "ID", conflicts_with = "store")]
     shard: Option<String>,
     /// How each record is printed.
     #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -131,16 +137,25 @@ impl Tail {
         let mut out = std::io::stdout().lock();
         let mut printed = 0u64;
         let mut progress = Progress::new();
+        let mut read = 0u64;
+        let mut tip = Tip::new();
         while self.max.is_none_or(|max| printed < max) {
             let record = match tokio::time::timeout(QUIET, consumer.next()).await {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
-                Err(_) if stops && at_tip(&consumer) => break,
+                Err(_) if stops && tip.reached(&consumer) => break,
                 Err(_) => {
                     progress.show(&consumer);
                     continue;
                 }
             };
+            tip.delivered(&record);
+            read += 1;
+            if stops && read % LOOK_EVERY == 0 && tip.reached(&consumer) {
+                // Caught up: this record came after what there was when
+                // tail started; it is neither printed nor checkpointed.
+                break;
+            }
             progress.record(&consumer);
             if self.shard.as_deref().is_some_and(|shard| shard != &*record.shard_id) {
                 continue;
@@ -148,9 +163,9 @@ impl Tail {
             print(&mut out, &record, self.format)?;
             printed += 1;
         }
-        // The last record printed was processed too: ask once more so that
-        // its checkpoint is written, without waiting for another.
-        if self.max.is_some() {
+        // Stopped at --max: the last record handed out was printed, so ask
+        // once more, without waiting, that its checkpoint be written too.
+        if self.max.is_some_and(|max| printed == max) {
             let _ = tokio::time::timeout(Duration::ZERO, consumer.next()).await;
         }
         progress.finish();
@@ -213,13 +228,47 @@ impl Progress {
     }
 }
 
-/// Every shard being read has caught up with its tip.
-fn at_tip(consumer: &Consumer) -> bool {
-    consumer
-        .lag()
-        .iter()
-        .filter(|shard| shard.state == ShardState::Reading)
-        .all(|shard| shard.millis_behind_latest.is_none_or(|ms| ms == 0))
+/// Whether every shard has been read up to where it stood when `tail`
+/// started.
+struct Tip {
+    started: SystemTime,
+    since: std::time::Instant,
+    /// Per shard: when it last handed out a record, and whether one put
+    /// after the start came.
+    shards: std::collections::HashMap<String, (std::time::Instant, bool)>,
+}
+
+impl Tip {
+    fn new() -> Self {
+        Self {
+            started: SystemTime::now(),
+            since: std::time::Instant::now(),
+            shards: std::collections::HashMap::new(),
+        }
+    }
+
+    fn delivered(&mut self, record: &Record) {
+        let after = record.approximate_arrival_timestamp.is_some_and(|at| at >= self.started);
+        let entry = self
+            .shards
+            .entry(record.shard_id.to_string())
+            .or_insert((std::time::Instant::now(), false));
+        *entry = (std::time::Instant::now(), entry.1 || after);
+    }
+
+    /// Some shard is read, and each shard read has handed out a record put
+    /// after the start, or is at its tip (its latest answer said so) with
+    /// nothing handed out for a while (so nothing fetched waits).
+    fn reached(&self, consumer: &Consumer) -> bool {
+        let lag = consumer.lag();
+        let mut reading = lag.iter().filter(|shard| shard.state == ShardState::Reading).peekable();
+        reading.peek().is_some()
+            && reading.all(|shard| match self.shards.get(&shard.shard_id) {
+                Some((_, true)) => true,
+                Some((last, false)) => shard.millis_behind_latest == Some(0) && last.elapsed() >= QUIET,
+                None => shard.millis_behind_latest == Some(0) && self.since.elapsed() >= QUIET,
+            })
+    }
 }
 
 fn print(out: &mut impl Write, record: &Record, format: Format) -> std::io::Result<()> {

@@ -161,6 +161,7 @@ impl Subscription for Scripted {
                         hash_range: None,
                     })
                     .collect(),
+                millis_behind_latest: Some(0),
             };
         let step = match self.steps.front() {
             Some(Ev::Endless) => {
