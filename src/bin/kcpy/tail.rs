@@ -248,7 +248,9 @@ impl Tip {
     }
 
     fn delivered(&mut self, record: &Record) {
-        let after = record.approximate_arrival_timestamp.is_some_and(|at| at >= self.started);
+        let after = record
+            .approximate_arrival_timestamp
+            .is_some_and(|at| at >= self.started);
         let entry = self
             .shards
             .entry(record.shard_id.to_string())
