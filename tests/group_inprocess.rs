@@ -89,9 +89,16 @@ async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
     .await;
     assert!(owned(&a).is_disjoint(&owned(&b)), "each shard has one owner");
     // What each member did, as its events tell and its lag snapshot shows.
+    let mut handed = Vec::new();
+    let mut requested = Vec::new();
     for (member, events, theirs) in [(&a, &mut a_events, &b), (&b, &mut b_events, &a)] {
         let mut now = HashSet::new();
         while let Ok(event) = events.try_recv() {
+            match &event {
+                ConsumerEvent::LeaseHandedOver { shard_id, to } => handed.push((shard_id.clone(), to.clone())),
+                ConsumerEvent::LeaseRequested { shard_id, .. } => requested.push(shard_id.clone()),
+                _ => {}
+            }
             match event {
                 ConsumerEvent::LeaseAcquired { shard_id, .. } => {
                     now.insert(shard_id);
@@ -116,6 +123,14 @@ async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
             };
             assert_eq!(shard.state, expected, "{}", shard.shard_id);
         }
+    }
+    // Every handover answered a request the other member made (the group
+    // rebalanced), and only those.
+    for (shard, to) in &handed {
+        assert!(
+            requested.contains(shard),
+            "{shard} handed to {to} unasked: {requested:?}"
+        );
     }
     puts.extend(stream.put_many("mid", 200, 97).await);
     drive(&mut [&mut a, &mut b], &mut read, |_, read| distinct(read) >= puts.len()).await;

@@ -43,6 +43,8 @@ pub(crate) struct Progress {
 struct Inner {
     /// Per shard, the newest processed position not yet saved.
     pending: HashMap<Arc<str>, Checkpoint>,
+    /// Per shard, how many of its records handed out `pending` covers.
+    counts: HashMap<Arc<str>, u64>,
     /// Manual mode: per shard, delivered records awaiting acknowledgement.
     trackers: HashMap<Arc<str>, AckTracker>,
     /// Shards whose lease was given up: late acknowledgements of their
@@ -86,11 +88,13 @@ impl Progress {
         self.mode
     }
 
-    /// Auto mode: hands over processed positions and asks for a save.
-    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a Position)>) {
+    /// Auto mode: hands over processed positions, each with how many of
+    /// the shard's records handed out it covers, and asks for a save.
+    pub(crate) fn submit<'a>(&self, positions: impl Iterator<Item = (&'a Arc<str>, &'a Position, u64)>) {
         let mut inner = self.lock();
-        for (shard, position) in positions {
+        for (shard, position, count) in positions {
             inner.advance(shard, position.checkpoint());
+            inner.count(shard, count);
         }
         drop(inner);
         let _ = self.commands.send(Command::Flush(None));
@@ -130,6 +134,7 @@ impl Progress {
     pub(crate) fn forget(&self, shard: &Arc<str>) {
         let mut inner = self.lock();
         inner.pending.remove(shard);
+        inner.counts.remove(shard);
         inner.trackers.remove(shard);
         inner.dropped.insert(Arc::clone(shard));
     }
@@ -177,7 +182,10 @@ impl Progress {
             return Ok(());
         };
         let shard_done = tracker.ended && tracker.entries.is_empty();
+        tracker.covered += newly;
+        let covered = tracker.covered;
         inner.advance(&record.shard_id, watermark.checkpoint());
+        inner.count(&record.shard_id, covered);
         inner.acked_since_flush += newly;
         if shard_done {
             inner.advance(&record.shard_id, Checkpoint::ShardEnd);
@@ -190,17 +198,21 @@ impl Progress {
         Ok(())
     }
 
-    pub(super) fn take_pending(&self) -> HashMap<Arc<str>, Checkpoint> {
+    /// What is pending, with how many records handed out each covers.
+    pub(super) fn take_pending(&self) -> (HashMap<Arc<str>, Checkpoint>, HashMap<Arc<str>, u64>) {
         let mut inner = self.lock();
         inner.acked_since_flush = 0;
-        std::mem::take(&mut inner.pending)
+        (std::mem::take(&mut inner.pending), std::mem::take(&mut inner.counts))
     }
 
     /// Puts back positions that were not saved, unless newer ones arrived.
-    pub(super) fn restore_pending(&self, unsaved: Vec<(Arc<str>, Checkpoint)>) {
+    pub(super) fn restore_pending(&self, unsaved: Vec<(Arc<str>, Checkpoint, Option<u64>)>) {
         let mut inner = self.lock();
-        for (shard, checkpoint) in unsaved {
+        for (shard, checkpoint, count) in unsaved {
             inner.advance(&shard, checkpoint);
+            if let Some(count) = count {
+                inner.count(&shard, count);
+            }
         }
     }
 
@@ -214,6 +226,11 @@ impl Progress {
 }
 
 impl Inner {
+    fn count(&mut self, shard: &Arc<str>, count: u64) {
+        let known = self.counts.entry(Arc::clone(shard)).or_default();
+        *known = (*known).max(count);
+    }
+
     /// Moves a shard's pending checkpoint forward, never back.
     fn advance(&mut self, shard: &Arc<str>, to: Checkpoint) {
         match self.pending.get_mut(shard) {
@@ -274,6 +291,8 @@ impl Gate {
 struct AckTracker {
     entries: VecDeque<(Position, bool)>,
     committed: Option<Position>,
+    /// How many records the watermark has moved over.
+    covered: u64,
     /// Every record of the shard was delivered.
     ended: bool,
     gate: Option<Arc<Gate>>,

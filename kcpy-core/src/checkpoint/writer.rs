@@ -95,7 +95,7 @@ impl Writer {
     }
 
     async fn save_pending(&self) -> Result<(), Error> {
-        let pending = self.progress.take_pending();
+        let (pending, counts) = self.progress.take_pending();
         if pending.is_empty() {
             return Ok(());
         }
@@ -112,12 +112,14 @@ impl Writer {
         for (shard, checkpoint, result) in results {
             match result {
                 Ok(Saved::Yes) if checkpoint == Checkpoint::ShardEnd => {
+                    // Its end covers every record of it.
+                    self.durable.covered(&shard, Some(u64::MAX));
                     if let Some(membership) = &self.membership {
                         membership.release(&shard, None).await;
                     }
                     self.ended.send(EndSaved(shard));
                 }
-                Ok(Saved::Yes) => {}
+                Ok(Saved::Yes) => self.durable.covered(&shard, counts.get(&shard).copied()),
                 Ok(Saved::Fenced(epoch)) => {
                     tracing::warn!(%shard, %checkpoint, "checkpoint rejected: the shard's lease was taken over");
                     // A lease taken again since the save began is a new
@@ -133,7 +135,8 @@ impl Writer {
                 }
                 Err(error) => {
                     first_error.get_or_insert(error);
-                    unsaved.push((shard, checkpoint));
+                    let count = counts.get(&shard).copied();
+                    unsaved.push((shard, checkpoint, count));
                 }
             }
         }

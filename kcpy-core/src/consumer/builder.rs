@@ -373,7 +373,7 @@ impl ConsumerBuilder {
             membership.listed(known.as_deref().unwrap_or_default());
             membership
         });
-        let durable = Durable::default();
+        let durable = Durable::new(&stream.name);
         for (shard, checkpoint) in &checkpoints {
             durable.set(shard, checkpoint);
         }

@@ -225,7 +225,12 @@ impl Consumer {
                 break;
             }
             match self.current.as_mut().and_then(|current| current.records.next()) {
-                Some(record) => batch.push(record),
+                Some(record) => {
+                    if let Some(current) = &self.current {
+                        self.slots[current.slot].hand_out(&record);
+                    }
+                    batch.push(record);
+                }
                 None => break,
             }
         }
@@ -285,6 +290,8 @@ impl Consumer {
             Some(processed) => std::mem::swap(processed, &mut self.in_flight_at),
             None => entry.processed = Some(self.in_flight_at.clone()),
         }
+        // The record handed out last was this slot's.
+        entry.processed_count = entry.handed;
         if !entry.dirty {
             entry.dirty = true;
             self.dirty.push(slot);
@@ -299,6 +306,10 @@ impl Consumer {
             return;
         };
         progress.flush_due.store(false, Ordering::Relaxed);
+        // What each shard read has handed out, for CheckpointLag.
+        for slot in self.slots.iter().filter(|slot| !slot.ended) {
+            self.durable.handed(&slot.id, slot.handed);
+        }
         if self.dirty.is_empty() {
             return;
         }
@@ -308,7 +319,10 @@ impl Consumer {
         }
         progress.submit(self.dirty.drain(..).filter_map(|slot| {
             let entry = &slots[slot];
-            entry.processed.as_ref().map(|at| (&entry.id, at))
+            entry
+                .processed
+                .as_ref()
+                .map(|at| (&entry.id, at, entry.processed_count))
         }));
     }
 
@@ -339,6 +353,7 @@ impl Consumer {
                 if let Some(checkpoint) = &lease.checkpoint {
                     self.durable.set(shard, checkpoint);
                 }
+                self.durable.restart(shard);
                 self.stream_metrics.lease_taken();
                 self.events.send(ConsumerEvent::LeaseAcquired {
                     shard_id: shard.to_owned(),
@@ -355,6 +370,7 @@ impl Consumer {
             }
             Control::Group(GroupEvent::Lost(shard)) => {
                 self.stream_metrics.lease_lost();
+                self.durable.forget(&shard);
                 self.events.send(ConsumerEvent::LeaseLost {
                     shard_id: shard.to_string(),
                 });
@@ -364,8 +380,15 @@ impl Consumer {
                     progress.forget(&shard);
                 }
             }
+            Control::Group(GroupEvent::Requested { shard, from }) => {
+                self.events.send(ConsumerEvent::LeaseRequested {
+                    shard_id: shard.to_string(),
+                    from,
+                });
+            }
             Control::Group(GroupEvent::Release { shard, to }) => {
                 self.stream_metrics.lease_handed_over();
+                self.durable.forget(&shard);
                 self.events.send(ConsumerEvent::LeaseHandedOver {
                     shard_id: shard.to_string(),
                     to: to.clone(),
@@ -438,11 +461,7 @@ impl Stream for Consumer {
             }
             if let Some(batch) = &mut this.current {
                 if let Some(record) = batch.records.next() {
-                    let slot = &mut this.slots[batch.slot];
-                    match &mut slot.delivered {
-                        Some(delivered) => delivered.assign(&record),
-                        None => slot.delivered = Some(Position::of(&record)),
-                    }
+                    this.slots[batch.slot].hand_out(&record);
                     if this.track {
                         this.in_flight_at.assign(&record);
                         this.in_flight = Some(batch.slot);

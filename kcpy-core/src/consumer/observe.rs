@@ -11,7 +11,9 @@ impl Consumer {
     /// A batch of `slot`'s shard was taken to be handed out: counted whole,
     /// so the per-record path makes no metric call.
     pub(super) fn took(&mut self, slot: usize, records: &[Record]) {
-        self.slots[slot].metrics.batch(records);
+        let entry = &self.slots[slot];
+        entry.metrics.batch(records);
+        self.durable.handed(&entry.id, entry.handed);
     }
 
     /// Where each shard of the stream stands: its state, the last record
@@ -46,7 +48,7 @@ impl Consumer {
     }
 
     /// The consumer's lifecycle events from now on: shards started and
-    /// finished, leases acquired, lost and handed over. Each receiver gets
+    /// finished, leases acquired, lost, requested and handed over. Each receiver gets
     /// every event sent after it subscribed; one more than 1,024 events
     /// behind misses the oldest (`RecvError::Lagged`). [`lag`](Self::lag)
     /// says where things stand when you subscribe.

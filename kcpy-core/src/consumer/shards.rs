@@ -72,6 +72,8 @@ impl Spawner {
             id: shard_id,
             metrics,
             delivered: None,
+            handed: 0,
+            processed_count: 0,
             processed: None,
             dirty: false,
             ended: false,
@@ -89,6 +91,9 @@ pub(super) struct ShardSlot {
     pub(super) metrics: ShardMetrics,
     /// The last record handed out.
     pub(super) delivered: Option<Position>,
+    /// Records handed out, and how many of them `processed` covers.
+    pub(super) handed: u64,
+    pub(super) processed_count: u64,
     pub(super) processed: Option<Position>,
     pub(super) dirty: bool,
     /// Every record of the shard was handed out, or the shard was stopped.
@@ -96,6 +101,17 @@ pub(super) struct ShardSlot {
     pub(super) cancel: CancellationToken,
     /// Stopped: whatever its reader fetched is never handed out.
     pub(super) gone: Arc<AtomicBool>,
+}
+
+impl ShardSlot {
+    /// `record` of this shard goes to the caller.
+    pub(super) fn hand_out(&mut self, record: &Record) {
+        self.handed += 1;
+        match &mut self.delivered {
+            Some(delivered) => delivered.assign(record),
+            None => self.delivered = Some(Position::of(record)),
+        }
+    }
 }
 
 pub(super) struct Batch {

@@ -281,6 +281,10 @@ impl Coordinator {
                 Ok(()) => {
                     tracing::info!(shard = %lease.key.shard_id, from = ?lease.owner, "asked for a lease");
                     self.requested = Some((lease.key.shard_id.clone(), Instant::now()));
+                    membership.tell(GroupEvent::Requested {
+                        shard: Arc::from(lease.key.shard_id.as_str()),
+                        from: lease.owner.clone(),
+                    });
                 }
                 Err(CheckpointError::LeaseLost { .. }) => {}
                 Err(error) => return Err(error),

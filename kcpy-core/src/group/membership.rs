@@ -27,6 +27,8 @@ pub(crate) enum GroupEvent {
     /// Another worker asked for the shard: stop it, save what was processed,
     /// then hand the lease to `to`.
     Release { shard: Arc<str>, to: String },
+    /// This worker asked `from` to hand the shard over, to balance the group.
+    Requested { shard: Arc<str>, from: Option<String> },
 }
 
 /// The leases this process holds, shared by the coordinator task, the

@@ -32,6 +32,15 @@ pub enum ConsumerEvent {
         /// The shard.
         shard_id: String,
     },
+    /// The group rebalances: this worker, holding fewer leases than its
+    /// share, asked the worker holding most for one of them. It comes as
+    /// [`LeaseAcquired`](Self::LeaseAcquired) once handed over.
+    LeaseRequested {
+        /// The shard.
+        shard_id: String,
+        /// The worker asked.
+        from: Option<String>,
+    },
     /// This worker handed a shard's lease to another that asked for it, to
     /// balance the group; its processed records were checkpointed first.
     LeaseHandedOver {

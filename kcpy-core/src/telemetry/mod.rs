@@ -22,6 +22,7 @@
 //! | `Checkpoint.Saves` | counter | stream | checkpoints saved |
 //! | `Checkpoint.Failures` | counter | stream | failed save attempts (each retry counts) |
 //! | `Checkpoint.Time` | histogram (ms) | stream | save latency |
+//! | `CheckpointLag` | gauge (records) | stream, shard | records handed to the caller that no durable checkpoint covers yet: what a crash now would deliver again (updated per batch and per save) |
 //! | `CurrentLeases` | gauge | stream | leases this worker holds |
 //! | `TakenLeases` | counter | stream | leases this worker acquired |
 //! | `LostLeases` | counter | stream | leases taken from this worker, or not renewed in time |
@@ -45,13 +46,77 @@ use metrics::{Counter, Gauge, Histogram};
 use crate::kinesis::ApiError;
 
 /// Per shard, the last checkpoint known durable: loaded at start, taken
-/// with a lease, or saved since. Shared by the writer and the consumer.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Durable(Arc<Mutex<HashMap<Arc<str>, crate::Checkpoint>>>);
+/// with a lease, or saved since. Shared by the writer and the consumer, with
+/// the `CheckpointLag` of each shard read.
+#[derive(Debug, Clone)]
+pub(crate) struct Durable {
+    stream: Arc<str>,
+    checkpoints: Arc<Mutex<HashMap<Arc<str>, crate::Checkpoint>>>,
+    lag: Arc<Mutex<HashMap<Arc<str>, Covered>>>,
+}
+
+/// Records of one shard's reading handed out, and how many of them a
+/// durable checkpoint covers.
+struct Covered {
+    handed: u64,
+    covered: u64,
+    gauge: Gauge,
+}
+
+impl std::fmt::Debug for Covered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {}", self.covered, self.handed)
+    }
+}
 
 impl Durable {
+    pub(crate) fn new(stream: &str) -> Self {
+        Self {
+            stream: Arc::from(stream),
+            checkpoints: Arc::default(),
+            lag: Arc::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, crate::Checkpoint>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.checkpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lag_of<T>(&self, shard: &str, change: impl FnOnce(&mut Covered) -> T) -> T {
+        let mut map = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(Arc::from(shard)).or_insert_with(|| Covered {
+            handed: 0,
+            covered: 0,
+            gauge: metrics::gauge!(name::CHECKPOINT_LAG, "stream" => self.stream.to_string(), "shard" => shard.to_owned()),
+        });
+        let out = change(entry);
+        entry.gauge.set(entry.handed.saturating_sub(entry.covered) as f64);
+        out
+    }
+
+    /// `handed` records of the shard handed out so far (in this reading of it).
+    pub(crate) fn handed(&self, shard: &str, handed: u64) {
+        self.lag_of(shard, |entry| entry.handed = handed);
+    }
+
+    /// The shard is no longer read here: nothing of it waits any more.
+    pub(crate) fn forget(&self, shard: &str) {
+        self.lag_of(shard, |entry| entry.covered = entry.handed);
+    }
+
+    /// A save made durable what covers `count` records handed out.
+    pub(crate) fn covered(&self, shard: &str, count: Option<u64>) {
+        if let Some(count) = count {
+            self.lag_of(shard, |entry| entry.covered = entry.covered.max(count));
+        }
+    }
+
+    /// The shard is read anew (a lease taken): its counts start again.
+    pub(crate) fn restart(&self, shard: &str) {
+        self.lag_of(shard, |entry| {
+            entry.handed = 0;
+            entry.covered = 0;
+        });
     }
 
     /// The store now holds `checkpoint` (saved, loaded, carried by a lease,
@@ -85,6 +150,7 @@ pub(crate) mod name {
     pub(crate) const SAVES: &str = "Checkpoint.Saves";
     pub(crate) const SAVE_FAILURES: &str = "Checkpoint.Failures";
     pub(crate) const SAVE_TIME: &str = "Checkpoint.Time";
+    pub(crate) const CHECKPOINT_LAG: &str = "CheckpointLag";
     pub(crate) const CURRENT_LEASES: &str = "CurrentLeases";
     pub(crate) const TAKEN_LEASES: &str = "TakenLeases";
     pub(crate) const LOST_LEASES: &str = "LostLeases";
