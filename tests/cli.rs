@@ -433,3 +433,23 @@ async fn a_reset_of_a_resharded_stream_restarts_its_roots_and_lets_children_wait
     assert_eq!(first_child, 20);
     stream.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_at_a_sequence_number_starts_at_that_record_of_its_shard() {
+    let stream = TestStream::create("cli-at-seq", 2).await;
+    let puts = stream.put_many("s", 30, 5).await;
+    let shard = puts[0].shard_id.clone();
+    let on_shard: Vec<&support::Put> = puts.iter().filter(|p| p.shard_id == shard).collect();
+    let at = on_shard[4].sequence_number.to_string();
+    let out = kcpy(&["tail", &stream.name, "--at-sequence", &at, "--shard", &shard]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<String> = lines(&out)
+        .iter()
+        .map(|l| l["data"].as_str().expect("data").to_owned())
+        .collect();
+    let expected: Vec<String> = on_shard[4..].iter().map(|p| p.data.clone()).collect();
+    assert_eq!(printed, expected, "from that record on, in order");
+    let without_shard = kcpy(&["tail", &stream.name, "--at-sequence", &at]).await;
+    assert_eq!(without_shard.status.code(), Some(2), "--at-sequence needs --shard");
+    stream.delete().await;
+}

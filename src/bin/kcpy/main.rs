@@ -1,7 +1,7 @@
 //! `kcpy`: tail a stream, describe it, and list a consumer's checkpoints.
 //!
 //! ```text
-//! kcpy tail STREAM [--trim-horizon | --latest | --at TIME] [--max N] [--follow]
+//! kcpy tail STREAM [--trim-horizon | --latest | --at TIME | --at-sequence SEQ] [--max N] [--follow]
 //!                  [--format json|raw|hex|base64] [--shard ID]
 //!                  [--store URL --consumer-name NAME] [--fan-out NAME]
 //! kcpy streams describe STREAM

@@ -33,6 +33,10 @@ pub(crate) struct Tail {
     /// unless --follow.
     #[arg(long, group = "start", value_name = "TIME", value_parser = parse_time, allow_hyphen_values = true)]
     at: Option<SystemTime>,
+    /// Start at the record with this sequence number, on the shard --shard
+    /// names (stops at the tip unless --follow).
+    #[arg(long, group = "start", value_name = "SEQ", requires = "shard")]
+    at_sequence: Option<kcpy::SequenceNumber>,
     /// Keep reading at the tip instead of stopping there.
     #[arg(long)]
     follow: bool,
@@ -100,10 +104,17 @@ pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
 
 impl Tail {
     pub(crate) async fn run(self, context: &Context) -> Result<(), Box<dyn std::error::Error>> {
-        let (start, stops) = match (self.trim_horizon, self.at) {
-            (true, _) => (StartPosition::TrimHorizon, !self.follow),
-            (false, Some(at)) => (StartPosition::AtTimestamp(at), !self.follow),
-            (false, None) => (StartPosition::Latest, false),
+        let (start, stops) = match (self.trim_horizon, self.at, &self.at_sequence) {
+            (true, _, _) => (StartPosition::TrimHorizon, !self.follow),
+            (false, Some(at), _) => (StartPosition::AtTimestamp(at), !self.follow),
+            (false, None, Some(sequence)) => {
+                let shard = self.shard.as_deref().unwrap_or_default();
+                (
+                    StartPosition::AtTimestamp(arrival(context, &self.stream, shard, sequence).await?),
+                    !self.follow,
+                )
+            }
+            (false, None, None) => (StartPosition::Latest, false),
         };
         let mut builder = Consumer::builder(context.kinesis.clone(), &self.stream)
             .consumer_name(&self.consumer_name)
@@ -158,6 +169,11 @@ impl Tail {
             }
             progress.record(&consumer);
             if self.shard.as_deref().is_some_and(|shard| shard != &*record.shard_id) {
+                continue;
+            }
+            // Started at the record's arrival time, to the millisecond:
+            // records of that millisecond before it are not asked for.
+            if self.at_sequence.as_ref().is_some_and(|at| record.sequence_number < *at) {
                 continue;
             }
             print(&mut out, &record, self.format)?;
@@ -226,6 +242,43 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// When the record at `sequence` of `shard` arrived: where reading it
+/// starts, with what came before it in that millisecond skipped.
+async fn arrival(
+    context: &Context,
+    stream: &str,
+    shard: &str,
+    sequence: &kcpy::SequenceNumber,
+) -> Result<SystemTime, Box<dyn std::error::Error>> {
+    use kcpy::aws_sdk_kinesis::types::ShardIteratorType;
+    let iterator = context
+        .kinesis
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+        .starting_sequence_number(sequence.as_str())
+        .send()
+        .await?
+        .shard_iterator
+        .ok_or("GetShardIterator gave no iterator")?;
+    let page = context
+        .kinesis
+        .get_records()
+        .shard_iterator(iterator)
+        .limit(1)
+        .send()
+        .await?;
+    let record = page
+        .records
+        .first()
+        .ok_or_else(|| format!("{shard} has no record at {sequence}"))?;
+    let at = record
+        .approximate_arrival_timestamp
+        .ok_or("the record has no arrival time")?;
+    Ok(SystemTime::try_from(at)?)
 }
 
 /// Whether every shard has been read up to where it stood when `tail`
