@@ -84,11 +84,26 @@ impl Durable {
 
     fn lag_of<T>(&self, shard: &str, change: impl FnOnce(&mut Covered) -> T) -> T {
         let mut map = self.lag.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(Arc::from(shard)).or_insert_with(|| Covered {
+        // Looked up before it is made: this runs for every shard at every
+        // checkpoint flush, and a key or gauge made each time would allocate.
+        if !map.contains_key(shard) {
+            let gauge =
+                metrics::gauge!(name::CHECKPOINT_LAG, "stream" => self.stream.to_string(), "shard" => shard.to_owned());
+            map.insert(
+                Arc::from(shard),
+                Covered {
+                    handed: 0,
+                    covered: 0,
+                    gauge,
+                },
+            );
+        }
+        let mut fresh = Covered {
             handed: 0,
             covered: 0,
-            gauge: metrics::gauge!(name::CHECKPOINT_LAG, "stream" => self.stream.to_string(), "shard" => shard.to_owned()),
-        });
+            gauge: Gauge::noop(),
+        };
+        let entry = map.get_mut(shard).unwrap_or(&mut fresh);
         let out = change(entry);
         entry.gauge.set(entry.handed.saturating_sub(entry.covered) as f64);
         out
