@@ -16,6 +16,28 @@ async fn kcpy(args: &[&str]) -> Output {
         .expect("run kcpy")
 }
 
+/// `kcpy checkpoints SUBCOMMAND` for one consumer of one stream, then `rest`.
+fn checkpoints<'a>(
+    subcommand: &'a str,
+    store: &'a str,
+    consumer: &'a str,
+    stream: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "checkpoints",
+        subcommand,
+        "--store",
+        store,
+        "--consumer-name",
+        consumer,
+        "--stream",
+        stream,
+    ];
+    args.extend_from_slice(rest);
+    args
+}
+
 fn lines(output: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -53,18 +75,7 @@ async fn tail_prints_the_backlog_and_stops_at_the_tip_and_a_second_run_resumes_a
     );
 
     // The checkpoints the runs left, as the list shows them.
-    let listed = kcpy(&[
-        "checkpoints",
-        "list",
-        "--store",
-        &store,
-        "--consumer-name",
-        "kcpy-tail",
-        "--stream",
-        &stream.name,
-        "--json",
-    ])
-    .await;
+    let listed = kcpy(&checkpoints("list", &store, "kcpy-tail", &stream.name, &["--json"])).await;
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let listed = lines(&listed);
     assert_eq!(listed.len(), 2);
@@ -144,19 +155,7 @@ async fn bad_input_gets_one_line_on_stderr_and_a_failing_exit() {
         (vec!["streams", "describe", "no-such-stream"], 1),
         (vec!["tail", "s", "--at", "yesterday"], 2),
         (vec!["tail", "s", "--store", "ftp://nowhere"], 1),
-        (
-            vec![
-                "checkpoints",
-                "list",
-                "--store",
-                "sqlite:///nonexistent/dir/x.db",
-                "--consumer-name",
-                "c",
-                "--stream",
-                "s",
-            ],
-            1,
-        ),
+        (checkpoints("list", "sqlite:///nonexistent/dir/x.db", "c", "s", &[]), 1),
     ] {
         let out = kcpy(&args).await;
         assert_eq!(
@@ -216,17 +215,7 @@ async fn reset_rewinds_a_consumer_after_asking_and_the_next_run_starts_where_it_
     assert_eq!(data_of(&kcpy(&tail).await).len(), 30, "the first run reads everything");
     assert!(data_of(&kcpy(&tail).await).is_empty(), "the second resumes after it");
 
-    let reset = [
-        "checkpoints",
-        "reset",
-        "--store",
-        &store,
-        "--consumer-name",
-        "kcpy-tail",
-        "--stream",
-        &stream.name,
-        "--to-trim-horizon",
-    ];
+    let reset = checkpoints("reset", &store, "kcpy-tail", &stream.name, &["--to-trim-horizon"]);
     // Asked, and not answered yes: nothing changes.
     let declined = kcpy_answering(&reset, "n\n").await;
     assert_eq!(declined.status.code(), Some(1));
@@ -244,42 +233,26 @@ async fn reset_rewinds_a_consumer_after_asking_and_the_next_run_starts_where_it_
     let shard = puts[0].shard_id.clone();
     let on_shard: Vec<&support::Put> = puts.iter().filter(|p| p.shard_id == shard).collect();
     let to = on_shard[2].sequence_number.to_string();
-    let one = kcpy(&[
-        "checkpoints",
+    let one = kcpy(&checkpoints(
         "reset",
-        "--store",
         &store,
-        "--consumer-name",
         "kcpy-tail",
-        "--stream",
         &stream.name,
-        "--shard",
-        &shard,
-        "--to",
-        &to,
-        "--yes",
-    ])
+        &["--shard", &shard, "--to", &to, "--yes"],
+    ))
     .await;
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
     let mut after: Vec<String> = on_shard[3..].iter().map(|p| p.data.clone()).collect();
     after.sort();
     assert_eq!(data_of(&kcpy(&tail).await), after);
 
-    let bad = kcpy(&[
-        "checkpoints",
+    let bad = kcpy(&checkpoints(
         "reset",
-        "--store",
         &store,
-        "--consumer-name",
         "kcpy-tail",
-        "--stream",
         &stream.name,
-        "--shard",
-        &shard,
-        "--to",
-        "4.2e+55",
-        "--yes",
-    ])
+        &["--shard", &shard, "--to", "4.2e+55", "--yes"],
+    ))
     .await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is no checkpoint"));
@@ -310,18 +283,7 @@ async fn reset_refuses_while_a_worker_holds_a_lease_and_with_force_fences_it_out
         .await
         .expect("save");
 
-    let reset = [
-        "checkpoints",
-        "reset",
-        "--store",
-        &url,
-        "--consumer-name",
-        &consumer,
-        "--stream",
-        &stream.name,
-        "--to-latest",
-        "--yes",
-    ];
+    let reset = checkpoints("reset", &url, &consumer, &stream.name, &["--to-latest", "--yes"]);
     let refused = kcpy(&reset).await;
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -398,18 +360,13 @@ async fn a_reset_of_a_resharded_stream_restarts_its_roots_and_lets_children_wait
     ];
     assert_eq!(data_of(&kcpy(&tail).await).len(), 40);
 
-    let reset = kcpy(&[
-        "checkpoints",
+    let reset = kcpy(&checkpoints(
         "reset",
-        "--store",
         &store,
-        "--consumer-name",
         "kcpy-tail",
-        "--stream",
         &stream.name,
-        "--to-trim-horizon",
-        "--yes",
-    ])
+        &["--to-trim-horizon", "--yes"],
+    ))
     .await;
     assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
     let plan = String::from_utf8_lossy(&reset.stdout);
