@@ -9,6 +9,10 @@
 //! is created on connect, and a table of the first version (checkpoints only)
 //! is given the lease columns; a table of that name with another shape is
 //! refused, never altered.
+//!
+//! [`MySqlCheckpointStore::commit`] writes a checkpoint inside a transaction
+//! of the caller's, beside the caller's results, so that both commit or
+//! neither does: records applied effectively once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,8 @@ use async_trait::async_trait;
 use kcpy_core::{BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore};
 use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{MySql, MySqlPool, Transaction};
+
+mod in_transaction;
 
 const SCHEMA_COMMENT: &str = "kcpy checkpoints and leases v2";
 const SCHEMA_COMMENT_V1: &str = "kcpy checkpoints v1";
@@ -477,6 +483,7 @@ impl LeaseStore for MySqlCheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kcpy_core::PendingCheckpoint;
 
     fn url() -> String {
         std::env::var("KCPY_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
@@ -507,6 +514,30 @@ mod tests {
         let lower = CheckpointKey::new(format!("app-{unique}"), "s", "shard");
         store.save(&upper, &"5".parse().expect("valid")).await.expect("save");
         assert_eq!(store.load(&lower).await.expect("load"), None);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_written_in_the_callers_transaction_commit_and_roll_back_with_it() {
+        let store = store().await;
+        let pool = store.pool().clone();
+        let write = |pending: PendingCheckpoint, commit: bool| {
+            let (store, pool) = (&store, pool.clone());
+            async move {
+                let mut tx = pool.begin().await.map_err(store_error)?;
+                store.checkpoint_in(&mut tx, &pending).await?;
+                if commit {
+                    tx.commit().await.map_err(store_error)
+                } else {
+                    tx.rollback().await.map_err(store_error)
+                }
+            }
+        };
+        kcpy_core::test_util::in_transaction_conformance(
+            &store,
+            |pending| write(pending, true),
+            |pending| write(pending, false),
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -8,12 +8,19 @@
 //! changes nothing. Writes are durable on return with the default
 //! `synchronous_commit = on`. The table is created on connect; a table of that
 //! name with another shape is refused, never altered.
+//!
+//! [`PostgresCheckpointStore::commit`] writes a checkpoint inside a
+//! transaction of the caller's, beside the caller's results, so that both
+//! commit or neither does: records applied effectively once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kcpy_core::{BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore};
+use kcpy_core::{
+    BoxError, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, Lease, LeaseStore,
+    PendingCheckpoint, Record,
+};
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -88,6 +95,100 @@ impl PostgresCheckpointStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Writes the checkpoint of `record` (and of every record of its shard
+    /// delivered before it) in `tx`, a transaction you opened on this
+    /// store's database holding your results, and commits it: your results
+    /// and the checkpoint are durable together or not at all, and the
+    /// consumer resumes after them. Needs [`CheckpointMode::Manual`].
+    ///
+    /// The write follows the store's rules: never backwards, and in a
+    /// consumer group only while this worker holds the shard's lease. On an
+    /// error the transaction is rolled back, your results with it:
+    /// - [`CheckpointError::LeaseLost`]: another worker holds the shard now
+    ///   and applies its records; go on with the next records.
+    /// - [`CheckpointError::AlreadyCommitted`]: these records were committed
+    ///   before (a commit whose answer was lost, say); go on.
+    /// - otherwise ([`kcpy_core::Error::is_retryable`] tells), the records
+    ///   are not applied: try them again in a new transaction, or stop; a
+    ///   restart delivers them again.
+    ///
+    /// [`CheckpointMode::Manual`]: kcpy_core::CheckpointMode::Manual
+    pub async fn commit(
+        &self,
+        mut tx: Transaction<'_, Postgres>,
+        checkpointer: &Checkpointer,
+        record: &Record,
+    ) -> Result<(), kcpy_core::Error> {
+        let pending = checkpointer.prepare(record)?;
+        if let Err(error) = self.checkpoint_in(&mut tx, &pending).await {
+            // Its answer does not matter: unfinished, it rolls back anyway.
+            let _ = tx.rollback().await;
+            if matches!(error, CheckpointError::AlreadyCommitted { .. }) {
+                pending.committed();
+            }
+            return Err(error.into());
+        }
+        tx.commit().await.map_err(store_error)?;
+        pending.committed();
+        Ok(())
+    }
+
+    /// Writes `pending` in `tx`, your transaction on this store's database,
+    /// without committing: commit it yourself, then call
+    /// [`PendingCheckpoint::committed`]. [`commit`](Self::commit) does all
+    /// of it; this is for code that commits elsewhere.
+    ///
+    /// This locks the checkpoint's row until `tx` ends, and tells the
+    /// server to end `tx` if it stays idle for 10 s, so that a process
+    /// frozen before its commit cannot hold up the consumer group: commit
+    /// soon after.
+    pub async fn checkpoint_in(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        pending: &PendingCheckpoint,
+    ) -> Result<(), CheckpointError> {
+        let key = pending.key();
+        sqlx::query("SET LOCAL idle_in_transaction_session_timeout = '10s'")
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        let row = match Self::lock_row(tx, key).await? {
+            Some(row) => row,
+            None => {
+                sqlx::query(
+                    "INSERT INTO kcpy_checkpoints (consumer_name, stream_name, shard_id) VALUES ($1, $2, $3)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(store_error)?;
+                Self::lock_row(tx, key).await?.ok_or_else(|| {
+                    CheckpointError::backend(SchemaError(format!("the row of {key} vanished during a save")), true)
+                })?
+            }
+        };
+        let (stored, owner, epoch) = row;
+        pending.check(
+            stored.as_deref(),
+            owner.as_deref(),
+            u64::try_from(epoch).unwrap_or_default(),
+        )?;
+        sqlx::query(&format!(
+            "UPDATE kcpy_checkpoints SET checkpoint = $4, updated_at = now() WHERE {WHERE_KEY}"
+        ))
+        .bind(&key.consumer_name)
+        .bind(&key.stream_name)
+        .bind(&key.shard_id)
+        .bind(pending.checkpoint().as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)
+        .map(drop)
+    }
 }
 
 /// The database holds something this crate cannot use.
@@ -156,11 +257,13 @@ fn sql_state(error: &sqlx::Error) -> Option<String> {
 
 fn store_error(error: sqlx::Error) -> CheckpointError {
     // Serialization failure, deadlock, too many connections, shutdown,
-    // connection failures: worth another try.
+    // connection failures, a session the server ended for idling in a
+    // transaction (a process frozen mid-write; it was rolled back, and a
+    // new connection works): worth another try.
     let transient = sql_state(&error).is_some_and(|state| {
         matches!(
             state.as_str(),
-            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "25P03" | "57P05"
         ) || state.starts_with("08")
     }) || matches!(
         error,
@@ -468,6 +571,30 @@ mod tests {
     #[tokio::test]
     async fn postgres_store_meets_the_lease_store_contract() {
         kcpy_core::test_util::lease_store_conformance(&store().await).await;
+    }
+
+    #[tokio::test]
+    async fn checkpoints_written_in_the_callers_transaction_commit_and_roll_back_with_it() {
+        let store = store().await;
+        let pool = store.pool().clone();
+        let write = |pending: PendingCheckpoint, commit: bool| {
+            let (store, pool) = (&store, pool.clone());
+            async move {
+                let mut tx = pool.begin().await.map_err(store_error)?;
+                store.checkpoint_in(&mut tx, &pending).await?;
+                if commit {
+                    tx.commit().await.map_err(store_error)
+                } else {
+                    tx.rollback().await.map_err(store_error)
+                }
+            }
+        };
+        kcpy_core::test_util::in_transaction_conformance(
+            &store,
+            |pending| write(pending, true),
+            |pending| write(pending, false),
+        )
+        .await;
     }
 
     #[tokio::test]

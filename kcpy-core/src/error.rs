@@ -112,6 +112,21 @@ pub enum Error {
         /// The record's sequence number.
         sequence_number: String,
     },
+    /// The handler given to
+    /// [`Consumer::for_each_by_key`](crate::Consumer::for_each_by_key)
+    /// returned an error or panicked on a record. That record's checkpoint,
+    /// and its shard's beyond it, were not written: after a restart the
+    /// record is delivered again.
+    #[error("the handler failed on record {sequence_number} of shard {shard_id}")]
+    Handler {
+        /// The record's shard.
+        shard_id: String,
+        /// The record's sequence number.
+        sequence_number: String,
+        /// What the handler returned, or its panic.
+        #[source]
+        source: BoxError,
+    },
     /// The consumer has stopped, so the call cannot be carried out.
     #[error("the consumer has stopped")]
     Closed,
@@ -151,6 +166,15 @@ impl Error {
     }
 }
 
+/// A panic's message, when it had one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|m| (*m).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// Runs `future`, turning a panic inside it into [`Error::Panicked`]: a
 /// background task that panics must end the stream, not vanish.
 pub(crate) async fn catch_panic<F: std::future::Future>(task: &'static str, future: F) -> Result<F::Output, Error> {
@@ -159,11 +183,7 @@ pub(crate) async fn catch_panic<F: std::future::Future>(task: &'static str, futu
         .catch_unwind()
         .await
         .map_err(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|m| (*m).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = panic_message(&*payload);
             tracing::error!(task, %message, "a consumer task panicked");
             Error::Panicked { task, message }
         })

@@ -36,6 +36,12 @@
 //! hold count as processed before you have them. For batches use
 //! [`Consumer::next_batch`]; for concurrent work, [`CheckpointMode::Manual`].
 //!
+//! When results go to the database that holds the checkpoints, a store can
+//! write the checkpoint inside the caller's transaction
+//! ([`Checkpointer::prepare`], [`PendingCheckpoint`]; the PostgreSQL and
+//! MySQL stores' `commit`): results and checkpoint commit together, and each
+//! record is applied effectively once.
+//!
 //! # Consumer groups
 //!
 //! Processes with the same consumer name and a shared [`LeaseStore`]
@@ -68,7 +74,8 @@ mod telemetry;
 pub mod test_util;
 
 pub use checkpoint::{
-    redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, StartTime, SubSequence,
+    redact_password, Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Checkpointer, PendingCheckpoint,
+    StartTime, SubSequence,
 };
 pub use config::{CheckpointMode, StartPosition};
 pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};

@@ -2,6 +2,7 @@
 //! `scripts/test`, uniquely named streams, a producer and collectors.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod example;
 pub mod fault_proxy;
 pub mod kpl;
 pub mod recording;

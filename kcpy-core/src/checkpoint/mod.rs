@@ -1,9 +1,11 @@
 //! Where the consumer keeps its place: the [`CheckpointStore`] trait.
 
+mod in_transaction;
 mod position;
 mod tracker;
 mod writer;
 
+pub use in_transaction::PendingCheckpoint;
 pub(crate) use position::Position;
 pub use tracker::Checkpointer;
 pub(crate) use tracker::{Gate, Progress};
@@ -290,6 +292,18 @@ pub enum CheckpointError {
         stored: Checkpoint,
         /// What the save tried to write.
         attempted: Checkpoint,
+    },
+    /// A checkpoint written in the caller's transaction
+    /// ([`PendingCheckpoint`]) is what the store holds already: the records
+    /// up to it were committed before, by a transaction whose outcome the
+    /// caller did not learn, say. The transaction must roll back, so their
+    /// results are not applied twice.
+    #[error("checkpoint {key} is at {stored} already: its records were committed before")]
+    AlreadyCommitted {
+        /// The key written to.
+        key: Box<CheckpointKey>,
+        /// What the store holds.
+        stored: Checkpoint,
     },
     /// The lease is no longer held as the caller knew it: another worker took
     /// it over (or it was released). Nothing was written.

@@ -28,6 +28,10 @@ impl Position {
         self.sub = record.open_sub_sequence();
     }
 
+    pub(crate) fn sequence(&self) -> &SequenceNumber {
+        &self.sequence
+    }
+
     pub(crate) fn checkpoint(&self) -> Checkpoint {
         match self.sub {
             Some(number) => Checkpoint::SubSequence(SubSequence::new(self.sequence.clone(), number)),

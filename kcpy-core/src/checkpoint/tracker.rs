@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Position;
 use crate::config::{CheckpointMode, Settings};
+use crate::group::Membership;
 use crate::signal::Fatal;
+use crate::telemetry::Durable;
 use crate::{Checkpoint, Error, Record};
 
 pub(crate) enum Command {
@@ -37,6 +39,8 @@ pub(crate) struct Progress {
     pub(super) fatal: Fatal,
     mode: CheckpointMode,
     every: u64,
+    /// Told of checkpoints committed by the caller's transactions.
+    durable: Durable,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +55,10 @@ struct Inner {
     /// records are ignored, not errors.
     dropped: HashSet<Arc<str>>,
     acked_since_flush: u64,
+    /// Per shard, the newest checkpoint handed to the caller to write in a
+    /// transaction of its own: the store may hold up to that without the
+    /// writer having saved it.
+    prepared: HashMap<Arc<str>, Checkpoint>,
 }
 
 impl std::fmt::Debug for Command {
@@ -64,7 +72,11 @@ impl std::fmt::Debug for Command {
 }
 
 impl Progress {
-    pub(crate) fn new(settings: &Settings, fatal: Fatal) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
+    pub(crate) fn new(
+        settings: &Settings,
+        fatal: Fatal,
+        durable: Durable,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Command>) {
         let (commands, rx) = mpsc::unbounded_channel();
         let progress = Arc::new(Self {
             inner: Mutex::new(Inner::default()),
@@ -74,6 +86,7 @@ impl Progress {
             fatal,
             mode: settings.checkpoint_mode,
             every: settings.checkpoint_every,
+            durable,
         });
         (progress, rx)
     }
@@ -136,6 +149,7 @@ impl Progress {
         inner.pending.remove(shard);
         inner.counts.remove(shard);
         inner.trackers.remove(shard);
+        inner.prepared.remove(shard);
         inner.dropped.insert(Arc::clone(shard));
     }
 
@@ -169,26 +183,31 @@ impl Progress {
     }
 
     fn acknowledge(&self, record: &Record) -> Result<(), Error> {
+        self.acknowledge_at(&record.shard_id, &Position::of(record))
+    }
+
+    /// Manual mode: marks the record of `shard` at `position` processed.
+    pub(crate) fn acknowledge_at(&self, shard: &Arc<str>, position: &Position) -> Result<(), Error> {
         let mut inner = self.lock();
         let unknown = || Error::UnknownRecord {
-            shard_id: record.shard_id.to_string(),
-            sequence_number: record.sequence_number.to_string(),
+            shard_id: shard.to_string(),
+            sequence_number: position.sequence().to_string(),
         };
-        if inner.dropped.contains(&record.shard_id) && !inner.trackers.contains_key(&record.shard_id) {
+        if inner.dropped.contains(shard) && !inner.trackers.contains_key(shard) {
             return Ok(());
         }
-        let tracker = inner.trackers.get_mut(&record.shard_id).ok_or_else(unknown)?;
-        let Some((watermark, newly)) = tracker.ack(&Position::of(record)).ok_or_else(unknown)? else {
+        let tracker = inner.trackers.get_mut(shard).ok_or_else(unknown)?;
+        let Some((watermark, newly)) = tracker.ack(position).ok_or_else(unknown)? else {
             return Ok(());
         };
         let shard_done = tracker.ended && tracker.entries.is_empty();
         tracker.covered += newly;
         let covered = tracker.covered;
-        inner.advance(&record.shard_id, watermark.checkpoint());
-        inner.count(&record.shard_id, covered);
+        inner.advance(shard, watermark.checkpoint());
+        inner.count(shard, covered);
         inner.acked_since_flush += newly;
         if shard_done {
-            inner.advance(&record.shard_id, Checkpoint::ShardEnd);
+            inner.advance(shard, Checkpoint::ShardEnd);
         }
         if shard_done || inner.acked_since_flush >= self.every {
             inner.acked_since_flush = 0;
@@ -196,6 +215,82 @@ impl Progress {
             let _ = self.commands.send(Command::Flush(None));
         }
         Ok(())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+
+    /// Manual mode: whether `position` of `shard` was delivered and its
+    /// shard is still read.
+    pub(crate) fn is_delivered(&self, shard: &Arc<str>, position: &Position) -> bool {
+        self.lock()
+            .trackers
+            .get(shard)
+            .is_some_and(|tracker| tracker.knows(position))
+    }
+
+    /// Whether `shard`'s lease was given up.
+    pub(crate) fn is_dropped(&self, shard: &Arc<str>) -> bool {
+        self.lock().dropped.contains(shard)
+    }
+
+    /// `checkpoint` of `shard` is about to be written by the caller's own
+    /// transaction.
+    pub(crate) fn prepared(&self, shard: &Arc<str>, checkpoint: &Checkpoint) {
+        let mut inner = self.lock();
+        match inner.prepared.get_mut(shard) {
+            Some(known) if *known >= *checkpoint => {}
+            Some(known) => *known = checkpoint.clone(),
+            None => {
+                inner.prepared.insert(Arc::clone(shard), checkpoint.clone());
+            }
+        }
+    }
+
+    /// Whether the store may hold `stored` for `shard` because the caller's
+    /// transaction wrote it: then a save of an older checkpoint is
+    /// superseded, not a conflict.
+    pub(crate) fn written_elsewhere(&self, shard: &str, stored: &Checkpoint) -> bool {
+        self.lock()
+            .prepared
+            .get(shard)
+            .is_some_and(|prepared| stored <= prepared)
+    }
+
+    /// The caller's transaction committed the checkpoint of `position`: it
+    /// and every record of `shard` delivered before it are processed and
+    /// durable.
+    pub(crate) fn committed_elsewhere(&self, shard: &Arc<str>, position: &Position) {
+        let mut inner = self.lock();
+        let Some(tracker) = inner.trackers.get_mut(shard) else {
+            // Its lease is gone: the next owner reads the store.
+            return;
+        };
+        let moved = tracker.ack_through(position);
+        let shard_done = moved.is_some() && tracker.ended && tracker.entries.is_empty();
+        if let Some((watermark, newly)) = moved {
+            tracker.covered += newly;
+            let covered = tracker.covered;
+            let checkpoint = position.checkpoint();
+            if watermark <= *position {
+                // What the commit wrote is all there is to save.
+                if inner.pending.get(shard).is_some_and(|pending| *pending <= checkpoint) {
+                    inner.pending.remove(shard);
+                }
+                self.durable.set(shard, &checkpoint);
+                self.durable.covered(shard, Some(covered));
+            } else {
+                // Records after it were acknowledged one by one.
+                inner.advance(shard, watermark.checkpoint());
+                inner.count(shard, covered);
+            }
+        }
+        if shard_done {
+            inner.advance(shard, Checkpoint::ShardEnd);
+            drop(inner);
+            let _ = self.commands.send(Command::Flush(None));
+        }
     }
 
     /// What is pending, with how many records handed out each covers.
@@ -308,6 +403,28 @@ impl AckTracker {
         }
         let at = self.entries.binary_search_by(|(s, _)| s.cmp(seq)).ok()?;
         self.entries[at].1 = true;
+        Some(self.pop_processed())
+    }
+
+    /// Whether `seq` was delivered (processed or not).
+    fn knows(&self, seq: &Position) -> bool {
+        self.committed.as_ref().is_some_and(|done| seq <= done)
+            || self.entries.binary_search_by(|(s, _)| s.cmp(seq)).is_ok()
+    }
+
+    /// Marks `seq` and every record delivered before it processed; the new
+    /// end of the contiguous processed prefix, if it moved.
+    fn ack_through(&mut self, seq: &Position) -> Option<(Position, u64)> {
+        for (delivered, acked) in self.entries.iter_mut() {
+            if &*delivered > seq {
+                break;
+            }
+            *acked = true;
+        }
+        self.pop_processed()
+    }
+
+    fn pop_processed(&mut self) -> Option<(Position, u64)> {
         let mut moved = 0;
         while self.entries.front().is_some_and(|(_, acked)| *acked) {
             if let Some((seq, _)) = self.entries.pop_front() {
@@ -316,12 +433,12 @@ impl AckTracker {
             }
         }
         if moved == 0 {
-            return Some(None);
+            return None;
         }
         if let Some(gate) = &self.gate {
             gate.committed(moved as usize);
         }
-        Some(self.committed.clone().map(|committed| (committed, moved)))
+        self.committed.clone().map(|committed| (committed, moved))
     }
 }
 
@@ -333,6 +450,11 @@ impl AckTracker {
 #[derive(Debug, Clone)]
 pub struct Checkpointer {
     pub(crate) progress: Option<Arc<Progress>>,
+    /// With a lease store: writes in the caller's transactions are fenced
+    /// by the shard's lease.
+    pub(crate) membership: Option<Arc<Membership>>,
+    pub(crate) consumer_name: Arc<str>,
+    pub(crate) stream_name: Arc<str>,
 }
 
 impl Checkpointer {

@@ -43,6 +43,8 @@ enum Saved {
     /// The shard's lease is held by another worker now: nothing was written.
     /// With the epoch of the lease the save was made under, if one was held.
     Fenced(Option<u64>),
+    /// The caller's own transaction wrote a later checkpoint: nothing to do.
+    Superseded,
 }
 
 impl Writer {
@@ -120,6 +122,7 @@ impl Writer {
                     self.ended.send(EndSaved(shard));
                 }
                 Ok(Saved::Yes) => self.durable.covered(&shard, counts.get(&shard).copied()),
+                Ok(Saved::Superseded) => {}
                 Ok(Saved::Fenced(epoch)) => {
                     tracing::warn!(%shard, %checkpoint, "checkpoint rejected: the shard's lease was taken over");
                     // A lease taken again since the save began is a new
@@ -168,6 +171,9 @@ impl Writer {
                     return Ok(Saved::Yes);
                 }
                 Err(CheckpointError::LeaseLost { .. }) => return Ok(Saved::Fenced(lease.as_ref().map(|l| l.epoch))),
+                Err(CheckpointError::Conflict { stored, .. }) if self.progress.written_elsewhere(shard, &stored) => {
+                    return Ok(Saved::Superseded)
+                }
                 Err(error) if error.is_retryable() && backoff.attempts() < self.settings.checkpoint_retries => {
                     self.metrics.save_failed();
                     let delay = backoff.next_delay();

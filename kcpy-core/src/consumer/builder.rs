@@ -380,7 +380,7 @@ impl ConsumerBuilder {
         let stream_metrics = StreamMetrics::new(&stream.name);
         let (progress, writer) = match store {
             Some(store) => {
-                let (progress, commands) = Progress::new(&settings, fatal.clone());
+                let (progress, commands) = Progress::new(&settings, fatal.clone(), durable.clone());
                 let writer = Writer {
                     durable: durable.clone(),
                     metrics: StreamMetrics::new(&stream.name),

@@ -5,6 +5,7 @@
 
 mod builder;
 mod discovery;
+mod lanes;
 mod observe;
 mod shards;
 mod shutdown;
@@ -186,6 +187,9 @@ impl Consumer {
     pub fn checkpointer(&self) -> Checkpointer {
         Checkpointer {
             progress: self.progress.clone(),
+            membership: self.membership.clone(),
+            consumer_name: Arc::from(self.settings.consumer_name.as_str()),
+            stream_name: Arc::from(self.stream.name.as_str()),
         }
     }
 
@@ -409,7 +413,16 @@ impl Stream for Consumer {
     type Item = Record;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
-        let this = self.get_mut();
+        self.get_mut().poll_record(cx, false)
+    }
+}
+
+impl Consumer {
+    /// The next record. With `hold`, a stop asked for (or forced by a fatal
+    /// error) ends the records without closing: the caller finishes what it
+    /// holds first, then closes.
+    fn poll_record(&mut self, cx: &mut Context<'_>, hold: bool) -> Poll<Option<Record>> {
+        let this = self;
         // Asking for the next record means the previous one was processed.
         if let Some(slot) = this.in_flight.take() {
             this.mark_processed(slot);
@@ -432,6 +445,9 @@ impl Stream for Consumer {
                 Phase::Done => return Poll::Ready(None),
             }
             if this.fatal.is_stopping() {
+                if hold && matches!(this.phase, Phase::Running) {
+                    return Poll::Ready(None);
+                }
                 this.begin_closing();
                 continue;
             }
@@ -514,6 +530,9 @@ impl Stream for Consumer {
                         }
                     }
                     if this.shutdown_signal.as_mut().poll(cx).is_ready() {
+                        if hold {
+                            return Poll::Ready(None);
+                        }
                         this.begin_closing();
                         continue;
                     }

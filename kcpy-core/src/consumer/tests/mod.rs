@@ -8,6 +8,7 @@
 mod checkpoints;
 mod fan_out;
 mod kpl;
+mod lanes;
 mod polling;
 mod reshard;
 mod seam;

@@ -14,6 +14,10 @@
 //!
 //! Keys are made unique per run, so a shared, long-lived store can be used.
 
+mod transaction;
+
+pub use transaction::in_transaction_conformance;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore, Lease, LeaseStore, SequenceNumber};
