@@ -1,6 +1,7 @@
 //! Per-key lanes on the emulator: order per key under random handler delays
 //! with many keys on one shard, across a reshard, and a process SIGKILLed
-//! with a record running in every lane that, restarted, loses nothing.
+//! with a record running in every lane that, restarted, loses nothing, and
+//! a shard handed to another member of a group while its records run.
 
 mod support;
 
@@ -11,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kcpy::{
-    CheckpointKey, CheckpointMode, CheckpointStore, Consumer, MemoryCheckpointStore, SqliteCheckpointStore,
-    StartPosition,
+    CheckpointKey, CheckpointMode, CheckpointStore, Consumer, ConsumerEvent, MemoryCheckpointStore,
+    SqliteCheckpointStore, StartPosition,
 };
 use serde_json::Value;
 use support::{Put, TestStream};
@@ -300,5 +301,132 @@ async fn a_process_killed_with_a_record_running_in_every_lane_loses_nothing_on_r
         after.len()
     );
     std::fs::remove_dir_all(&dir).ok();
+    stream.delete().await;
+}
+
+/// What both members of a group handled, in the order they did: the member,
+/// whether the record started (or finished), the record.
+type GroupLog = Arc<Mutex<Vec<(char, bool, Put)>>>;
+
+/// A group member handling records in 8 lanes, 100 ms each, until stopped.
+async fn lanes_member(
+    stream: &TestStream,
+    store: &MemoryCheckpointStore,
+    worker: char,
+    log: &GroupLog,
+) -> (
+    kcpy::ShutdownHandle,
+    tokio::sync::broadcast::Receiver<ConsumerEvent>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut consumer = Consumer::builder(stream.client.clone(), &stream.name)
+        .consumer_name("lanes-group")
+        .lease_store(store.clone())
+        .worker_id(worker.to_string())
+        .checkpoint_mode(CheckpointMode::Manual)
+        .start_position(StartPosition::TrimHorizon)
+        .lease_duration(Duration::from_secs(2))
+        .lease_renew_interval(Duration::from_millis(300))
+        .idle_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("consumer");
+    let (shutdown, events) = (consumer.shutdown_handle(), consumer.events());
+    let log = Arc::clone(log);
+    let run = tokio::spawn(async move {
+        consumer
+            .for_each_by_key(8, |record| {
+                let log = Arc::clone(&log);
+                async move {
+                    let put = support::as_put(&record);
+                    log.lock().expect("log").push((worker, true, put.clone()));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    log.lock().expect("log").push((worker, false, put));
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+            .await
+            .expect("the member stops cleanly");
+    });
+    (shutdown, events, run)
+}
+
+/// Waits until `done` holds of the log, checked every 20 ms (no event tells).
+async fn wait_log(log: &GroupLog, what: &str, done: impl Fn(&[(char, bool, Put)]) -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        while !done(&log.lock().expect("log")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_handed_over_with_records_running_starts_none_of_them_again_at_its_old_owner() {
+    let stream = TestStream::create("lanes-group", 2).await;
+    let puts = stream.put(&counted(40, 400, &mut Vec::new())).await;
+    let expected: HashSet<Put> = puts.iter().cloned().collect();
+    let store = MemoryCheckpointStore::new();
+    let log = GroupLog::default();
+    let (a_stop, mut a_events, a_run) = lanes_member(&stream, &store, 'a', &log).await;
+    // B joins once A has records of both shards running.
+    wait_log(&log, "A runs records of both shards", |log| {
+        log.iter()
+            .map(|(_, _, put)| &put.shard_id)
+            .collect::<HashSet<_>>()
+            .len()
+            == 2
+    })
+    .await;
+    let (b_stop, _, b_run) = lanes_member(&stream, &store, 'b', &log).await;
+    wait_log(&log, "every record is handled", |log| {
+        let finished: HashSet<&Put> = log.iter().filter(|(_, start, _)| !start).map(|(_, _, p)| p).collect();
+        expected.iter().all(|put| finished.contains(put))
+    })
+    .await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    a_run.await.expect("member a");
+    b_run.await.expect("member b");
+
+    let mut handed = Vec::new();
+    while let Ok(event) = a_events.try_recv() {
+        if let ConsumerEvent::LeaseHandedOver { shard_id, .. } = event {
+            handed.push(shard_id);
+        }
+    }
+    assert_eq!(handed.len(), 1, "A handed one shard of two to B: {handed:?}");
+    let log = log.lock().expect("log").clone();
+    let shard = &handed[0];
+    let b_first = log
+        .iter()
+        .position(|(worker, start, put)| *worker == 'b' && *start && &put.shard_id == shard)
+        .expect("B handled the shard handed to it");
+    let a_late: Vec<&Put> = log[b_first..]
+        .iter()
+        .filter(|(worker, start, put)| *worker == 'a' && *start && &put.shard_id == shard)
+        .map(|(_, _, put)| put)
+        .collect();
+    assert!(
+        a_late.is_empty(),
+        "A started records of {shard} after B took it over: {a_late:?}"
+    );
+    assert!(
+        log[..b_first]
+            .iter()
+            .filter(|(worker, _, put)| *worker == 'a' && &put.shard_id == shard)
+            .count()
+            > 0,
+        "A had handled records of {shard} before the handover"
+    );
+    for worker in ['a', 'b'] {
+        let own: Vec<(bool, Put)> = log
+            .iter()
+            .filter(|(w, _, _)| *w == worker)
+            .map(|(_, start, put)| (*start, put.clone()))
+            .collect();
+        assert_in_order_per_key(&own);
+    }
     stream.delete().await;
 }

@@ -170,10 +170,13 @@ impl Consumer {
         drop(queues);
         self.fatal.stop();
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
-        let drained = tokio::time::timeout_at(deadline, async {
-            while let Some((handed, outcome)) = running.next().await {
-                if let Err(error) = self.finished(handed, outcome) {
-                    failure.get_or_insert(error);
+        // Moved in as `&mut`, not borrowed as `&`: the future stays Send
+        // with a Consumer that is Send but not Sync.
+        let (this, running_now, failed) = (&mut *self, &mut running, &mut failure);
+        let drained = tokio::time::timeout_at(deadline, async move {
+            while let Some((handed, outcome)) = running_now.next().await {
+                if let Err(error) = this.finished(handed, outcome) {
+                    failed.get_or_insert(error);
                 }
             }
         })
