@@ -26,10 +26,14 @@
 //!   `serve-canned-kpl`); the consumer's own CPU per (user) record. Built
 //!   with feature `count-allocations`, heap allocations per record instead.
 //! - `checkpoints`: saves per second of the memory and SQLite stores.
+//! - `lanes ENDPOINT LANES SECONDS`: one shard from `serve-canned` handled
+//!   in per-key lanes, 5 ms per record; records per second.
 //!
 //! With `KCPY_BENCH_METRICS` set, any mode runs with a Prometheus recorder
 //! installed (in memory, not served), so that the consumer's metrics are
 //! recorded as in production.
+
+mod lanes;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -246,6 +250,14 @@ async fn main() -> Result<()> {
             .await?
         }
         "checkpoints" => checkpoints().await?,
+        "lanes" => {
+            lanes::lanes(
+                &arg::<String>(&args, 1, "endpoint")?,
+                arg(&args, 2, "lanes")?,
+                arg(&args, 3, "seconds")?,
+            )
+            .await?
+        }
         "wakeups" => wakeups(arg(&args, 1, "seconds")?).await?,
         other => return Err(format!("unknown mode {other:?}; see the source's header").into()),
     };
