@@ -95,7 +95,7 @@ async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
         let mut now = HashSet::new();
         while let Ok(event) = events.try_recv() {
             match &event {
-                ConsumerEvent::LeaseHandedOver { shard_id, to } => handed.push((shard_id.clone(), to.clone())),
+                ConsumerEvent::LeaseHandedOver { shard_id, to, .. } => handed.push((shard_id.clone(), to.clone())),
                 ConsumerEvent::LeaseRequested { shard_id, .. } => requested.push(shard_id.clone()),
                 _ => {}
             }
@@ -103,7 +103,7 @@ async fn split_hand_over_and_take_over(fan_out: Option<&str>) {
                 ConsumerEvent::LeaseAcquired { shard_id, .. } => {
                     now.insert(shard_id);
                 }
-                ConsumerEvent::LeaseHandedOver { shard_id, .. } | ConsumerEvent::LeaseLost { shard_id } => {
+                ConsumerEvent::LeaseHandedOver { shard_id, .. } | ConsumerEvent::LeaseLost { shard_id, .. } => {
                     now.remove(&shard_id);
                 }
                 _ => {}

@@ -86,6 +86,7 @@ async fn metrics_lag_and_events_show_what_the_consumer_did_through_a_split() {
     }
     assert!(
         seen.contains(&ConsumerEvent::ShardFinished {
+            stream_name: stream.name.clone(),
             shard_id: parent.shard_id.clone()
         }),
         "{seen:?}"
@@ -101,6 +102,7 @@ async fn metrics_lag_and_events_show_what_the_consumer_did_through_a_split() {
     for child in &children {
         assert!(
             seen.contains(&ConsumerEvent::ShardStarted {
+                stream_name: stream.name.clone(),
                 shard_id: child.clone()
             }),
             "{child} started: {seen:?}"

@@ -78,7 +78,7 @@ pub use checkpoint::{
     StartTime, SubSequence,
 };
 pub use config::{CheckpointMode, StartPosition};
-pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle};
+pub use consumer::{Consumer, ConsumerBuilder, ShutdownHandle, StreamSpec};
 pub use error::{BoxError, Error};
 pub use group::{Lease, LeaseStore};
 pub use read::FanOut;

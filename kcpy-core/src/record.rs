@@ -27,6 +27,10 @@ pub struct Record {
     pub sequence_number: SequenceNumber,
     /// The shard it was read from.
     pub shard_id: Arc<str>,
+    /// The name of the stream it was read from (empty in a record built by
+    /// hand with [`Record::new`]).
+    #[serde(default)]
+    pub stream: Arc<str>,
     /// When Kinesis accepted it, as Kinesis reports it.
     pub approximate_arrival_timestamp: Option<SystemTime>,
     /// The explicit hash key, when one is known: a user record of a KPL
@@ -126,6 +130,7 @@ impl Record {
             partition_key: partition_key.into(),
             sequence_number,
             shard_id: shard_id.into(),
+            stream: Arc::from(""),
             approximate_arrival_timestamp: None,
             explicit_hash_key: None,
             millis_behind_latest: None,

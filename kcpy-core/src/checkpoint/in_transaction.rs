@@ -123,7 +123,8 @@ impl Checkpointer {
     /// held, and with [`Error::Closed`] (or the fatal error) once the
     /// consumer has stopped.
     pub fn prepare(&self, record: &Record) -> Result<PendingCheckpoint, Error> {
-        let Some(progress) = &self.progress else {
+        let stream = self.stream_of(record)?;
+        let Some(progress) = &stream.progress else {
             return Err(Error::config(
                 "writing checkpoints in a transaction needs a checkpoint store on the consumer (the same database), to resume from them",
             ));
@@ -136,7 +137,7 @@ impl Checkpointer {
         if progress.is_closed() {
             return Err(progress.fatal().unwrap_or(Error::Closed));
         }
-        let key = CheckpointKey::new(&*self.consumer_name, &*self.stream_name, &*record.shard_id);
+        let key = CheckpointKey::new(&*stream.consumer_name, &*stream.stream_name, &*record.shard_id);
         let position = Position::of(record);
         if !progress.is_delivered(&record.shard_id, &position) {
             if progress.is_dropped(&record.shard_id) {
@@ -147,7 +148,7 @@ impl Checkpointer {
                 sequence_number: record.sequence_number.to_string(),
             });
         }
-        let lease = match &self.membership {
+        let lease = match &stream.membership {
             Some(membership) => Some(lease_of(membership, &key)?),
             None => None,
         };

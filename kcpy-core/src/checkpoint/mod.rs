@@ -8,6 +8,7 @@ mod writer;
 pub use in_transaction::PendingCheckpoint;
 pub(crate) use position::Position;
 pub use tracker::Checkpointer;
+pub(crate) use tracker::StreamCheckpointer;
 pub(crate) use tracker::{Gate, Progress};
 pub(crate) use writer::{EndSaved, Writer};
 

@@ -449,6 +449,13 @@ impl AckTracker {
 /// records only, so acknowledging out of order never skips a record.
 #[derive(Debug, Clone)]
 pub struct Checkpointer {
+    /// One per stream the consumer reads, in the order they were added.
+    pub(crate) streams: Arc<[StreamCheckpointer]>,
+}
+
+/// What a [`Checkpointer`] needs of one stream.
+#[derive(Debug)]
+pub(crate) struct StreamCheckpointer {
     pub(crate) progress: Option<Arc<Progress>>,
     /// With a lease store: writes in the caller's transactions are fenced
     /// by the shard's lease.
@@ -458,6 +465,21 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// The stream `record` came from. A consumer of one stream takes every
+    /// record as its own (records built by hand name no stream).
+    pub(crate) fn stream_of(&self, record: &Record) -> Result<&StreamCheckpointer, Error> {
+        match &*self.streams {
+            [only] => Ok(only),
+            streams => streams
+                .iter()
+                .find(|stream| *stream.stream_name == *record.stream)
+                .ok_or_else(|| Error::UnknownRecord {
+                    shard_id: record.shard_id.to_string(),
+                    sequence_number: record.sequence_number.to_string(),
+                }),
+        }
+    }
+
     /// Marks `record` processed. Its checkpoint is written with the next batch
     /// (every `checkpoint_every` records or `checkpoint_interval`), at
     /// shutdown, or by [`flush`](Self::flush).
@@ -468,7 +490,7 @@ impl Checkpointer {
     /// this consumer did not deliver, and with [`Error::Closed`] (or the
     /// fatal error) once the consumer has stopped writing checkpoints.
     pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
-        let Some(progress) = &self.progress else {
+        let Some(progress) = &self.stream_of(record)?.progress else {
             return Ok(());
         };
         if progress.mode() != CheckpointMode::Manual {
@@ -483,8 +505,18 @@ impl Checkpointer {
         progress.acknowledge(record)
     }
 
-    /// Writes every checkpoint marked so far and waits until it is durable.
+    /// Writes every checkpoint marked so far (of every stream) and waits
+    /// until it is durable.
     pub async fn flush(&self) -> Result<(), Error> {
+        for stream in self.streams.iter() {
+            stream.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamCheckpointer {
+    async fn flush(&self) -> Result<(), Error> {
         let Some(progress) = &self.progress else {
             return Ok(());
         };

@@ -12,14 +12,15 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::discovery::{list_shards, sync_shards};
+use super::part::{Control, Part};
 use super::shards::Spawner;
 use super::shutdown::Phase;
 use super::startup::{load_checkpoints, save_marks};
-use super::{Consumer, Control};
+use super::Consumer;
 use crate::checkpoint::{Position, Progress, Writer};
 use crate::config::Settings;
 use crate::group::{Coordinator, Membership};
-use crate::kinesis::{DynFanOut, DynKinesis, StreamRef};
+use crate::kinesis::{DynFanOut, DynKinesis, SdkKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::{resolve, DynReader, FanOut, FanOutReader, PollingReader};
 use crate::signal::Fatal;
@@ -39,12 +40,75 @@ pub struct ConsumerBuilder {
     reader: Option<DynReader>,
     fan_out: Option<FanOut>,
     fan_out_api: Option<DynFanOut>,
+    /// Streams read besides the first.
+    more: Vec<StreamSpec>,
+}
+
+/// One more stream for a consumer to read ([`ConsumerBuilder::add_stream`]):
+/// a name or an ARN, and optionally its own client and start position.
+#[derive(Clone)]
+#[must_use]
+pub struct StreamSpec {
+    stream: String,
+    apis: Option<(DynKinesis, DynFanOut)>,
+    start_position: Option<StartPosition>,
+}
+
+impl std::fmt::Debug for StreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSpec")
+            .field("stream", &self.stream)
+            .field("own_client", &self.apis.is_some())
+            .field("start_position", &self.start_position)
+            .finish()
+    }
+}
+
+impl StreamSpec {
+    /// The stream `stream` (a name or an ARN), read with the builder's client
+    /// and start position unless set here.
+    pub fn new(stream: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            apis: None,
+            start_position: None,
+        }
+    }
+
+    /// Reads this stream with `client`: another account's credentials (an
+    /// assumed role), or another region. Used as [`Consumer::builder`]
+    /// describes.
+    pub fn client(mut self, client: aws_sdk_kinesis::Client) -> Self {
+        let sdk = Arc::new(SdkKinesis::new(&client));
+        self.apis = Some((Arc::clone(&sdk) as DynKinesis, sdk as DynFanOut));
+        self
+    }
+
+    /// Where this stream's shards without a checkpoint start (default: the
+    /// builder's [`start_position`](ConsumerBuilder::start_position)).
+    pub fn start_position(mut self, position: StartPosition) -> Self {
+        self.start_position = Some(position);
+        self
+    }
+}
+
+impl From<&str> for StreamSpec {
+    fn from(stream: &str) -> Self {
+        Self::new(stream)
+    }
+}
+
+impl From<String> for StreamSpec {
+    fn from(stream: String) -> Self {
+        Self::new(stream)
+    }
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsumerBuilder")
             .field("stream", &self.stream)
+            .field("more_streams", &self.more)
             .field("store", &self.store)
             .field("lease_store", &self.leases)
             .field("settings", &self.settings)
@@ -64,6 +128,7 @@ impl ConsumerBuilder {
             reader: None,
             fan_out: None,
             fan_out_api: None,
+            more: Vec::new(),
         }
     }
 
@@ -76,6 +141,23 @@ impl ConsumerBuilder {
     #[cfg(test)]
     pub(crate) fn reader(mut self, reader: DynReader) -> Self {
         self.reader = Some(reader);
+        self
+    }
+
+    /// Also reads `stream` (a name, an ARN, or a [`StreamSpec`] with its own
+    /// client or start position): one consumer, one [`Stream`](futures::Stream)
+    /// of records from every stream, each record naming its
+    /// [`stream`](Record::stream). Each stream has its own shards, lineage
+    /// and resharding; all share the settings, the checkpoint store (keyed
+    /// by stream name, as for a consumer of one stream, so a stream's
+    /// checkpoints are the same whether it is read alone or with others)
+    /// and, with a [`lease_store`](Self::lease_store), the group, which
+    /// balances the shards of every stream together.
+    ///
+    /// Two streams of the same name (in different accounts or regions)
+    /// would share checkpoints: `build` refuses them.
+    pub fn add_stream(mut self, stream: impl Into<StreamSpec>) -> Self {
+        self.more.push(stream.into());
         self
     }
 
@@ -312,170 +394,232 @@ impl ConsumerBuilder {
         if let Some(fan_out) = &self.fan_out {
             fan_out.validate()?;
         }
-        let stream = Arc::new(StreamRef::parse(&self.stream)?);
-        let settings = Arc::new(self.settings);
-        let api = self.api;
-        let store = self.store;
-        let leases = self.leases;
-        let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
-
-        let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
-        let checkpoints = match &store {
-            Some(store) => {
-                load_checkpoints(store.as_ref(), &stream, &settings, &shards)
-                    .instrument(span.clone())
-                    .await?
+        let mut sources = vec![Source {
+            stream: StreamRef::parse(&self.stream)?,
+            api: Arc::clone(&self.api),
+            fan_out_api: self.fan_out_api.clone(),
+            start_position: self.settings.start_position,
+        }];
+        for spec in self.more {
+            let stream = StreamRef::parse(&spec.stream)?;
+            if sources.iter().any(|source| source.stream.name == stream.name) {
+                return Err(Error::config(format!(
+                    "the stream {:?} is configured twice: streams read by one consumer need different names, as checkpoints are kept by name",
+                    stream.name
+                )));
             }
-            None => HashMap::new(),
+            let (api, fan_out_api) = match spec.apis {
+                Some((api, fan_out_api)) => (api, Some(fan_out_api)),
+                None => (Arc::clone(&self.api), self.fan_out_api.clone()),
+            };
+            sources.push(Source {
+                stream,
+                api,
+                fan_out_api,
+                start_position: spec.start_position.unwrap_or(self.settings.start_position),
+            });
+        }
+        let shared = Shared {
+            fatal: Fatal::new(self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token())),
+            events: Events::new(),
+            store: self.store,
+            leases: self.leases,
+            reader: self.reader,
+            fan_out: self.fan_out,
         };
-        let known = leases.is_some().then(|| shards.clone());
-        let (lineage, starts) = match leases {
-            // Nothing starts before its lease is taken.
-            Some(_) => (
-                Lineage::leased(shards, &checkpoints, settings.start_position, SystemTime::now()),
-                Vec::new(),
-            ),
-            None => Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now()),
-        };
-        // Starts at LATEST are saved before they are resolved: a restart, even
-        // one before any record came, resumes at this start, not a later tip.
-        if let Some(store) = &store {
-            save_marks(store.as_ref(), &stream, &settings, &starts)
+        let mut parts = Vec::with_capacity(sources.len());
+        for source in sources {
+            let mut settings = self.settings.clone();
+            settings.start_position = source.start_position;
+            parts.push(build_part(source, Arc::new(settings), &shared).await?);
+        }
+        Ok(Consumer::new(parts))
+    }
+}
+
+/// One stream to read, and how.
+struct Source {
+    stream: StreamRef,
+    api: DynKinesis,
+    fan_out_api: Option<DynFanOut>,
+    start_position: StartPosition,
+}
+
+/// What every stream's part shares.
+struct Shared {
+    fatal: Fatal,
+    events: Events,
+    store: Option<Arc<dyn CheckpointStore>>,
+    leases: Option<Arc<dyn LeaseStore>>,
+    reader: Option<DynReader>,
+    fan_out: Option<FanOut>,
+}
+
+/// Lists one stream's shards, loads their checkpoints, positions each shard
+/// and starts the stream's background tasks.
+async fn build_part(source: Source, settings: Arc<Settings>, shared: &Shared) -> Result<Part, Error> {
+    let stream = Arc::new(source.stream);
+    let api = source.api;
+    let store = shared.store.clone();
+    let leases = shared.leases.clone();
+    let span = tracing::info_span!("kcpy", stream = %stream.name, consumer = %settings.consumer_name);
+
+    let shards = list_shards(&api, &stream, &settings).instrument(span.clone()).await?;
+    let checkpoints = match &store {
+        Some(store) => {
+            load_checkpoints(store.as_ref(), &stream, &settings, &shards)
+                .instrument(span.clone())
+                .await?
+        }
+        None => HashMap::new(),
+    };
+    let known = leases.is_some().then(|| shards.clone());
+    let (lineage, starts) = match leases {
+        // Nothing starts before its lease is taken.
+        Some(_) => (
+            Lineage::leased(shards, &checkpoints, settings.start_position, SystemTime::now()),
+            Vec::new(),
+        ),
+        None => Lineage::new(shards, &checkpoints, settings.start_position, SystemTime::now()),
+    };
+    // Starts at LATEST are saved before they are resolved: a restart, even
+    // one before any record came, resumes at this start, not a later tip.
+    if let Some(store) = &store {
+        save_marks(store.as_ref(), &stream, &settings, &starts)
+            .instrument(span.clone())
+            .await?;
+    }
+    let reader: DynReader = match (&shared.reader, &shared.fan_out, source.fan_out_api) {
+        (Some(reader), _, _) => Arc::clone(reader),
+        (None, Some(fan_out), Some(fan_out_api)) => {
+            let consumer = resolve(&fan_out_api, &stream, fan_out, &settings)
                 .instrument(span.clone())
                 .await?;
+            tracing::info!(parent: &span, consumer = %consumer.arn, "reading with enhanced fan-out");
+            Arc::new(FanOutReader {
+                api: fan_out_api,
+                kinesis: Arc::clone(&api),
+                settings: Arc::clone(&settings),
+                consumer,
+                stall: fan_out.stall(),
+            })
         }
-        let reader: DynReader = match (self.reader, self.fan_out, self.fan_out_api) {
-            (Some(reader), _, _) => reader,
-            (None, Some(fan_out), Some(fan_out_api)) => {
-                let consumer = resolve(&fan_out_api, &stream, &fan_out, &settings)
-                    .instrument(span.clone())
-                    .await?;
-                tracing::info!(parent: &span, consumer = %consumer.arn, "reading with enhanced fan-out");
-                Arc::new(FanOutReader {
-                    api: fan_out_api,
-                    kinesis: Arc::clone(&api),
-                    settings: Arc::clone(&settings),
-                    consumer,
-                    stall: fan_out.stall(),
-                })
-            }
-            (None, Some(_), None) => return Err(Error::config("this client cannot read with enhanced fan-out")),
-            (None, None, _) => Arc::new(PollingReader::new(Arc::clone(&api), Arc::clone(&settings))),
-        };
-        reader.prepare(&stream, &starts).instrument(span.clone()).await?;
+        (None, Some(_), None) => return Err(Error::config("this client cannot read with enhanced fan-out")),
+        (None, None, _) => Arc::new(PollingReader::new(Arc::clone(&api), Arc::clone(&settings))),
+    };
+    reader.prepare(&stream, &starts).instrument(span.clone()).await?;
 
-        let fatal = Fatal::new(self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token()));
-        let (control_tx, control) = mpsc::unbounded_channel();
-        let relist = Arc::new(Notify::new());
-        let membership = leases.map(|leases| {
-            let events = Control::outbox(&control_tx, Control::Group);
-            let membership = Membership::new(leases, &settings, &stream.name, events, Arc::clone(&relist));
-            membership.listed(known.as_deref().unwrap_or_default());
-            membership
-        });
-        let durable = Durable::new(&stream.name);
-        for (shard, checkpoint) in &checkpoints {
-            durable.set(shard, checkpoint);
+    let fatal = shared.fatal.clone();
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let relist = Arc::new(Notify::new());
+    let membership = leases.map(|leases| {
+        let events = Control::outbox(&control_tx, Control::Group);
+        let membership = Membership::new(leases, &settings, &stream.name, events, Arc::clone(&relist));
+        membership.listed(known.as_deref().unwrap_or_default());
+        membership
+    });
+    let durable = Durable::new(&stream.name);
+    for (shard, checkpoint) in &checkpoints {
+        durable.set(shard, checkpoint);
+    }
+    let stream_metrics = StreamMetrics::new(&stream.name);
+    let (progress, writer) = match store {
+        Some(store) => {
+            let (progress, commands) = Progress::new(&settings, fatal.clone(), durable.clone());
+            let writer = Writer {
+                durable: durable.clone(),
+                metrics: StreamMetrics::new(&stream.name),
+                store,
+                progress: Arc::clone(&progress),
+                commands,
+                settings: Arc::clone(&settings),
+                stream_name: stream.name.clone(),
+                fatal: fatal.clone(),
+                ended: Control::outbox(&control_tx, Control::EndSaved),
+                membership: membership.clone(),
+            };
+            let task = tokio::spawn(writer.run().instrument(span.clone()));
+            (Some(progress), Some(task))
         }
-        let stream_metrics = StreamMetrics::new(&stream.name);
-        let (progress, writer) = match store {
-            Some(store) => {
-                let (progress, commands) = Progress::new(&settings, fatal.clone(), durable.clone());
-                let writer = Writer {
-                    durable: durable.clone(),
-                    metrics: StreamMetrics::new(&stream.name),
-                    store,
-                    progress: Arc::clone(&progress),
-                    commands,
-                    settings: Arc::clone(&settings),
-                    stream_name: stream.name.clone(),
-                    fatal: fatal.clone(),
-                    ended: Control::outbox(&control_tx, Control::EndSaved),
-                    membership: membership.clone(),
-                };
-                let task = tokio::spawn(writer.run().instrument(span.clone()));
-                (Some(progress), Some(task))
-            }
-            None => (None, None),
-        };
-        let sync = tokio::spawn(
-            {
-                let fatal = fatal.clone();
-                let sync = sync_shards(
-                    Arc::clone(&api),
-                    Arc::clone(&stream),
-                    Arc::clone(&settings),
-                    Control::outbox(&control_tx, Control::Listed),
-                    fatal.clone(),
-                    Arc::clone(&relist),
-                );
-                async move {
-                    if let Err(error) = crate::error::catch_panic("shard sync", sync).await {
-                        fatal.report("shard sync", error);
-                    }
+        None => (None, None),
+    };
+    let sync = tokio::spawn(
+        {
+            let fatal = fatal.clone();
+            let sync = sync_shards(
+                Arc::clone(&api),
+                Arc::clone(&stream),
+                Arc::clone(&settings),
+                Control::outbox(&control_tx, Control::Listed),
+                fatal.clone(),
+                Arc::clone(&relist),
+            );
+            async move {
+                if let Err(error) = crate::error::catch_panic("shard sync", sync).await {
+                    fatal.report("shard sync", error);
                 }
             }
-            .instrument(span.clone()),
-        );
-
-        let spawner = Spawner {
-            gated: progress.is_some() && settings.checkpoint_mode == CheckpointMode::Manual,
-            reader,
-            stream: Arc::clone(&stream),
-            stream_name: Arc::from(stream.name.as_str()),
-            behind: Arc::default(),
-            settings: Arc::clone(&settings),
-            fatal: fatal.clone(),
-            span: span.clone(),
-        };
-        let mut starts = starts;
-        starts.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-        let mut slots = Vec::with_capacity(starts.len());
-        let mut streams = SelectAll::new();
-        for start in starts {
-            let (stream, slot) = spawner.spawn(slots.len(), start);
-            streams.push(stream);
-            slots.push(slot);
         }
-        let coordinator = membership.as_ref().map(|membership| {
-            let coordinator = Coordinator::new(Arc::clone(membership), Arc::clone(&settings), fatal.clone());
-            AbortOnDropHandle::new(tokio::spawn(coordinator.run().instrument(span.clone())))
-        });
-        tracing::info!(parent: &span, shards = slots.len(), "consumer started");
-        let track = progress.is_some() && settings.checkpoint_mode == CheckpointMode::Auto;
-        Ok(Consumer {
-            shards: streams,
-            current: None,
-            slots,
-            dirty: Vec::new(),
-            in_flight: None,
-            in_flight_at: Position::of(&Record::new(
-                "",
-                SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
-                "",
-                bytes::Bytes::new(),
-            )),
-            since_flush: 0,
-            progress,
-            track,
-            writer,
-            shutdown_signal: Box::pin(fatal.token().clone().cancelled_owned()),
-            fatal,
-            phase: Phase::Running,
-            error: None,
-            lineage,
-            spawner,
-            control,
-            _sync: AbortOnDropHandle::new(sync),
-            relist,
-            membership,
-            _coordinator: coordinator,
-            settings,
-            stream,
-            events: Events::new(),
-            stream_metrics,
-            durable,
-            past: HashMap::new(),
-        })
+        .instrument(span.clone()),
+    );
+
+    let spawner = Spawner {
+        gated: progress.is_some() && settings.checkpoint_mode == CheckpointMode::Manual,
+        reader,
+        stream: Arc::clone(&stream),
+        stream_name: Arc::from(stream.name.as_str()),
+        behind: Arc::default(),
+        settings: Arc::clone(&settings),
+        fatal: fatal.clone(),
+        span: span.clone(),
+    };
+    let mut starts = starts;
+    starts.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    let mut slots = Vec::with_capacity(starts.len());
+    let mut streams = SelectAll::new();
+    for start in starts {
+        let (stream, slot) = spawner.spawn(slots.len(), start);
+        streams.push(stream);
+        slots.push(slot);
     }
+    let coordinator = membership.as_ref().map(|membership| {
+        let coordinator = Coordinator::new(Arc::clone(membership), Arc::clone(&settings), fatal.clone());
+        AbortOnDropHandle::new(tokio::spawn(coordinator.run().instrument(span.clone())))
+    });
+    tracing::info!(parent: &span, shards = slots.len(), "consumer started");
+    let track = progress.is_some() && settings.checkpoint_mode == CheckpointMode::Auto;
+    Ok(Part {
+        shards: streams,
+        current: None,
+        slots,
+        dirty: Vec::new(),
+        in_flight: None,
+        in_flight_at: Position::of(&Record::new(
+            "",
+            SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
+            "",
+            bytes::Bytes::new(),
+        )),
+        since_flush: 0,
+        progress,
+        track,
+        writer,
+        shutdown_signal: Box::pin(fatal.token().clone().cancelled_owned()),
+        fatal,
+        phase: Phase::Running,
+        error: None,
+        lineage,
+        spawner,
+        control,
+        _sync: AbortOnDropHandle::new(sync),
+        relist,
+        membership,
+        _coordinator: coordinator,
+        settings,
+        stream,
+        events: shared.events.clone(),
+        stream_metrics,
+        durable,
+        past: HashMap::new(),
+    })
 }

@@ -23,6 +23,8 @@ use crate::{Error, Record};
 /// Where a record handed to a lane sits, to acknowledge it once handled.
 struct Handed {
     lane: usize,
+    /// The consumer's part (stream) it came from.
+    part: usize,
     shard: Arc<str>,
     position: Position,
 }
@@ -94,9 +96,10 @@ impl Consumer {
             return Err(Error::config("for_each_by_key needs at least one lane"));
         }
         if self
-            .progress
-            .as_ref()
-            .is_some_and(|p| p.mode() != CheckpointMode::Manual)
+            .parts
+            .iter()
+            .filter_map(|part| part.progress.as_ref())
+            .any(|p| p.mode() != CheckpointMode::Manual)
         {
             return Err(Error::config(
                 "for_each_by_key needs CheckpointMode::Manual: it checkpoints each record once its handler has finished",
@@ -110,11 +113,12 @@ impl Consumer {
             };
             (handed, outcome)
         };
-        let mut queues: Vec<VecDeque<(Record, Position)>> = (0..lanes).map(|_| VecDeque::new()).collect();
+        let mut queues: Vec<VecDeque<(Record, usize, Position)>> = (0..lanes).map(|_| VecDeque::new()).collect();
         let mut busy = vec![false; lanes];
         let mut queued = 0usize;
         // Without a store no gate holds reading back: the lanes cap it.
-        let cap = self.settings.max_unacknowledged;
+        let cap = self.parts[0].settings.max_unacknowledged;
+        let stored = self.parts[0].progress.is_some();
         let mut running = FuturesUnordered::new();
         let mut failure: Option<Error> = None;
         loop {
@@ -122,14 +126,15 @@ impl Consumer {
                 if busy[lane] {
                     continue;
                 }
-                while let Some((record, position)) = queues[lane].pop_front() {
+                while let Some((record, part, position)) = queues[lane].pop_front() {
                     queued -= 1;
-                    if !self.still_held(&record.shard_id, &position) {
+                    if !self.still_held(part, &record.shard_id, &position) {
                         continue;
                     }
                     busy[lane] = true;
                     let handed = Handed {
                         lane,
+                        part,
                         shard: Arc::clone(&record.shard_id),
                         position,
                     };
@@ -137,7 +142,7 @@ impl Consumer {
                     break;
                 }
             }
-            let pull = self.progress.is_some() || queued < cap;
+            let pull = stored || queued < cap;
             let step = std::future::poll_fn(|cx| {
                 if let Poll::Ready(Some((handed, outcome))) = running.poll_next_unpin(cx) {
                     return Poll::Ready(Step::Finished(handed, outcome));
@@ -160,7 +165,8 @@ impl Consumer {
                 }
                 Step::Record(record) => {
                     let position = Position::of(&record);
-                    queues[lane_of(&record.partition_key, lanes)].push_back((record, position));
+                    let part = self.last.unwrap_or(0);
+                    queues[lane_of(&record.partition_key, lanes)].push_back((record, part, position));
                     queued += 1;
                 }
                 Step::Stopping => break,
@@ -168,8 +174,8 @@ impl Consumer {
         }
         // Queued records are dropped unhandled: no checkpoint covers them.
         drop(queues);
-        self.fatal.stop();
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        self.parts[0].fatal.stop();
+        let deadline = tokio::time::Instant::now() + self.parts[0].settings.shutdown_timeout;
         // Moved in as `&mut`, not borrowed as `&`: the future stays Send
         // with a Consumer that is Send but not Sync.
         let (this, running_now, failed) = (&mut *self, &mut running, &mut failure);
@@ -190,7 +196,7 @@ impl Consumer {
         drop(running);
         if let Some(error) = &failure {
             tracing::error!(error = %error, source = ?std::error::Error::source(error), "a handler failed");
-            self.error.get_or_insert(error.clone());
+            self.parts[0].error.get_or_insert(error.clone());
         }
         let closed = self.close().await;
         match failure {
@@ -201,12 +207,13 @@ impl Consumer {
 
     /// Whether `shard` is still this consumer's to read, so a queued record
     /// of it may start: not after its lease was lost or handed over.
-    fn still_held(&self, shard: &Arc<str>, position: &Position) -> bool {
-        let tracked = self
+    fn still_held(&self, part: usize, shard: &Arc<str>, position: &Position) -> bool {
+        let part = &self.parts[part];
+        let tracked = part
             .progress
             .as_ref()
             .is_none_or(|progress| progress.is_delivered(shard, position));
-        let leased = self.membership.as_ref().is_none_or(|m| m.may_deliver(shard));
+        let leased = part.membership.as_ref().is_none_or(|m| m.may_deliver(shard));
         tracked && leased
     }
 
@@ -214,7 +221,7 @@ impl Consumer {
     /// that ends the consumer.
     fn finished(&self, handed: Handed, outcome: Outcome) -> Result<(), Error> {
         match outcome {
-            Ok(()) => match &self.progress {
+            Ok(()) => match &self.parts[handed.part].progress {
                 Some(progress) => match progress.acknowledge_at(&handed.shard, &handed.position) {
                     // Its lease went while it ran: the new owner reads it again.
                     Err(Error::UnknownRecord { .. }) => Ok(()),

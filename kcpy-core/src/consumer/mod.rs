@@ -1,50 +1,36 @@
-//! The consumer: a `Stream` of records over every shard of a stream. This
-//! file holds its public face and its `poll_next`; `builder` wires it up,
-//! `shards` starts and stops the readers of shards, `discovery` lists the
-//! stream, `startup` loads checkpoints, `shutdown` stops it.
+//! The consumer: a `Stream` of records over every shard of one or more
+//! streams. This file holds its public face and its `poll_next`, which takes
+//! records from each stream's [`part`] in turn; `builder` wires it up,
+//! `part` hands out one stream's records, `shards` starts and stops the
+//! readers of shards, `discovery` lists a stream, `startup` loads
+//! checkpoints, `shutdown` stops it.
 
 mod builder;
 mod discovery;
 mod lanes;
 mod observe;
+mod part;
 mod shards;
 mod shutdown;
 mod startup;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
-use futures::stream::SelectAll;
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
-use tokio_util::sync::WaitForCancellationFutureOwned;
-use tokio_util::task::AbortOnDropHandle;
 
-pub use builder::ConsumerBuilder;
+pub use builder::{ConsumerBuilder, StreamSpec};
 pub use shutdown::ShutdownHandle;
 
-use self::discovery::Listing;
-use self::shards::{Batch, ShardSlot, ShardStream, Spawner};
-use self::shutdown::Phase;
-use crate::checkpoint::{EndSaved, Position, Progress};
-use crate::config::Settings;
-use crate::group::{GroupEvent, Membership};
-use crate::kinesis::{SdkKinesis, StreamRef};
-use crate::lineage::Lineage;
-use crate::read::ShardEvent;
-use crate::signal::{Fatal, Outbox};
-use crate::telemetry::{ConsumerEvent, Durable, Events, StreamMetrics};
+use self::part::Part;
+use crate::kinesis::SdkKinesis;
 #[cfg(doc)]
 use crate::CheckpointMode;
 use crate::{Checkpointer, Error, Record};
 
-/// Reads every shard of a Kinesis stream as one [`Stream`] of [`Record`]s.
+/// Reads every shard of a Kinesis stream — or of several streams — as one
+/// [`Stream`] of [`Record`]s.
 ///
 /// Records of one shard arrive in shard order; shards are interleaved. Across
 /// a reshard, a shard is read only after its parents were read to their end,
@@ -64,76 +50,36 @@ use crate::{Checkpointer, Error, Record};
 /// without waiting; prefer [`Consumer::close`] or a [`ShutdownHandle`] to
 /// wait for that. Shutdown progresses while the consumer is polled (by
 /// `next()` or `close()`).
+///
+/// A consumer of several streams ([`ConsumerBuilder::add_stream`]) reads
+/// each with its own shards, lineage and start position, and every record
+/// names its [`stream`](Record::stream). A fatal error of one stream (it was
+/// deleted, access to it was denied) stops the whole consumer, as one of a
+/// single stream stops: the checkpoints of every stream's processed records
+/// are written, and [`Consumer::error`] names the stream.
 #[must_use = "a Consumer does nothing unless polled"]
 pub struct Consumer {
-    shards: SelectAll<ShardStream>,
-    current: Option<Batch>,
-    slots: Vec<ShardSlot>,
-    /// Slots whose processed position changed since the last hand-over.
-    dirty: Vec<usize>,
-    /// The slot of the record handed out last, while it is not yet processed.
-    in_flight: Option<usize>,
-    in_flight_at: Position,
-    since_flush: u64,
-    progress: Option<Arc<Progress>>,
-    /// Auto mode with a store: positions are tracked per record.
-    track: bool,
-    writer: Option<JoinHandle<Result<(), Error>>>,
-    /// The stop, asked for or forced by a fatal error from any task.
-    fatal: Fatal,
-    shutdown_signal: Pin<Box<WaitForCancellationFutureOwned>>,
-    phase: Phase,
-    /// The fatal error, once the consumer has stopped because of it.
-    error: Option<Error>,
-    lineage: Lineage,
-    spawner: Spawner,
-    /// News from the background tasks, each sent as that task's own event.
-    control: mpsc::UnboundedReceiver<Control>,
-    _sync: AbortOnDropHandle<()>,
-    /// Asks the shard sync task for a listing now.
-    relist: Arc<Notify>,
-    /// With a lease store: the leases held, and the task that keeps them.
-    membership: Option<Arc<Membership>>,
-    _coordinator: Option<AbortOnDropHandle<()>>,
-    settings: Arc<Settings>,
-    stream: Arc<StreamRef>,
-    events: Events,
-    stream_metrics: StreamMetrics,
-    durable: Durable,
-    /// What lag() shows of shards whose slot was reused: the last
-    /// delivered position.
-    past: HashMap<Arc<str>, Option<Position>>,
-}
-
-/// News for the consumer from its background tasks, as each task sent it.
-#[derive(Debug)]
-enum Control {
-    /// The checkpoint writer saved a shard's end: its children may start.
-    EndSaved(EndSaved),
-    /// The shard sync task listed the stream's shards again.
-    Listed(Listing),
-    /// The group's coordinator took, lost or was asked for a lease.
-    Group(GroupEvent),
-}
-
-impl Control {
-    /// An outbox that brings a task's events to the consumer as `Control`.
-    fn outbox<T: 'static>(tx: &mpsc::UnboundedSender<Control>, wrap: fn(T) -> Control) -> Outbox<T> {
-        let tx = tx.clone();
-        Outbox::new(move |event| {
-            // The consumer is gone: nobody needs the news.
-            let _ = tx.send(wrap(event));
-        })
-    }
+    /// One per stream, in the order they were configured; they share one
+    /// stop ([`ShutdownHandle`]) and one stream of events.
+    parts: Vec<Part>,
+    /// The part asked first for the next record: parts take turns, so a
+    /// stream with a backlog does not starve the others.
+    turn: usize,
+    /// The part of the record handed out last.
+    last: Option<usize>,
+    checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("stream", &self.stream.configured)
-            .field("consumer_name", &self.settings.consumer_name)
-            .field("shards", &self.slots.len())
-            .field("error", &self.error)
+            .field(
+                "streams",
+                &self.parts.iter().map(|p| &p.stream.configured).collect::<Vec<_>>(),
+            )
+            .field("consumer_name", &self.first().settings.consumer_name)
+            .field("shards", &self.parts.iter().map(|p| p.slots.len()).sum::<usize>())
+            .field("error", &self.error())
             .finish_non_exhaustive()
     }
 }
@@ -154,49 +100,69 @@ impl Consumer {
         ConsumerBuilder::with_api(Arc::clone(&sdk) as _, stream.into()).with_fan_out_api(sdk)
     }
 
-    /// The fatal error that ended the stream, if one did.
-    pub fn error(&self) -> Option<&Error> {
-        self.error.as_ref()
+    fn new(parts: Vec<Part>) -> Self {
+        debug_assert!(!parts.is_empty());
+        let checkpointer = Checkpointer {
+            streams: parts.iter().map(Part::checkpointer).collect(),
+        };
+        Self {
+            parts,
+            turn: 0,
+            last: None,
+            checkpointer,
+        }
     }
 
-    /// The stream's name (also when it was configured by ARN).
+    fn first(&self) -> &Part {
+        &self.parts[0]
+    }
+
+    /// The fatal error that ended the stream, if one did.
+    pub fn error(&self) -> Option<&Error> {
+        self.parts.iter().find_map(|part| part.error.as_ref())
+    }
+
+    /// The stream's name (also when it was configured by ARN); with several
+    /// streams, the first one's (see [`stream_names`](Self::stream_names)).
     pub fn stream_name(&self) -> &str {
-        &self.stream.name
+        &self.first().stream.name
+    }
+
+    /// The names of the streams read, in the order they were configured.
+    pub fn stream_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|part| part.stream.name.as_str())
     }
 
     /// The shards being read now (not those finished or waiting for their
-    /// parents to finish).
+    /// parents to finish), of every stream.
     pub fn shard_ids(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().filter(|slot| !slot.ended).map(|slot| &*slot.id)
+        self.parts
+            .iter()
+            .flat_map(|part| part.slots.iter().filter(|slot| !slot.ended).map(|slot| &*slot.id))
     }
 
     /// This process's id in its consumer group (see
     /// [`ConsumerBuilder::worker_id`]), when it has a lease store.
     pub fn worker_id(&self) -> Option<&str> {
-        self.membership.as_ref().map(|m| m.worker.as_str())
+        self.first().membership.as_ref().map(|m| m.worker.as_str())
     }
 
     /// A handle that stops this consumer from anywhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            fatal: self.fatal.clone(),
+            fatal: self.first().fatal.clone(),
         }
     }
 
     /// A handle to mark records processed in [`CheckpointMode::Manual`].
     pub fn checkpointer(&self) -> Checkpointer {
-        Checkpointer {
-            progress: self.progress.clone(),
-            membership: self.membership.clone(),
-            consumer_name: Arc::from(self.settings.consumer_name.as_str()),
-            stream_name: Arc::from(self.stream.name.as_str()),
-        }
+        self.checkpointer.clone()
     }
 
     /// Marks `record` processed ([`CheckpointMode::Manual`]); see
     /// [`Checkpointer::checkpoint`].
     pub fn checkpoint(&self, record: &Record) -> Result<(), Error> {
-        self.checkpointer().checkpoint(record)
+        self.checkpointer.checkpoint(record)
     }
 
     /// The next records of one shard, at most `max` (and at least one): what
@@ -214,34 +180,8 @@ impl Consumer {
         let first = self.next().await?;
         let mut batch = Vec::with_capacity(max.clamp(1, 1024));
         batch.push(first);
-        // The rest comes from the batch `first` was taken from: one shard, in
-        // order, so the last record's position covers all of them.
-        while batch.len() < max && !self.fatal.is_stopping() {
-            // A lease lost or asked for is acted on before another record.
-            if self
-                .membership
-                .as_ref()
-                .is_some_and(|m| m.alert.load(Ordering::Acquire))
-            {
-                break;
-            }
-            if !self.batch_deliverable() {
-                break;
-            }
-            match self.current.as_mut().and_then(|current| current.records.next()) {
-                Some(record) => {
-                    if let Some(current) = &self.current {
-                        self.slots[current.slot].hand_out(&record);
-                    }
-                    batch.push(record);
-                }
-                None => break,
-            }
-        }
-        if self.in_flight.is_some() {
-            if let Some(last) = batch.last() {
-                self.in_flight_at.assign(last);
-            }
+        if let Some(last) = self.last {
+            self.parts[last].continue_batch(&mut batch, max);
         }
         Some(batch)
     }
@@ -254,157 +194,48 @@ impl Consumer {
     /// ask for the next item first (or checkpoint it in manual mode) if it was.
     /// Returns the fatal error that ended the stream, if any.
     pub async fn close(&mut self) -> Result<(), Error> {
-        self.in_flight = None;
-        self.begin_closing();
+        self.last = None;
+        for part in &mut self.parts {
+            part.in_flight = None;
+            part.begin_closing();
+        }
         // Closing hands out no records; this only drives the final flush.
         while self.next().await.is_some() {}
-        self.error.clone().map_or(Ok(()), Err)
+        self.error().cloned().map_or(Ok(()), Err)
     }
 
-    /// Whether the current batch's lease still lets its next record out: past
-    /// the lease as last confirmed, the membership is asked again (renewals
-    /// may have come since; if none did, the lease counts as lost and the
-    /// shard is stopped, the rest of the batch dropped).
-    fn batch_deliverable(&mut self) -> bool {
-        let (Some(batch), Some(membership)) = (&mut self.current, &self.membership) else {
-            return true;
-        };
-        let Some(until) = batch.until else {
-            return true;
-        };
-        if tokio::time::Instant::now() < until {
-            return true;
+    /// The next record, from the parts in turn. With `hold`, a stop asked
+    /// for (or forced by a fatal error) ends the records without closing:
+    /// the caller finishes what it holds first, then closes.
+    fn poll_record(&mut self, cx: &mut Context<'_>, hold: bool) -> Poll<Option<Record>> {
+        if let Some(last) = self.last.take() {
+            self.parts[last].settle();
         }
-        let shard = Arc::clone(&self.slots[batch.slot].id);
-        if membership.may_deliver(&shard) {
-            batch.until = Some(
-                membership
-                    .deliverable_until(&shard)
-                    .unwrap_or_else(tokio::time::Instant::now),
-            );
-            return true;
-        }
-        self.stop_shard(&shard);
-        false
-    }
-
-    fn mark_processed(&mut self, slot: usize) {
-        let entry = &mut self.slots[slot];
-        match &mut entry.processed {
-            Some(processed) => std::mem::swap(processed, &mut self.in_flight_at),
-            None => entry.processed = Some(self.in_flight_at.clone()),
-        }
-        // The record handed out last was this slot's.
-        entry.processed_count = entry.handed;
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(slot);
-        }
-        self.since_flush += 1;
-    }
-
-    /// Hands the processed positions to the checkpoint writer.
-    fn hand_over(&mut self) {
-        self.since_flush = 0;
-        let Some(progress) = &self.progress else {
-            return;
-        };
-        progress.flush_due.store(false, Ordering::Relaxed);
-        // What each shard read has handed out, for CheckpointLag.
-        for slot in self.slots.iter().filter(|slot| !slot.ended) {
-            self.durable.handed(&slot.id, slot.handed);
-        }
-        if self.dirty.is_empty() {
-            return;
-        }
-        let slots = &mut self.slots;
-        for &slot in &self.dirty {
-            slots[slot].dirty = false;
-        }
-        progress.submit(self.dirty.drain(..).filter_map(|slot| {
-            let entry = &slots[slot];
-            entry
-                .processed
-                .as_ref()
-                .map(|at| (&entry.id, at, entry.processed_count))
-        }));
-    }
-
-    fn on_control(&mut self, control: Control) {
-        match control {
-            Control::EndSaved(EndSaved(shard)) => {
-                tracing::info!(parent: &self.spawner.span, %shard, "shard finished");
-                self.durable.set(&shard, &crate::Checkpoint::ShardEnd);
-                self.events.send(ConsumerEvent::ShardFinished {
-                    shard_id: shard.to_string(),
-                });
-                let starts = self.lineage.finished(&shard, SystemTime::now());
-                self.start(starts);
+        if let [only] = self.parts.as_mut_slice() {
+            let next = only.poll_record(cx, hold);
+            if matches!(next, Poll::Ready(Some(_))) {
+                self.last = Some(0);
             }
-            Control::Listed(Listing(shards)) => {
-                if let Some(membership) = &self.membership {
-                    membership.listed(&shards);
+            return next;
+        }
+        let count = self.parts.len();
+        let mut ended = 0;
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            match self.parts[index].poll_record(cx, hold) {
+                Poll::Ready(Some(record)) => {
+                    self.last = Some(index);
+                    self.turn = (index + 1) % count;
+                    return Poll::Ready(Some(record));
                 }
-                if let Some(progress) = &self.progress {
-                    progress.listed(&shards.iter().map(|s| s.shard_id.as_str()).collect());
-                }
-                let starts = self.lineage.listed(shards, SystemTime::now());
-                self.start(starts);
+                Poll::Ready(None) => ended += 1,
+                Poll::Pending => {}
             }
-            Control::Group(GroupEvent::Acquired(lease)) => {
-                let shard = lease.key.shard_id.as_str();
-                tracing::info!(parent: &self.spawner.span, %shard, epoch = lease.epoch, "lease acquired");
-                if let Some(checkpoint) = &lease.checkpoint {
-                    self.durable.set(shard, checkpoint);
-                }
-                self.durable.restart(shard);
-                self.stream_metrics.lease_taken();
-                self.events.send(ConsumerEvent::LeaseAcquired {
-                    shard_id: shard.to_owned(),
-                    epoch: lease.epoch,
-                });
-                let (starts, skipped) =
-                    self.lineage
-                        .acquire(shard, &lease.parents, lease.checkpoint.as_ref(), SystemTime::now());
-                self.start(starts);
-                if let (true, Some(progress)) = (skipped, &self.progress) {
-                    // Closed and skipped under LATEST: nothing to read here.
-                    progress.end_shard(&Arc::from(shard));
-                }
-            }
-            Control::Group(GroupEvent::Lost(shard)) => {
-                self.stream_metrics.lease_lost();
-                self.durable.forget(&shard);
-                self.events.send(ConsumerEvent::LeaseLost {
-                    shard_id: shard.to_string(),
-                });
-                self.stop_shard(&shard);
-                self.lineage.release(&shard);
-                if let Some(progress) = &self.progress {
-                    progress.forget(&shard);
-                }
-            }
-            Control::Group(GroupEvent::Requested { shard, from }) => {
-                self.events.send(ConsumerEvent::LeaseRequested {
-                    shard_id: shard.to_string(),
-                    from,
-                });
-            }
-            Control::Group(GroupEvent::Release { shard, to }) => {
-                self.stream_metrics.lease_handed_over();
-                self.durable.forget(&shard);
-                self.events.send(ConsumerEvent::LeaseHandedOver {
-                    shard_id: shard.to_string(),
-                    to: to.clone(),
-                });
-                // Processed positions first, so the handoff saves them.
-                self.hand_over();
-                self.stop_shard(&shard);
-                self.lineage.release(&shard);
-                if let Some(progress) = &self.progress {
-                    progress.release(&shard, to);
-                }
-            }
+        }
+        if ended == count {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -414,132 +245,6 @@ impl Stream for Consumer {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Record>> {
         self.get_mut().poll_record(cx, false)
-    }
-}
-
-impl Consumer {
-    /// The next record. With `hold`, a stop asked for (or forced by a fatal
-    /// error) ends the records without closing: the caller finishes what it
-    /// holds first, then closes.
-    fn poll_record(&mut self, cx: &mut Context<'_>, hold: bool) -> Poll<Option<Record>> {
-        let this = self;
-        // Asking for the next record means the previous one was processed.
-        if let Some(slot) = this.in_flight.take() {
-            this.mark_processed(slot);
-        }
-        loop {
-            match &mut this.phase {
-                Phase::Running => {}
-                Phase::Closing(closing) => {
-                    let result = std::task::ready!(closing.as_mut().poll(cx));
-                    if let Err(error) = result {
-                        tracing::error!(error = %error, "consumer stopped with an error");
-                        this.error.get_or_insert(error);
-                    }
-                    if let Some(error) = this.fatal.error() {
-                        this.error.get_or_insert(error);
-                    }
-                    this.phase = Phase::Done;
-                    return Poll::Ready(None);
-                }
-                Phase::Done => return Poll::Ready(None),
-            }
-            if this.fatal.is_stopping() {
-                if hold && matches!(this.phase, Phase::Running) {
-                    return Poll::Ready(None);
-                }
-                this.begin_closing();
-                continue;
-            }
-            // A lease lost or asked for: act before the next record. A plain
-            // load per record; the swap only when there is news.
-            if this
-                .membership
-                .as_ref()
-                .is_some_and(|m| m.alert.load(Ordering::Acquire) && m.alert.swap(false, Ordering::AcqRel))
-            {
-                while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
-                    this.on_control(control);
-                }
-                continue;
-            }
-            if this.track
-                && (this.since_flush >= this.settings.checkpoint_every
-                    || this
-                        .progress
-                        .as_ref()
-                        .is_some_and(|p| p.flush_due.load(Ordering::Relaxed)))
-            {
-                this.hand_over();
-            }
-            if !this.batch_deliverable() {
-                continue;
-            }
-            if let Some(batch) = &mut this.current {
-                if let Some(record) = batch.records.next() {
-                    this.slots[batch.slot].hand_out(&record);
-                    if this.track {
-                        this.in_flight_at.assign(&record);
-                        this.in_flight = Some(batch.slot);
-                    }
-                    return Poll::Ready(Some(record));
-                }
-                this.current = None;
-            }
-            // Between batches: news of finished and new shards.
-            while let Poll::Ready(Some(control)) = this.control.poll_recv(cx) {
-                this.on_control(control);
-            }
-            if !matches!(this.phase, Phase::Running) {
-                continue;
-            }
-            match this.shards.poll_next_unpin(cx) {
-                Poll::Ready(Some((slot, ShardEvent::Records(records)))) => {
-                    if let Some(membership) = &this.membership {
-                        // Paused past the lease (or asked to hand it over):
-                        // these may be another worker's records by now. A
-                        // dropped batch stops the shard, so nothing it
-                        // fetched later (its end above all) counts as read.
-                        if !membership.may_deliver(&this.slots[slot].id) {
-                            let shard = Arc::clone(&this.slots[slot].id);
-                            this.stop_shard(&shard);
-                            continue;
-                        }
-                    }
-                    if let (Some(progress), Some(gate)) = (&this.progress, &this.slots[slot].gate) {
-                        progress.register(&this.slots[slot].id, &records, gate);
-                    }
-                    this.took(slot, &records);
-                    let until = this.membership.as_ref().map(|m| {
-                        m.deliverable_until(&this.slots[slot].id)
-                            .unwrap_or_else(tokio::time::Instant::now)
-                    });
-                    this.current = Some(Batch {
-                        slot,
-                        records: records.into_iter(),
-                        until,
-                    });
-                }
-                Poll::Ready(Some((slot, ShardEvent::End(children)))) => this.on_shard_end(slot, children),
-                // No shard is being read right now: children may still come.
-                Poll::Ready(None) | Poll::Pending => {
-                    if let Some(progress) = &this.progress {
-                        progress.waker.register(cx.waker());
-                        if this.track && progress.flush_due.load(Ordering::Acquire) {
-                            this.hand_over();
-                        }
-                    }
-                    if this.shutdown_signal.as_mut().poll(cx).is_ready() {
-                        if hold {
-                            return Poll::Ready(None);
-                        }
-                        this.begin_closing();
-                        continue;
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
     }
 }
 

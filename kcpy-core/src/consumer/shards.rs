@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::Consumer;
+use super::part::Part;
 use crate::checkpoint::{Gate, Position};
 use crate::config::Settings;
 use crate::kinesis::{ShardInfo, StreamRef};
@@ -47,7 +47,7 @@ impl Spawner {
         let gone = Arc::new(AtomicBool::new(false));
         let metrics = ShardMetrics::new(&self.stream_name, &shard_id, &self.behind);
         let read = ReadShard {
-            stream: Arc::clone(&self.stream),
+            stream: Arc::new(self.stream.for_shard()),
             shard_id: Arc::clone(&shard_id),
             position: start.position,
             fallback: start.fallback,
@@ -147,7 +147,7 @@ impl Stream for ShardStream {
     }
 }
 
-impl Consumer {
+impl Part {
     /// Starts the shards the lineage says may start now.
     pub(super) fn start(&mut self, starts: Vec<Start>) {
         for start in starts {
@@ -156,6 +156,7 @@ impl Consumer {
             }
             tracing::info!(parent: &self.spawner.span, shard = %start.shard_id, position = ?start.position, "starting shard");
             self.events.send(ConsumerEvent::ShardStarted {
+                stream_name: self.spawner.stream.name.clone(),
                 shard_id: start.shard_id.clone(),
             });
             match self.free_slot() {
@@ -240,6 +241,7 @@ impl Consumer {
             None => {
                 // Without a store the end needs no saving: finished now.
                 self.events.send(ConsumerEvent::ShardFinished {
+                    stream_name: self.stream.name.clone(),
                     shard_id: shard.to_string(),
                 });
                 let starts = self.lineage.finished(&shard, now);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::stream::SelectAll;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::Consumer;
+use super::part::Part;
 use crate::signal::Fatal;
 use crate::Error;
 
@@ -18,7 +18,7 @@ pub(super) enum Phase {
     Done,
 }
 
-impl Consumer {
+impl Part {
     pub(super) fn begin_closing(&mut self) {
         if !matches!(self.phase, Phase::Running) {
             return;
@@ -60,7 +60,7 @@ impl Consumer {
     }
 }
 
-impl Drop for Consumer {
+impl Drop for Part {
     fn drop(&mut self) {
         if matches!(self.phase, Phase::Running) {
             self.fatal.stop();

@@ -136,7 +136,7 @@ impl EventStream {
     }
 
     fn event(&self, message: &Message) -> Result<SubscriptionEvent, ApiError> {
-        let parsed = parse_records(message.payload(), &self.shard_id).map_err(invalid)?;
+        let parsed = parse_records(message.payload(), &self.stream.label, &self.shard_id).map_err(invalid)?;
         let continuation = match parsed.continuation.as_deref() {
             None | Some("") => None,
             Some(text) => {

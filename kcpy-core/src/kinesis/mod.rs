@@ -30,6 +30,8 @@ pub(crate) struct StreamRef {
     pub(crate) configured: String,
     pub(crate) name: String,
     pub(crate) arn: Option<String>,
+    /// The name as records carry it.
+    pub(crate) label: Arc<str>,
 }
 
 impl StreamRef {
@@ -49,6 +51,7 @@ impl StreamRef {
                     configured: stream.to_owned(),
                     name: name.to_owned(),
                     arn: Some(stream.to_owned()),
+                    label: Arc::from(name),
                 }),
                 _ => Err(Error::config(format!("{stream:?} is not a Kinesis stream ARN"))),
             };
@@ -62,7 +65,18 @@ impl StreamRef {
             configured: stream.to_owned(),
             name: stream.to_owned(),
             arn: None,
+            label: Arc::from(stream),
         })
+    }
+
+    /// A copy for one shard's reader, with a label of its own: records of
+    /// different shards, read on different threads, then share no
+    /// reference count.
+    pub(crate) fn for_shard(&self) -> Self {
+        Self {
+            label: Arc::from(&*self.label),
+            ..self.clone()
+        }
     }
 }
 
@@ -74,6 +88,7 @@ impl StreamRef {
             configured: arn.to_owned(),
             name: arn.to_owned(),
             arn: Some(arn.to_owned()),
+            label: Arc::from(arn),
         }
     }
 }

@@ -196,9 +196,9 @@ fn invalid(message: impl Into<String>) -> Error {
     }
 }
 
-/// Parses a captured GetRecords body into records of `shard_id`.
-pub(crate) fn parse_page(body: &[u8], shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
-    let parsed = parse_records(body, shard_id).map_err(invalid)?;
+/// Parses a captured GetRecords body into records of `shard_id` of `stream`.
+pub(crate) fn parse_page(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
+    let parsed = parse_records(body, stream, shard_id).map_err(invalid)?;
     Ok(RecordsPage {
         records: parsed.records,
         next_iterator: parsed.next_iterator,
@@ -220,8 +220,8 @@ pub(crate) struct Parsed {
 }
 
 /// Parses a GetRecords body or a SubscribeToShardEvent payload into records
-/// of `shard_id`; the error says what is wrong with it.
-pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, String> {
+/// of `shard_id` of `stream`; the error says what is wrong with it.
+pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
     // One check of the whole body spares serde_json a check of every string.
     let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
     let raw: RawPage<'_> = serde_json::from_str(body).map_err(|e| format!("unreadable JSON: {e}"))?;
@@ -247,6 +247,7 @@ pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, 
             partition_key: record.partition_key.into_owned(),
             sequence_number,
             shard_id: Arc::clone(shard_id),
+            stream: Arc::clone(stream),
             approximate_arrival_timestamp: record
                 .approximate_arrival_timestamp
                 .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
@@ -289,6 +290,7 @@ pub(crate) fn parse_records(body: &[u8], shard_id: &Arc<str>) -> Result<Parsed, 
 pub(crate) fn records_from_sdk(
     operation: &'static str,
     records: Vec<aws_sdk_kinesis::types::Record>,
+    stream: &Arc<str>,
     shard_id: &Arc<str>,
     millis_behind_latest: Option<i64>,
 ) -> Result<Vec<Record>, Error> {
@@ -305,6 +307,7 @@ pub(crate) fn records_from_sdk(
                 partition_key: record.partition_key.unwrap_or_default(),
                 sequence_number,
                 shard_id: Arc::clone(shard_id),
+                stream: Arc::clone(stream),
                 approximate_arrival_timestamp: record
                     .approximate_arrival_timestamp
                     .and_then(|at| SystemTime::try_from(at).ok()),
@@ -350,7 +353,7 @@ mod tests {
             {"SequenceNumber":"49590338271490256608559692538361571095921575989136588898","ApproximateArrivalTimestamp":1.7e9,"Data":"aGVsbG8=","PartitionKey":"a"},
             {"SequenceNumber":"49590338271490256608559692538361571095921575989136588899","Data":"","PartitionKey":"b\"c","EncryptionType":"NONE"}
         ],"NextShardIterator":"next","MillisBehindLatest":12}"#;
-        let page = parse_page(body, &shard()).expect("parses");
+        let page = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
         assert_eq!(page.records.len(), 2);
         assert_eq!(&page.records[0].data[..], b"hello");
         assert_eq!(page.records[0].partition_key, "a");
@@ -370,7 +373,7 @@ mod tests {
         let body = br#"{"Records":null,"NextShardIterator":null,"MillisBehindLatest":0,"ChildShards":[
             {"ShardId":"shardId-000000000003","ParentShards":["shardId-000000000001","shardId-000000000002"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"1"}}
         ]}"#;
-        let page = parse_page(body, &shard()).expect("parses");
+        let page = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
         assert_eq!(page.next_iterator, None);
         let child = &page.child_shards[0];
         assert_eq!(child.shard_id, "shardId-000000000003");
@@ -418,7 +421,10 @@ mod tests {
             br#"{"Records":[{"Data":"","PartitionKey":"a"}]}"#,
         ] {
             assert!(
-                matches!(parse_page(body, &shard()), Err(Error::InvalidResponse { .. })),
+                matches!(
+                    parse_page(body, &Arc::from("s"), &shard()),
+                    Err(Error::InvalidResponse { .. })
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );

@@ -127,7 +127,7 @@ impl KinesisApi for SdkKinesis {
     ) -> Result<RecordsPage, ApiError> {
         if let Some(route) = self.route.get() {
             let body = route.get_records(stream, iterator, limit).await?;
-            return parse_page(&body, shard_id).map_err(ApiError::Fatal);
+            return parse_page(&body, &stream.label, shard_id).map_err(ApiError::Fatal);
         }
         let slot = Slot::default();
         let mut request = self
@@ -148,11 +148,17 @@ impl KinesisApi for SdkKinesis {
         let output = request.send().await.map_err(|e| classify(e, "GetRecords", stream))?;
         let captured = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(body) = captured {
-            return parse_page(&body.map_err(ApiError::Fatal)?, shard_id).map_err(ApiError::Fatal);
+            return parse_page(&body.map_err(ApiError::Fatal)?, &stream.label, shard_id).map_err(ApiError::Fatal);
         }
         // Not captured (the interceptor did not run): the SDK parsed it.
-        let records = records_from_sdk("GetRecords", output.records, shard_id, output.millis_behind_latest)
-            .map_err(ApiError::Fatal)?;
+        let records = records_from_sdk(
+            "GetRecords",
+            output.records,
+            &stream.label,
+            shard_id,
+            output.millis_behind_latest,
+        )
+        .map_err(ApiError::Fatal)?;
         let child_shards = children_from_sdk(output.child_shards.unwrap_or_default());
         Ok(RecordsPage {
             records,

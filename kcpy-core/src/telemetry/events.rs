@@ -9,17 +9,23 @@ use tokio::sync::broadcast;
 pub enum ConsumerEvent {
     /// Reading of a shard started (or started again, after a lease came back).
     ShardStarted {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
     },
     /// A shard was read to its end and its end checkpointed; its children
     /// may start.
     ShardFinished {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
     },
     /// This worker took a shard's lease.
     LeaseAcquired {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
         /// The lease's epoch: it grows with every change of holder.
@@ -29,6 +35,8 @@ pub enum ConsumerEvent {
     /// Nothing more of the shard is delivered, and no later checkpoint of
     /// it is saved by this worker.
     LeaseLost {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
     },
@@ -36,6 +44,8 @@ pub enum ConsumerEvent {
     /// share, asked the worker holding most for one of them. It comes as
     /// [`LeaseAcquired`](Self::LeaseAcquired) once handed over.
     LeaseRequested {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
         /// The worker asked.
@@ -44,6 +54,8 @@ pub enum ConsumerEvent {
     /// This worker handed a shard's lease to another that asked for it, to
     /// balance the group; its processed records were checkpointed first.
     LeaseHandedOver {
+        /// The shard's stream.
+        stream_name: String,
         /// The shard.
         shard_id: String,
         /// The worker it went to.

@@ -6,6 +6,8 @@ use crate::Checkpoint;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ShardLag {
+    /// The stream of the shard.
+    pub stream_name: String,
     /// The shard.
     pub shard_id: String,
     /// What the consumer is doing with it.

@@ -22,7 +22,9 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::*;
-use crate::kinesis::{ApiError, DynKinesis, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage};
+use crate::kinesis::{
+    ApiError, DynKinesis, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage, StreamRef,
+};
 use crate::{CancellationToken, SequenceNumber, StartPosition};
 use crate::{Checkpoint, CheckpointError, CheckpointKey, CheckpointMode, CheckpointStore, ConsumerBuilder};
 

@@ -282,5 +282,9 @@ async fn the_slots_of_finished_shards_are_reused_so_reshards_do_not_grow_the_con
         .expect("build");
     assert_eq!(take(&mut consumer, 4).await, [1, 2, 3, 4]);
     assert_eq!(consumer.shard_ids().collect::<Vec<_>>(), ["D"]);
-    assert_eq!(consumer.slots.len(), 1, "each child took its finished parent's slot");
+    assert_eq!(
+        consumer.parts[0].slots.len(),
+        1,
+        "each child took its finished parent's slot"
+    );
 }
