@@ -19,7 +19,7 @@ use super::startup::{load_checkpoints, save_marks};
 use super::Consumer;
 use crate::checkpoint::{Position, Progress, Writer};
 use crate::config::Settings;
-use crate::group::{Coordinator, Membership};
+use crate::group::{Coordinator, Membership, Tally};
 use crate::kinesis::{DynFanOut, DynKinesis, SdkKinesis, StreamRef};
 use crate::lineage::Lineage;
 use crate::read::{resolve, DynReader, FanOut, FanOutReader, PollingReader};
@@ -426,6 +426,7 @@ impl ConsumerBuilder {
             leases: self.leases,
             reader: self.reader,
             fan_out: self.fan_out,
+            tally: Arc::default(),
         };
         let mut parts = Vec::with_capacity(sources.len());
         for source in sources {
@@ -453,6 +454,8 @@ struct Shared {
     leases: Option<Arc<dyn LeaseStore>>,
     reader: Option<DynReader>,
     fan_out: Option<FanOut>,
+    /// The group's counts of every stream, for balancing them together.
+    tally: Arc<Tally>,
 }
 
 /// Lists one stream's shards, loads their checkpoints, positions each shard
@@ -583,7 +586,12 @@ async fn build_part(source: Source, settings: Arc<Settings>, shared: &Shared) ->
         slots.push(slot);
     }
     let coordinator = membership.as_ref().map(|membership| {
-        let coordinator = Coordinator::new(Arc::clone(membership), Arc::clone(&settings), fatal.clone());
+        let coordinator = Coordinator::new(
+            Arc::clone(membership),
+            Arc::clone(&settings),
+            fatal.clone(),
+            Arc::clone(&shared.tally),
+        );
         AbortOnDropHandle::new(tokio::spawn(coordinator.run().instrument(span.clone())))
     });
     tracing::info!(parent: &span, shards = slots.len(), "consumer started");

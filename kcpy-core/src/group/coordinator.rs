@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::membership::Held;
 use super::membership::{GroupEvent, Membership};
 use super::plan::{children_of, has_leased_descendant, View};
+use super::tally::{elsewhere, Tally};
 use crate::config::Settings;
 use crate::kinesis::ShardInfo;
 use crate::lineage::parents_of;
@@ -41,10 +42,12 @@ pub(crate) struct Coordinator {
     /// Shards the store had leases for before this process listed them.
     asked: HashSet<String>,
     metrics: StreamMetrics,
+    /// Shared with the coordinators of the consumer's other streams.
+    tally: Arc<Tally>,
 }
 
 impl Coordinator {
-    pub(crate) fn new(membership: Arc<Membership>, settings: Arc<Settings>, fatal: Fatal) -> Self {
+    pub(crate) fn new(membership: Arc<Membership>, settings: Arc<Settings>, fatal: Fatal, tally: Arc<Tally>) -> Self {
         let metrics = StreamMetrics::new(&membership.stream_name);
         Self {
             membership,
@@ -55,6 +58,7 @@ impl Coordinator {
             requested: None,
             asked: HashSet::new(),
             metrics,
+            tally,
         }
     }
 
@@ -149,6 +153,10 @@ impl Coordinator {
     }
 
     async fn balance(&mut self) -> Result<(), CheckpointError> {
+        let tally = Arc::clone(&self.tally);
+        // One stream's round at a time: each plans with the others' counts
+        // as they stand after their rounds.
+        let mut streams = tally.turn().await;
         let membership = Arc::clone(&self.membership);
         let store = &membership.store;
         let me = membership.worker.as_str();
@@ -264,12 +272,18 @@ impl Coordinator {
         };
         let (workers, unclaimed) = view.census(expired);
         self.metrics.group(workers, unclaimed);
-        let plan = view.plan(expired, self.requested.is_some());
+        let others = elsewhere(&streams, &membership.stream_name);
+        let plan = view.plan_with(expired, self.requested.is_some(), &others);
+        let mut counted = view.tally(expired, false);
         for lease in plan.take {
             let sent = Instant::now();
             match store.take_lease(lease, me).await {
                 Ok(taken) => {
                     tracing::info!(shard = %taken.key.shard_id, from = ?lease.owner, "lease taken");
+                    if let Some(owner) = lease.owner.as_deref().filter(|_| !expired(lease)) {
+                        counted.held.entry(owner.to_owned()).and_modify(|count| *count -= 1);
+                    }
+                    *counted.held.entry(me.to_owned()).or_default() += 1;
                     self.hold(taken, sent).await;
                 }
                 Err(CheckpointError::LeaseLost { .. }) => {}
@@ -290,6 +304,9 @@ impl Coordinator {
                 Err(error) => return Err(error),
             }
         }
+        counted.asking = self.requested.is_some();
+        streams.insert(membership.stream_name.clone(), counted);
+        drop(streams);
         self.metrics.leases(membership.held().leases.len());
         if !self.settings.keep_finished_leases {
             for lease in leases.iter().filter(|lease| view.deletable(lease)) {

@@ -14,11 +14,13 @@
 mod coordinator;
 mod membership;
 mod plan;
+mod tally;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use coordinator::Coordinator;
 pub(crate) use membership::{GroupEvent, Membership};
+pub(crate) use tally::Tally;
 
 use std::fmt;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::tally::{Elsewhere, StreamTally};
 use crate::kinesis::ShardInfo;
 use crate::lineage::parents_of;
 use crate::{Checkpoint, Lease};
@@ -146,8 +147,31 @@ impl<'a> View<'a> {
         (workers.len(), unclaimed)
     }
 
+    /// This stream's counts, for the plans of the group's other streams.
+    pub(super) fn tally(&self, expired: impl Fn(&Lease) -> bool, asking: bool) -> StreamTally {
+        let mut tally = StreamTally {
+            asking,
+            ..StreamTally::default()
+        };
+        for lease in self.by_shard.values().filter(|l| self.eligible(l)) {
+            tally.eligible += 1;
+            if let Some(owner) = lease.owner.as_deref().filter(|_| !expired(lease)) {
+                *tally.held.entry(owner.to_owned()).or_default() += 1;
+            }
+        }
+        tally
+    }
+
+    #[cfg(test)]
     pub(super) fn plan(&self, expired: impl Fn(&Lease) -> bool, asked: bool) -> Plan<'a> {
+        self.plan_with(expired, asked, &Elsewhere::default())
+    }
+
+    /// The plan for this stream, with the shares counted over every stream
+    /// the group reads: this one's leases and `elsewhere`, the others'.
+    pub(super) fn plan_with(&self, expired: impl Fn(&Lease) -> bool, asked: bool, elsewhere: &Elsewhere) -> Plan<'a> {
         let me = self.me;
+        let asked = asked || elsewhere.asking;
         let eligible: Vec<&'a Lease> = self.by_shard.values().copied().filter(|l| self.eligible(l)).collect();
         let live = |lease: &Lease| lease.owner.is_some() && !expired(lease);
         let mut counts: HashMap<&str, usize> = HashMap::from([(me, 0)]);
@@ -156,8 +180,11 @@ impl<'a> View<'a> {
                 *counts.entry(owner).or_default() += 1;
             }
         }
+        for (owner, count) in &elsewhere.held {
+            *counts.entry(owner.as_str()).or_default() += count;
+        }
         let mine = counts[me];
-        let target = eligible.len().div_ceil(counts.len());
+        let target = (eligible.len() + elsewhere.eligible).div_ceil(counts.len());
         let mut plan = Plan::default();
         if mine >= target {
             return plan;

@@ -343,3 +343,57 @@ fn shards_this_worker_has_not_listed_are_left_to_those_that_have() {
     let plan = View::new(&leases, &known, &NONE, "w1").plan(|_| false, false);
     assert_eq!(shards(&plan.take), ["shard-0"]);
 }
+
+/// The other streams' counts: `held` leases per worker, `eligible` in all.
+fn other_streams(eligible: usize, held: &[(&str, usize)], asking: bool) -> super::tally::Elsewhere {
+    super::tally::Elsewhere {
+        eligible,
+        held: held.iter().map(|(owner, count)| (owner.to_string(), *count)).collect(),
+        asking,
+    }
+}
+
+#[test]
+fn a_worker_counts_the_leases_it_holds_on_other_streams_towards_its_share() {
+    // This stream: w2 holds one, one is free. Alone it would be w1's share.
+    let leases = group(&[Some("w2"), None]);
+    let known = listed(&leases);
+    let view = View::new(&leases, &known, &NONE, "w1");
+    assert_eq!(view.plan(|_| false, false).take.len(), 1);
+    // w1 already holds both leases of another stream: four in all, two
+    // workers, and w1 has its two.
+    let plan = view.plan_with(|_| false, false, &other_streams(2, &[("w1", 2)], false));
+    assert!(plan.take.is_empty() && plan.steal.is_none(), "{plan:?}");
+    // w2's view of the same: it is owed the free one.
+    let view = View::new(&leases, &known, &NONE, "w2");
+    let plan = view.plan_with(|_| false, false, &other_streams(2, &[("w1", 2)], false));
+    assert_eq!(shards(&plan.take), ["shard-1"]);
+}
+
+#[test]
+fn a_worker_with_nothing_asks_for_a_lease_on_a_stream_where_it_holds_none_to_balance_the_group() {
+    // Three streams of one shard each, all held by w2: w1 asks for one,
+    // though on this stream alone one lease each way would be even.
+    let leases = group(&[Some("w2")]);
+    let known = listed(&leases);
+    let view = View::new(&leases, &known, &NONE, "w1");
+    assert!(
+        view.plan(|_| false, false).steal.is_none(),
+        "one stream alone: nothing to even out"
+    );
+    let plan = view.plan_with(|_| false, false, &other_streams(2, &[("w2", 2)], false));
+    assert_eq!(plan.steal.map(|l| l.key.shard_id.as_str()), Some("shard-0"));
+    // A request pending on another stream: one at a time, across streams too.
+    let plan = view.plan_with(|_| false, false, &other_streams(2, &[("w2", 2)], true));
+    assert!(plan.steal.is_none());
+}
+
+#[test]
+fn a_stream_tally_counts_eligible_leases_and_live_holders() {
+    let leases = group(&[Some("w1"), Some("w2"), Some("dead"), None]);
+    let known = listed(&leases);
+    let tally = View::new(&leases, &known, &NONE, "w1").tally(|l| l.owner.as_deref() == Some("dead"), true);
+    assert_eq!(tally.eligible, 4);
+    assert_eq!(tally.held, HashMap::from([("w1".to_owned(), 1), ("w2".to_owned(), 1)]));
+    assert!(tally.asking);
+}
