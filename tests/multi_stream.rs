@@ -96,7 +96,7 @@ async fn three_streams_are_read_as_one_each_record_naming_its_stream_and_each_re
     // Every stream's shards, each under its stream's name.
     let lag = consumer.lag();
     for (stream, shards) in [(&a, 2), (&b, 1), (&c, 3)] {
-        assert_eq!(lag.iter().filter(|s| &s.stream_name == &stream.name).count(), shards);
+        assert_eq!(lag.iter().filter(|s| s.stream_name == stream.name).count(), shards);
     }
     consumer.close().await.expect("clean close");
 
@@ -227,7 +227,7 @@ async fn a_deleted_stream_ends_the_consumer_with_an_error_naming_it_after_saving
 
     a.delete().await;
     let ended = tokio::time::timeout(LIMIT, async {
-        while let Some(record) = consumer.next().await {
+        if let Some(record) = consumer.next().await {
             panic!("nothing more was put, yet {record:?} came");
         }
     })

@@ -74,7 +74,7 @@ impl Drop for Part {
     }
 }
 
-/// Stops a [`Consumer`] from anywhere; cloneable.
+/// Stops a [`Consumer`](super::Consumer) from anywhere; cloneable.
 ///
 /// After [`shutdown`](Self::shutdown) the consumer stops fetching, drops the
 /// records it fetched but did not hand out (they are not checkpointed, so
