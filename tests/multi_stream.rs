@@ -345,3 +345,113 @@ async fn a_group_of_two_balances_the_shards_of_two_streams_together_and_reads_ea
     first.close().await.expect("close");
     second.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_another_region_is_read_through_the_client_given_for_it() {
+    let here = TestStream::create("here", 1).await;
+    let there = TestStream::create_with(support::client_in("eu-west-1"), "there", 2).await;
+    let mut expected = puts_of(&here, here.put_many("here", 20, 4).await);
+    expected.extend(puts_of(&there, there.put_many("there", 30, 6).await));
+
+    // The builder's client does not see the other region's stream.
+    let refused = Consumer::builder(here.client.clone(), &here.name)
+        .add_stream(there.name.as_str())
+        .startup_retries(0)
+        .build()
+        .await;
+    match refused {
+        Err(Error::StreamNotFound { stream, .. }) => assert_eq!(stream, there.name),
+        other => panic!("expected StreamNotFound for {}, got {other:?}", there.name),
+    }
+
+    let store = MemoryCheckpointStore::new();
+    let mut consumer = Consumer::builder(here.client.clone(), &here.name)
+        .add_stream(StreamSpec::new(&there.name).client(there.client.clone()))
+        .consumer_name("multi")
+        .checkpoint_mode(CheckpointMode::Manual)
+        .idle_interval(Duration::from_millis(100))
+        .checkpoint_store(store.clone())
+        .build()
+        .await
+        .expect("build");
+    read_exactly(&mut consumer, &expected).await;
+    consumer.close().await.expect("clean close");
+    let checkpointed: HashSet<String> = store
+        .snapshot()
+        .iter()
+        .filter(|(key, _)| key.consumer_name == "multi")
+        .map(|(key, _)| key.stream_name.clone())
+        .collect();
+    assert_eq!(checkpointed, HashSet::from([here.name.clone(), there.name.clone()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_keep_each_keys_order_within_each_stream_and_checkpoint_every_stream() {
+    let a = TestStream::create("lanes-a", 1).await;
+    let b = TestStream::create("lanes-b", 2).await;
+    // The same keys in both streams: a key's order is its stream's.
+    let records = |stream: &str| -> Vec<(String, String)> {
+        (0..120)
+            .map(|i| (format!("key-{}", i % 6), format!("{stream}-key-{}#{}", i % 6, i / 6)))
+            .collect()
+    };
+    let mut expected = puts_of(&a, a.put(&records("a")).await);
+    expected.extend(puts_of(&b, b.put(&records("b")).await));
+    let store = MemoryCheckpointStore::new();
+    let mut consumer = builder(&a, &[&b])
+        .checkpoint_store(store.clone())
+        .build()
+        .await
+        .expect("build");
+    let shutdown = consumer.shutdown_handle();
+    let started = std::sync::Mutex::new(Vec::<Read>::new());
+    let finished = std::sync::Mutex::new(BTreeSet::<Read>::new());
+    tokio::time::timeout(
+        LIMIT,
+        consumer.for_each_by_key(8, |record| {
+            let (started, finished, shutdown, total) = (&started, &finished, &shutdown, expected.len());
+            async move {
+                let read = named(&record);
+                started.lock().expect("log").push(read.clone());
+                let delay = support::counter(&read.1).wrapping_mul(2_654_435_761) % 4;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let mut finished = finished.lock().expect("log");
+                finished.insert(read);
+                if finished.len() >= total {
+                    shutdown.shutdown();
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        }),
+    )
+    .await
+    .expect("every record is handled within the limit")
+    .expect("the consumer stops cleanly");
+
+    assert_eq!(finished.into_inner().expect("log"), set(&expected));
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    for (stream, put) in started.into_inner().expect("log") {
+        let n = support::counter(&put);
+        if let Some(previous) = last.insert((stream.clone(), put.partition_key.clone()), n) {
+            assert!(
+                n > previous,
+                "{stream} {}: #{n} started after #{previous}",
+                put.partition_key
+            );
+        }
+    }
+    // Each shard of each stream checkpointed at its last record.
+    let checkpoints = store.snapshot();
+    for (stream, put) in &expected {
+        let newest = expected
+            .iter()
+            .filter(|(s, p)| s == stream && p.shard_id == put.shard_id)
+            .map(|(_, p)| p.sequence_number.clone())
+            .max();
+        let saved = checkpoints
+            .iter()
+            .find(|(key, _)| key.stream_name == *stream && key.shard_id == put.shard_id)
+            .and_then(|(_, checkpoint)| checkpoint.sequence_number().cloned());
+        assert_eq!(saved, newest, "{stream} {}", put.shard_id);
+    }
+}

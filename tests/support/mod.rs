@@ -82,6 +82,19 @@ pub fn client() -> Client {
     Client::from_conf(config)
 }
 
+/// A client for the emulator in `region`: the emulator keeps each region's
+/// streams apart, as Kinesis does, so this stands in for another region or
+/// account.
+pub fn client_in(region: &'static str) -> Client {
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .endpoint_url(endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "kcpy-tests"))
+        .build();
+    Client::from_conf(config)
+}
+
 /// A stream name no other test (or test run) uses.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
