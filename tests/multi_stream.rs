@@ -347,7 +347,7 @@ async fn a_group_of_two_balances_the_shards_of_two_streams_together_and_reads_ea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_in_another_region_is_read_through_the_client_given_for_it() {
+async fn a_stream_in_another_region_is_read_by_its_arn_through_the_client_given_for_it() {
     let here = TestStream::create("here", 1).await;
     let there = TestStream::create_with(support::client_in("eu-west-1"), "there", 2).await;
     let mut expected = puts_of(&here, here.put_many("here", 20, 4).await);
@@ -364,9 +364,21 @@ async fn a_stream_in_another_region_is_read_through_the_client_given_for_it() {
         other => panic!("expected StreamNotFound for {}, got {other:?}", there.name),
     }
 
+    // Given by its ARN; its records still name it by its name.
+    let arn = there
+        .client
+        .describe_stream_summary()
+        .stream_name(&there.name)
+        .send()
+        .await
+        .expect("DescribeStreamSummary")
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn;
+    assert!(arn.starts_with("arn:aws:kinesis:eu-west-1:"), "{arn}");
     let store = MemoryCheckpointStore::new();
     let mut consumer = Consumer::builder(here.client.clone(), &here.name)
-        .add_stream(StreamSpec::new(&there.name).client(there.client.clone()))
+        .add_stream(StreamSpec::new(arn).client(there.client.clone()))
         .consumer_name("multi")
         .checkpoint_mode(CheckpointMode::Manual)
         .idle_interval(Duration::from_millis(100))
