@@ -90,5 +90,9 @@ pub use telemetry::{ConsumerEvent, ShardLag, ShardState};
 /// [`ConsumerBuilder::shutdown_token`].
 pub use tokio_util::sync::CancellationToken;
 
+/// Re-exported: the type of [`Record::partition_key`], a `&str` view of a
+/// shared buffer.
+pub use bytestring::ByteString;
+
 /// Re-exported for implementing [`CheckpointStore`] without another dependency.
 pub use async_trait::async_trait;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -13,16 +14,23 @@ use crate::SequenceNumber;
 /// came from.
 ///
 /// The user records of one aggregate share its sequence number; a record's
-/// place in its shard is (`sequence_number`, `sub_sequence_number`). Their
-/// `data` are views of the aggregate's bytes: keeping one of them keeps the
-/// whole aggregate (up to 1 MiB) in memory, so copy out what you keep long.
+/// place in its shard is (`sequence_number`, `sub_sequence_number`).
+///
+/// A record owns no memory of its own: its `data` is a view of one buffer
+/// holding the decoded payloads of its whole page (a user record's, of its
+/// aggregate's), and its partition key and sequence number are views of
+/// another holding the page's text. Reading costs no allocation per record,
+/// but keeping one record keeps its page's buffers in memory (up to 10 MiB),
+/// so copy out what you keep long ([`SequenceNumber::detached`],
+/// `Bytes::copy_from_slice`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Record {
     /// The payload, exactly as it was put.
     pub data: Bytes,
-    /// The partition key it was put with.
-    pub partition_key: String,
+    /// The partition key it was put with. Like the sequence number, a view
+    /// of the text of the record's page (it derefs to `&str`).
+    pub partition_key: ByteString,
     /// Its sequence number within the shard.
     pub sequence_number: SequenceNumber,
     /// The shard it was read from.
@@ -108,13 +116,13 @@ impl Record {
     }
 
     /// The checkpoint that marks this record and everything before it
-    /// processed.
+    /// processed (with a copy of the sequence number, sharing nothing with
+    /// the record's page).
     pub fn checkpoint(&self) -> crate::Checkpoint {
+        let sequence = self.sequence_number.detached();
         match self.open_sub_sequence() {
-            Some(number) => {
-                crate::Checkpoint::SubSequence(crate::SubSequence::new(self.sequence_number.clone(), number))
-            }
-            None => crate::Checkpoint::Sequence(self.sequence_number.clone()),
+            Some(number) => crate::Checkpoint::SubSequence(crate::SubSequence::new(sequence, number)),
+            None => crate::Checkpoint::Sequence(sequence),
         }
     }
 
@@ -122,7 +130,7 @@ impl Record {
     pub fn new(
         shard_id: impl Into<Arc<str>>,
         sequence_number: SequenceNumber,
-        partition_key: impl Into<String>,
+        partition_key: impl Into<ByteString>,
         data: impl Into<Bytes>,
     ) -> Self {
         Self {

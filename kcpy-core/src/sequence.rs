@@ -4,6 +4,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
+use bytestring::ByteString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A Kinesis sequence number: 1 to [`SequenceNumber::MAX_DIGITS`] decimal digits.
@@ -12,8 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// (they are routinely 56 digits and may grow to 129) and lose digits in a float.
 /// Ordering compares the length first, then the digits, which is numeric order
 /// for digit strings without leading zeros — the only form this type accepts.
+///
+/// The digits of a record read from Kinesis are a view of the text of its
+/// page, shared with the page's other records (cloning one is a reference
+/// count, not a copy); [`detached`](Self::detached) gives a copy that holds
+/// nothing else in memory, for keeping one long.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SequenceNumber(String);
+pub struct SequenceNumber(ByteString);
 
 impl SequenceNumber {
     /// The most digits a sequence number may have (Kinesis' own limit).
@@ -23,7 +29,18 @@ impl SequenceNumber {
     /// without leading zeros.
     pub fn parse(text: &str) -> Result<Self, ParseSequenceNumberError> {
         validate(text)?;
-        Ok(Self(text.to_owned()))
+        Ok(Self(ByteString::from(text)))
+    }
+
+    /// The sequence number `text` of a page, a view of its text.
+    pub(crate) fn parse_shared(text: ByteString) -> Result<Self, ParseSequenceNumberError> {
+        validate(&text)?;
+        Ok(Self(text))
+    }
+
+    /// `text`, copied from a sequence number's digits, without checking.
+    pub(crate) fn copied(text: &str) -> Self {
+        Self(ByteString::from(text))
     }
 
     /// The digits.
@@ -33,12 +50,14 @@ impl SequenceNumber {
 
     /// The digits, as an owned string.
     pub fn into_string(self) -> String {
-        self.0
+        String::from(&*self.0)
     }
 
-    /// Copies `other` into `self`, reusing this value's allocation.
-    pub(crate) fn assign(&mut self, other: &SequenceNumber) {
-        self.0.clone_from(&other.0);
+    /// A copy of the digits in memory of their own: a sequence number of a
+    /// record read from Kinesis shares its page's text, which stays in
+    /// memory as long as one of them is kept.
+    pub fn detached(&self) -> Self {
+        Self(ByteString::from(&*self.0))
     }
 }
 
@@ -70,7 +89,7 @@ impl TryFrom<String> for SequenceNumber {
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         validate(&text)?;
-        Ok(Self(text))
+        Ok(Self(ByteString::from(text)))
     }
 }
 
@@ -123,8 +142,8 @@ impl Serialize for SequenceNumber {
 
 impl<'de> Deserialize<'de> for SequenceNumber {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        SequenceNumber::try_from(text).map_err(serde::de::Error::custom)
+        let text = ByteString::deserialize(deserializer)?;
+        SequenceNumber::parse_shared(text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -238,10 +257,13 @@ mod tests {
     }
 
     #[test]
-    fn assign_copies_the_digits() {
-        let mut a = seq("1");
-        a.assign(&seq("12345"));
-        assert_eq!(a, seq("12345"));
+    fn a_detached_copy_shares_nothing_with_its_page() {
+        let page = ByteString::from("1234512");
+        let shared = SequenceNumber::parse_shared(page.slice_ref(&page[..5])).expect("digits");
+        let detached = shared.detached();
+        assert_eq!(detached, seq("12345"));
+        assert_eq!(shared, detached);
+        assert_ne!(shared.0.as_bytes().as_ptr(), detached.0.as_bytes().as_ptr());
     }
 
     mod properties {

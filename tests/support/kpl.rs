@@ -60,7 +60,7 @@ impl UserPut {
             shard_id: record.shard_id.to_string(),
             sequence_number: record.sequence_number.clone(),
             sub_sequence_number: record.sub_sequence_number.expect("a user record of an aggregate"),
-            partition_key: record.partition_key.clone(),
+            partition_key: record.partition_key.to_string(),
             data: record.data.to_vec(),
             explicit_hash_key: record.explicit_hash_key.clone(),
         }

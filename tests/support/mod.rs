@@ -307,7 +307,7 @@ pub fn as_put(record: &Record) -> Put {
     Put {
         shard_id: record.shard_id.to_string(),
         sequence_number: record.sequence_number.clone(),
-        partition_key: record.partition_key.clone(),
+        partition_key: record.partition_key.to_string(),
         data: String::from_utf8(record.data.to_vec()).expect("utf-8 test data"),
     }
 }

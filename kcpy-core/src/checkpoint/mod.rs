@@ -290,9 +290,9 @@ pub enum CheckpointError {
         /// The key written to.
         key: Box<CheckpointKey>,
         /// What the store holds.
-        stored: Checkpoint,
+        stored: Box<Checkpoint>,
         /// What the save tried to write.
-        attempted: Checkpoint,
+        attempted: Box<Checkpoint>,
     },
     /// A checkpoint written in the caller's transaction
     /// ([`PendingCheckpoint`]) is what the store holds already: the records
@@ -387,8 +387,8 @@ impl CheckpointError {
     pub fn conflict(key: &CheckpointKey, stored: Checkpoint, attempted: Checkpoint) -> Self {
         CheckpointError::Conflict {
             key: Box::new(key.clone()),
-            stored,
-            attempted,
+            stored: Box::new(stored),
+            attempted: Box::new(attempted),
         }
     }
 

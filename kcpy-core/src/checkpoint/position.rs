@@ -7,43 +7,80 @@ use crate::{Checkpoint, Record, SequenceNumber, SubSequence};
 
 /// A record's place: its sequence number and, inside a KPL aggregate before
 /// its last user record, its sub-sequence number.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The digits are copied in, not shared: a record's sequence number is a
+/// view of its page's text, and a position outlives its record (the last
+/// one delivered of an idle shard, say), which would keep the page in
+/// memory.
+#[derive(Clone)]
 pub(crate) struct Position {
-    sequence: SequenceNumber,
+    len: u8,
+    digits: [u8; SequenceNumber::MAX_DIGITS],
     /// `None`: the whole Kinesis record.
     sub: Option<u64>,
 }
 
 impl Position {
     pub(crate) fn of(record: &Record) -> Self {
-        Self {
-            sequence: record.sequence_number.clone(),
-            sub: record.open_sub_sequence(),
-        }
+        let mut position = Self {
+            len: 0,
+            digits: [0; SequenceNumber::MAX_DIGITS],
+            sub: None,
+        };
+        position.assign(record);
+        position
     }
 
-    /// Becomes `record`'s position, reusing this one's allocation.
+    /// Becomes `record`'s position.
     pub(crate) fn assign(&mut self, record: &Record) {
-        self.sequence.assign(&record.sequence_number);
+        let digits = record.sequence_number.as_str().as_bytes();
+        // A SequenceNumber has at most MAX_DIGITS digits.
+        let len = digits.len().min(SequenceNumber::MAX_DIGITS);
+        self.digits[..len].copy_from_slice(&digits[..len]);
+        self.len = len as u8;
         self.sub = record.open_sub_sequence();
     }
 
-    pub(crate) fn sequence(&self) -> &SequenceNumber {
-        &self.sequence
+    fn digits(&self) -> &[u8] {
+        &self.digits[..usize::from(self.len)]
+    }
+
+    /// The sequence number's digits.
+    pub(crate) fn sequence_text(&self) -> &str {
+        // Copied from a SequenceNumber: ASCII digits.
+        std::str::from_utf8(self.digits()).unwrap_or_default()
     }
 
     pub(crate) fn checkpoint(&self) -> Checkpoint {
+        let sequence = SequenceNumber::copied(self.sequence_text());
         match self.sub {
-            Some(number) => Checkpoint::SubSequence(SubSequence::new(self.sequence.clone(), number)),
-            None => Checkpoint::Sequence(self.sequence.clone()),
+            Some(number) => Checkpoint::SubSequence(SubSequence::new(sequence, number)),
+            None => Checkpoint::Sequence(sequence),
         }
     }
 }
 
+impl std::fmt::Debug for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Position")
+            .field("sequence", &self.sequence_text())
+            .field("sub", &self.sub)
+            .finish()
+    }
+}
+
+impl PartialEq for Position {
+    fn eq(&self, other: &Self) -> bool {
+        self.digits() == other.digits() && self.sub == other.sub
+    }
+}
+
+impl Eq for Position {}
+
 impl Ord for Position {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.sequence
-            .cmp(&other.sequence)
+        (self.len, self.digits())
+            .cmp(&(other.len, other.digits()))
             .then_with(|| match (self.sub, other.sub) {
                 (Some(a), Some(b)) => a.cmp(&b),
                 (Some(_), None) => Ordering::Less,
@@ -90,5 +127,21 @@ mod tests {
         let mut position = Position::of(&user("7", 0, 3));
         position.assign(&user("123", 1, 3));
         assert_eq!(position, Position::of(&user("123", 1, 3)));
+        position.assign(&user("9", 2, 3));
+        assert_eq!(
+            position,
+            Position::of(&user("9", 2, 3)),
+            "a shorter number leaves nothing behind"
+        );
+        assert_eq!(position.checkpoint().as_str(), "9");
+    }
+
+    #[test]
+    fn positions_order_by_length_then_digits_up_to_129_digits() {
+        let long = "9".repeat(129);
+        let longest = Position::of(&user(&long, 0, 2));
+        assert_eq!(longest.sequence_text(), long);
+        assert!(Position::of(&user("99", 1, 2)) < Position::of(&user("100", 0, 2)));
+        assert!(Position::of(&user(&"9".repeat(128), 1, 2)) < longest);
     }
 }

@@ -191,7 +191,7 @@ impl Progress {
         let mut inner = self.lock();
         let unknown = || Error::UnknownRecord {
             shard_id: shard.to_string(),
-            sequence_number: position.sequence().to_string(),
+            sequence_number: position.sequence_text().to_owned(),
         };
         if inner.dropped.contains(shard) && !inner.trackers.contains_key(shard) {
             return Ok(());

@@ -231,7 +231,7 @@ impl Consumer {
             },
             Err(source) => Err(Error::Handler {
                 shard_id: handed.shard.to_string(),
-                sequence_number: handed.position.sequence().to_string(),
+                sequence_number: handed.position.sequence_text().to_owned(),
                 source,
             }),
         }

@@ -20,6 +20,7 @@ use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorConte
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_types::body::SdkBody;
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 
@@ -237,14 +238,29 @@ pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>)
         ends.push(payloads.len());
     }
     let payloads = Bytes::from(payloads);
+    // The sequence numbers and partition keys of the page, one after the
+    // other in one string that the records share.
+    let text_len: usize = raw_records
+        .iter()
+        .map(|r| r.sequence_number.len() + r.partition_key.len())
+        .sum();
+    let mut text = String::with_capacity(text_len);
+    for record in &raw_records {
+        text.push_str(&record.sequence_number);
+        text.push_str(&record.partition_key);
+    }
+    let text = ByteString::from(text);
     let millis_behind_latest = raw.millis_behind_latest;
-    let mut start = 0;
+    let (mut start, mut at) = (0, 0);
     let mut records = Vec::with_capacity(raw_records.len());
     for (record, end) in raw_records.into_iter().zip(ends) {
-        let sequence_number = SequenceNumber::parse(&record.sequence_number).map_err(|e| e.to_string())?;
+        let sequence_end = at + record.sequence_number.len();
+        let key_end = sequence_end + record.partition_key.len();
+        let sequence_number =
+            SequenceNumber::parse_shared(text.slice_ref(&text[at..sequence_end])).map_err(|e| e.to_string())?;
         records.push(Record {
             data: payloads.slice(start..end),
-            partition_key: record.partition_key.into_owned(),
+            partition_key: text.slice_ref(&text[sequence_end..key_end]),
             sequence_number,
             shard_id: Arc::clone(shard_id),
             stream: Arc::clone(stream),
@@ -258,6 +274,7 @@ pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>)
             aggregate: Aggregate::Plain,
         });
         start = end;
+        at = key_end;
     }
     let child_shards = raw
         .child_shards
@@ -304,7 +321,7 @@ pub(crate) fn records_from_sdk(
                 })?;
             Ok(Record {
                 data: Bytes::from(record.data.into_inner()),
-                partition_key: record.partition_key.unwrap_or_default(),
+                partition_key: ByteString::from(record.partition_key.unwrap_or_default()),
                 sequence_number,
                 shard_id: Arc::clone(shard_id),
                 stream: Arc::clone(stream),
@@ -366,6 +383,41 @@ mod tests {
         assert_eq!(page.records[1].millis_behind_latest, Some(12));
         assert_eq!(page.next_iterator.as_deref(), Some("next"));
         assert!(page.child_shards.is_empty());
+        assert_eq!(
+            page.records[1].sequence_number.as_str(),
+            "49590338271490256608559692538361571095921575989136588899"
+        );
+    }
+
+    #[test]
+    fn a_pages_sequence_numbers_and_partition_keys_are_views_of_one_text_buffer() {
+        let body = br#"{"Records":[
+            {"SequenceNumber":"1","Data":"YQ==","PartitionKey":"key-1"},
+            {"SequenceNumber":"22","Data":"Yg==","PartitionKey":"key-22"},
+            {"SequenceNumber":"333","Data":"Yw==","PartitionKey":"key-333"}
+        ],"NextShardIterator":"next"}"#;
+        let page = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
+        let first = page.records[0].sequence_number.as_str().as_ptr();
+        let texts: Vec<(&str, &str)> = page
+            .records
+            .iter()
+            .map(|r| (r.sequence_number.as_str(), &*r.partition_key))
+            .collect();
+        assert_eq!(texts, [("1", "key-1"), ("22", "key-22"), ("333", "key-333")]);
+        // One after the other in one buffer, not a string each.
+        let span = 1 + 5 + 2 + 6 + 3 + 7;
+        for record in &page.records {
+            for text in [record.sequence_number.as_str(), &*record.partition_key] {
+                let offset = text.as_ptr() as usize - first as usize;
+                assert!(offset + text.len() <= span, "{text} lies outside the page's text");
+            }
+        }
+        let detached = page.records[2].sequence_number.detached();
+        assert_eq!(detached, page.records[2].sequence_number);
+        assert_ne!(
+            detached.as_str().as_ptr(),
+            page.records[2].sequence_number.as_str().as_ptr()
+        );
     }
 
     #[test]

@@ -190,7 +190,7 @@ mod tests {
         match rx.try_recv() {
             Ok(ShardEvent::Records(records)) => records
                 .iter()
-                .map(|r| (r.partition_key.clone(), r.sub_sequence_number))
+                .map(|r| (r.partition_key.to_string(), r.sub_sequence_number))
                 .collect(),
             other => panic!("expected records, got {other:?}"),
         }

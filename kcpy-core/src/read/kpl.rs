@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use md5::{Digest, Md5};
 use prost::Message;
 
@@ -24,8 +25,10 @@ const DIGEST_LEN: usize = 16;
 /// judged below like any other value).
 #[derive(Clone, PartialEq, Message)]
 struct AggregatedRecord {
-    #[prost(string, repeated, tag = "1")]
-    partition_key_table: Vec<String>,
+    // Read as bytes (the same wire format as a string) so that each key is
+    // a view of the payload, checked as UTF-8 below.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    partition_key_table: Vec<Bytes>,
     #[prost(string, repeated, tag = "2")]
     explicit_hash_key_table: Vec<String>,
     #[prost(message, repeated, tag = "3")]
@@ -99,21 +102,23 @@ fn decode(data: &Bytes) -> Result<AggregatedRecord, MalformedAggregate> {
 
 fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
     let AggregatedRecord {
-        mut partition_key_table,
+        partition_key_table,
         mut explicit_hash_key_table,
         records,
     } = aggregate;
-    // Uses left of each table entry: the last one takes the key instead of
-    // a copy (with the KPL's distinct keys, every one does). Counting also
-    // checks every index before anything is handed out.
-    let mut key_uses = vec![0u32; partition_key_table.len()];
+    // A protobuf string is UTF-8, or the aggregate is not one.
+    if partition_key_table.iter().any(|key| std::str::from_utf8(key).is_err()) {
+        return Unpacked::Malformed(flag(parent, MalformedAggregate::Protobuf));
+    }
+    // Uses left of each hash key table entry: the last one takes the key
+    // instead of a copy. Every index is checked before anything is handed
+    // out.
     let mut hash_key_uses = vec![0u32; explicit_hash_key_table.len()];
     for user in &records {
         let key = usize::try_from(user.partition_key_index).ok();
-        let Some(uses) = key.and_then(|at| key_uses.get_mut(at)) else {
+        if !key.is_some_and(|at| at < partition_key_table.len()) {
             return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
-        };
-        *uses += 1;
+        }
         if let Some(index) = user.explicit_hash_key_index {
             let Some(uses) = usize::try_from(index).ok().and_then(|at| hash_key_uses.get_mut(at)) else {
                 return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
@@ -124,10 +129,13 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, 
     // Whether each table entry hashes outside the shard: once per key, not
     // per user record; not at all when the shard holds every hash key.
     let range = range.filter(|range| !range.is_everything());
-    let outside_key: Vec<bool> = partition_key_table
-        .iter()
-        .map(|key| range.is_some_and(|range| !range.contains(partition_key_hash(key))))
-        .collect();
+    let outside_key: Vec<bool> = match range {
+        Some(range) => partition_key_table
+            .iter()
+            .map(|key| !range.contains(partition_key_hash(std::str::from_utf8(key).unwrap_or_default())))
+            .collect(),
+        None => Vec::new(),
+    };
     let outside_explicit: Vec<bool> = explicit_hash_key_table
         .iter()
         // A hash key that is no number cannot be placed: not counted outside.
@@ -139,7 +147,11 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, 
     for (number, user) in (0u64..).zip(records) {
         // Every index was checked above.
         let key = user.partition_key_index as usize;
-        let partition_key = take_or_copy(&mut partition_key_table, &mut key_uses, key);
+        // A view of the aggregate's bytes, checked as UTF-8 above.
+        let partition_key = partition_key_table
+            .get(key)
+            .and_then(|key| ByteString::try_from(key.clone()).ok())
+            .unwrap_or_default();
         let (explicit_hash_key, is_outside) = match user.explicit_hash_key_index {
             Some(index) => {
                 let at = index as usize;
@@ -207,9 +219,16 @@ pub(crate) fn aggregate(users: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
         });
         at as u64
     }
+    fn key_index(table: &mut Vec<Bytes>, key: &str) -> u64 {
+        let at = table.iter().position(|k| k == key.as_bytes()).unwrap_or_else(|| {
+            table.push(Bytes::copy_from_slice(key.as_bytes()));
+            table.len() - 1
+        });
+        at as u64
+    }
     let mut message = AggregatedRecord::default();
     for (key, data, hash_key) in users {
-        let partition_key_index = index(&mut message.partition_key_table, key);
+        let partition_key_index = key_index(&mut message.partition_key_table, key);
         let explicit_hash_key_index = hash_key.map(|hash_key| index(&mut message.explicit_hash_key_table, hash_key));
         message.records.push(UserRecord {
             partition_key_index,
@@ -282,7 +301,7 @@ mod tests {
         assert_eq!(users.len(), 2);
         assert_eq!(
             (
-                users[0].partition_key.as_str(),
+                &*users[0].partition_key,
                 &users[0].data[..],
                 users[0].explicit_hash_key.as_deref()
             ),
@@ -290,7 +309,7 @@ mod tests {
         );
         assert_eq!(
             (
-                users[1].partition_key.as_str(),
+                &*users[1].partition_key,
                 &users[1].data[..],
                 users[1].explicit_hash_key.as_deref()
             ),
@@ -326,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn user_records_share_the_payload_instead_of_copying_it() {
+    fn user_records_share_the_payload_and_their_keys_instead_of_copying_them() {
         let parent = kinesis_record(aggregate(&[("a", &[7; 100], None), ("b", &[8; 100], None)]));
         let range = parent.data.as_ptr_range();
         for user in users_of(parent.clone(), None) {
@@ -334,6 +353,7 @@ mod tests {
                 range.contains(&user.data.as_ptr()),
                 "a view of the Kinesis record's bytes"
             );
+            assert!(range.contains(&user.partition_key.as_ptr()), "the partition key too");
         }
     }
 
@@ -384,6 +404,17 @@ mod tests {
             framed(&hash_key_out_of_table.encode_to_vec()),
             MalformedAggregate::Index,
         );
+        // A partition key is a protobuf string: UTF-8, or no aggregate.
+        let key_not_utf8 = AggregatedRecord {
+            partition_key_table: vec![Bytes::from_static(b"\xff\xfe")],
+            explicit_hash_key_table: vec![],
+            records: vec![UserRecord {
+                partition_key_index: 0,
+                explicit_hash_key_index: None,
+                data: Bytes::from_static(b"x"),
+            }],
+        };
+        malformed_as(framed(&key_not_utf8.encode_to_vec()), MalformedAggregate::Protobuf);
     }
 
     /// `Record` with its tags and a field this crate has never heard of.

@@ -186,10 +186,9 @@ impl Poller {
                     if count > 0 {
                         let batch = records;
                         let newest = &batch[batch.len() - 1].sequence_number;
-                        match &mut last {
-                            Some(last) => last.assign(newest),
-                            None => last = Some(newest.clone()),
-                        }
+                        // Kept past the page: a copy of its own, not a view that
+                        // would keep the page's text in memory.
+                        last = Some(newest.detached());
                         tracing::trace!(count, millis_behind_latest, "fetched records");
                         match self.until_cancelled(self.tx.send(ShardEvent::Records(batch))).await {
                             Some(Ok(())) => {}

@@ -107,8 +107,8 @@ pub async fn checkpoint_store_conformance(store: &dyn CheckpointStore) {
                 attempted,
             }) => {
                 assert_eq!(*conflict_key, k, "Conflict must name the key");
-                assert_eq!(stored, realistic, "Conflict must carry the stored value");
-                assert_eq!(attempted, seq(lower), "Conflict must carry the attempted value");
+                assert_eq!(*stored, realistic, "Conflict must carry the stored value");
+                assert_eq!(*attempted, seq(lower), "Conflict must carry the attempted value");
             }
             other => panic!("saving {lower} below the stored checkpoint must be a Conflict, got {other:?}"),
         }
