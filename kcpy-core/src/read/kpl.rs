@@ -116,7 +116,7 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, 
     let mut hash_key_uses = vec![0u32; explicit_hash_key_table.len()];
     for user in &records {
         let key = usize::try_from(user.partition_key_index).ok();
-        if !key.is_some_and(|at| at < partition_key_table.len()) {
+        if key.is_none_or(|at| at >= partition_key_table.len()) {
             return Unpacked::Malformed(flag(parent, MalformedAggregate::Index));
         }
         if let Some(index) = user.explicit_hash_key_index {
