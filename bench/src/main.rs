@@ -25,6 +25,10 @@
 //! - `ceiling ENDPOINT SHARDS RECORDS`: read from `serve-canned` (or
 //!   `serve-canned-kpl`); the consumer's own CPU per (user) record. Built
 //!   with feature `count-allocations`, heap allocations per record instead.
+//! - `serve-canned-idle PORT SHARDS`: the same with empty pages, every
+//!   shard at its tip.
+//! - `shards-canned ENDPOINT SHARDS SECONDS IDLE_MS`: SHARDS idle shards of
+//!   `serve-canned-idle` in one process, polled every IDLE_MS; RSS and CPU.
 //! - `checkpoints`: saves per second of the memory and SQLite stores.
 //! - `lanes ENDPOINT LANES SECONDS`: one shard from `serve-canned` handled
 //!   in per-key lanes, 5 ms per record; records per second.
@@ -239,8 +243,20 @@ async fn main() -> Result<()> {
             )
             .await?
         }
-        "serve-canned" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, false).await,
-        "serve-canned-kpl" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, true).await,
+        "serve-canned" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, Canned::Plain).await,
+        "serve-canned-kpl" => return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, Canned::Kpl).await,
+        "serve-canned-idle" => {
+            return serve_canned(arg(&args, 1, "port")?, arg(&args, 2, "shards")?, Canned::Empty).await
+        }
+        "shards-canned" => {
+            shards_canned(
+                &arg::<String>(&args, 1, "endpoint")?,
+                arg(&args, 2, "shards")?,
+                arg(&args, 3, "seconds")?,
+                arg(&args, 4, "idle_ms")?,
+            )
+            .await?
+        }
         "ceiling" => {
             ceiling(
                 &arg::<String>(&args, 1, "endpoint")?,
@@ -445,6 +461,40 @@ async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json
     }))
 }
 
+/// `shards` idle shards of the canned server (`serve-canned-idle`) in one
+/// process, each polled every `idle_ms`: peak RSS and CPU.
+async fn shards_canned(endpoint: &str, shards: usize, seconds: u64, idle_ms: u64) -> Result<serde_json::Value> {
+    let started = Instant::now();
+    let mut consumer = Consumer::builder(client(endpoint, None), "canned")
+        .idle_interval(Duration::from_millis(idle_ms))
+        .build()
+        .await?;
+    if consumer.shard_ids().count() != shards {
+        return Err("the canned server lists another number of shards".into());
+    }
+    let built = started.elapsed().as_secs_f64();
+    let (_, rss_built) = usage();
+    let half = Duration::from_secs(seconds / 2);
+    if tokio::time::timeout(half, consumer.next()).await.is_ok() {
+        return Err("an idle shard delivered a record, or the consumer stopped".into());
+    }
+    let (cpu_half, rss_half) = usage();
+    let _ = tokio::time::timeout(half, consumer.next()).await;
+    let (cpu, rss) = usage();
+    consumer.close().await?;
+    let second_half = cpu - cpu_half;
+    Ok(json!({
+        "shards": shards,
+        "idle_ms": idle_ms,
+        "build_s": built,
+        "peak_rss_mb_after_build": rss_built,
+        "peak_rss_mb_at_half": rss_half,
+        "peak_rss_mb": rss,
+        "cpu_s_second_half": second_half,
+        "cpu_ms_per_shard_second": second_half * 1e3 / (shards as f64 * half.as_secs_f64()),
+    }))
+}
+
 /// What an idle poll cannot cost less than: four tasks that only wake from
 /// a 200 ms timer at moments 50 ms apart, as four idle pollers do, and
 /// nothing else. (An empty poll wakes twice: for its timer and its response.)
@@ -474,9 +524,19 @@ async fn wakeups(seconds: u64) -> Result<serde_json::Value> {
     }))
 }
 
-/// A canned Kinesis that hands out 10,000 records per GetRecords call; with
-/// `kpl`, 100 KPL aggregates of 100 user records of 100 bytes each.
-async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
+/// What a canned GetRecords answer holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Canned {
+    /// 10,000 records of 100 bytes.
+    Plain,
+    /// 100 KPL aggregates of 100 user records of 100 bytes each.
+    Kpl,
+    /// Nothing: every shard is at its tip.
+    Empty,
+}
+
+/// A canned Kinesis that answers every GetRecords call with `kind`'s page.
+async fn serve_canned(port: u16, shards: usize, kind: Canned) -> Result<()> {
     use http_body_util::Full;
     use hyper::body::Bytes;
 
@@ -505,7 +565,11 @@ async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
             "ApproximateArrivalTimestamp": 1_795_643_499.676,
         })
     });
-    let records: Vec<serde_json::Value> = if kpl { aggregates.collect() } else { plain.collect() };
+    let records: Vec<serde_json::Value> = match kind {
+        Canned::Plain => plain.collect(),
+        Canned::Kpl => aggregates.collect(),
+        Canned::Empty => Vec::new(),
+    };
     // The hash key space split evenly, as Kinesis splits it: every user
     // record's partition key is placed against its shard's range (one MD5
     // per key), as on any stream of more than one shard.
@@ -515,8 +579,9 @@ async fn serve_canned(port: u16, shards: usize, kpl: bool) -> Result<()> {
         let end = if i + 1 == shards { u128::MAX } else { start + width - 1 };
         json!({"StartingHashKey": start.to_string(), "EndingHashKey": end.to_string()})
     };
+    let behind = if kind == Canned::Empty { 0 } else { 1000 };
     let template =
-        json!({"Records": records, "NextShardIterator": "canned-iterator", "MillisBehindLatest": 1000}).to_string();
+        json!({"Records": records, "NextShardIterator": "canned-iterator", "MillisBehindLatest": behind}).to_string();
     let segments: Arc<Vec<String>> = Arc::new(template.split(MARK).map(str::to_owned).collect());
     let batches = Arc::new(AtomicU64::new(1_000_000_000));
     let shard_list: Vec<serde_json::Value> = (0..shards)
