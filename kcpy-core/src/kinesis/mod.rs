@@ -8,6 +8,7 @@
 mod errors;
 mod events;
 mod page;
+mod scan;
 mod sdk;
 mod signed;
 mod subscribe;

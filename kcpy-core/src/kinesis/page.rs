@@ -223,60 +223,37 @@ pub(crate) struct Parsed {
 /// Parses a GetRecords body or a SubscribeToShardEvent payload into records
 /// of `shard_id` of `stream`; the error says what is wrong with it.
 pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
-    // One check of the whole body spares serde_json a check of every string.
+    // One check of the whole body spares the parsers a check of every string.
     let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    let gathered = match super::scan::scan(body) {
+        Some(gathered) => gathered,
+        None => gather(body)?,
+    };
+    gathered.build(stream, shard_id)
+}
+
+/// [`gather`], for the scanner's tests to compare with.
+#[cfg(test)]
+pub(super) fn gather_for_tests(body: &str) -> Result<Gathered, String> {
+    gather(body)
+}
+
+/// The general path: any JSON serde_json reads.
+fn gather(body: &str) -> Result<Gathered, String> {
     let raw: RawPage<'_> = serde_json::from_str(body).map_err(|e| format!("unreadable JSON: {e}"))?;
-    let raw_records = raw.records.unwrap_or_default();
-    let engine = &base64_simd::STANDARD;
-    let decoded_len: usize = raw_records.iter().map(|r| r.data.len() / 4 * 3).sum();
-    let mut payloads = Vec::with_capacity(decoded_len);
-    let mut ends = Vec::with_capacity(raw_records.len());
-    for record in &raw_records {
-        engine
-            .decode_append(record.data.as_bytes(), &mut payloads)
-            .map_err(|e| format!("record {} has bad base64 data: {e}", record.sequence_number))?;
-        ends.push(payloads.len());
+    let mut page = Gathered::for_body(body.len());
+    for record in raw.records.unwrap_or_default() {
+        page.push(
+            &record.sequence_number,
+            record.approximate_arrival_timestamp,
+            &record.data,
+            &record.partition_key,
+        )?;
     }
-    let payloads = Bytes::from(payloads);
-    // The sequence numbers and partition keys of the page, one after the
-    // other in one string that the records share.
-    let text_len: usize = raw_records
-        .iter()
-        .map(|r| r.sequence_number.len() + r.partition_key.len())
-        .sum();
-    let mut text = String::with_capacity(text_len);
-    for record in &raw_records {
-        text.push_str(&record.sequence_number);
-        text.push_str(&record.partition_key);
-    }
-    let text = ByteString::from(text);
-    let millis_behind_latest = raw.millis_behind_latest;
-    let (mut start, mut at) = (0, 0);
-    let mut records = Vec::with_capacity(raw_records.len());
-    for (record, end) in raw_records.into_iter().zip(ends) {
-        let sequence_end = at + record.sequence_number.len();
-        let key_end = sequence_end + record.partition_key.len();
-        let sequence_number =
-            SequenceNumber::parse_shared(text.slice_ref(&text[at..sequence_end])).map_err(|e| e.to_string())?;
-        records.push(Record {
-            data: payloads.slice(start..end),
-            partition_key: text.slice_ref(&text[sequence_end..key_end]),
-            sequence_number,
-            shard_id: Arc::clone(shard_id),
-            stream: Arc::clone(stream),
-            approximate_arrival_timestamp: record
-                .approximate_arrival_timestamp
-                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                .map(|since| SystemTime::UNIX_EPOCH + since),
-            explicit_hash_key: None,
-            millis_behind_latest,
-            sub_sequence_number: None,
-            aggregate: Aggregate::Plain,
-        });
-        start = end;
-        at = key_end;
-    }
-    let child_shards = raw
+    page.next_iterator = raw.next_shard_iterator;
+    page.continuation = raw.continuation_sequence_number;
+    page.millis_behind_latest = raw.millis_behind_latest;
+    page.child_shards = raw
         .child_shards
         .unwrap_or_default()
         .into_iter()
@@ -293,13 +270,100 @@ pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>)
             }
         })
         .collect();
-    Ok(Parsed {
-        records,
-        next_iterator: raw.next_shard_iterator,
-        continuation: raw.continuation_sequence_number,
-        millis_behind_latest,
-        child_shards,
-    })
+    Ok(page.finish())
+}
+
+/// A page read but not yet made into records: every payload decoded into
+/// one buffer, every sequence number and partition key one after the other
+/// in one string, and where each record's parts end.
+#[derive(Default)]
+pub(super) struct Gathered {
+    payloads: Vec<u8>,
+    text: String,
+    ends: Vec<Ends>,
+    pub(super) next_iterator: Option<String>,
+    pub(super) continuation: Option<String>,
+    pub(super) millis_behind_latest: Option<i64>,
+    pub(super) child_shards: Vec<ShardInfo>,
+}
+
+/// Where a record's parts end in [`Gathered`]'s buffers, and its arrival.
+struct Ends {
+    data: usize,
+    sequence: usize,
+    key: usize,
+    arrival: Option<f64>,
+}
+
+impl Gathered {
+    /// Room for what a body of `len` bytes can hold: its payloads decode to
+    /// at most 3/4 of it; [`finish`](Self::finish) gives back the rest.
+    pub(super) fn for_body(len: usize) -> Self {
+        Self {
+            payloads: Vec::with_capacity(len / 4 * 3),
+            text: String::with_capacity(len / 2),
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn push(&mut self, sequence: &str, arrival: Option<f64>, data: &str, key: &str) -> Result<(), String> {
+        base64_simd::STANDARD
+            .decode_append(data.as_bytes(), &mut self.payloads)
+            .map_err(|e| format!("record {sequence} has bad base64 data: {e}"))?;
+        self.text.push_str(sequence);
+        let sequence_end = self.text.len();
+        self.text.push_str(key);
+        self.ends.push(Ends {
+            data: self.payloads.len(),
+            sequence: sequence_end,
+            key: self.text.len(),
+            arrival,
+        });
+        Ok(())
+    }
+
+    /// Gives back the room not used (shrinking in place: no copy).
+    pub(super) fn finish(mut self) -> Self {
+        self.payloads.shrink_to_fit();
+        self.text.shrink_to_fit();
+        self
+    }
+
+    pub(super) fn build(self, stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
+        let payloads = Bytes::from(self.payloads);
+        let text = ByteString::from(self.text);
+        let millis_behind_latest = self.millis_behind_latest;
+        let (mut data_start, mut text_start) = (0, 0);
+        let mut records = Vec::with_capacity(self.ends.len());
+        for ends in self.ends {
+            let sequence_number = SequenceNumber::parse_shared(text.slice_ref(&text[text_start..ends.sequence]))
+                .map_err(|e| e.to_string())?;
+            records.push(Record {
+                data: payloads.slice(data_start..ends.data),
+                partition_key: text.slice_ref(&text[ends.sequence..ends.key]),
+                sequence_number,
+                shard_id: Arc::clone(shard_id),
+                stream: Arc::clone(stream),
+                approximate_arrival_timestamp: ends
+                    .arrival
+                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                    .map(|since| SystemTime::UNIX_EPOCH + since),
+                explicit_hash_key: None,
+                millis_behind_latest,
+                sub_sequence_number: None,
+                aggregate: Aggregate::Plain,
+            });
+            data_start = ends.data;
+            text_start = ends.key;
+        }
+        Ok(Parsed {
+            records,
+            next_iterator: self.next_iterator,
+            continuation: self.continuation,
+            millis_behind_latest,
+            child_shards: self.child_shards,
+        })
+    }
 }
 
 /// Records as the SDK parsed them (GetRecords without a captured body),
