@@ -55,6 +55,7 @@ def main():
     ceiling_kpl = load(raw, "ceiling_kpl")
     kcpy_metrics, ceiling_metrics = load(raw, "kcpy_metrics"), load(raw, "ceiling_metrics")
     ceiling_allocations, ceiling_kpl_allocations = load(raw, "ceiling_allocations"), load(raw, "ceiling_kpl_allocations")
+    shards_10000 = load(raw, "shards_10000")
     lane_counts = (1, 8, 64)
     lane_runs = {n: load(raw, f"lanes_{n}") for n in lane_counts}
 
@@ -106,6 +107,12 @@ def main():
                         "peak_rss_mb_at_half": med(shards, "peak_rss_mb_at_half"),
                         "cpu_s": med(shards, "cpu_s"), "cpu_s_second_half": med(shards, "cpu_s_second_half"),
                         "build_s": med(shards, "build_s")},
+        "shards_10000": {"workload": "10,000 idle shards of the canned server (empty pages) in one process",
+                         "idle_ms": med(shards_10000, "idle_ms"),
+                         "peak_rss_mb": med(shards_10000, "peak_rss_mb"),
+                         "peak_rss_mb_after_build": med(shards_10000, "peak_rss_mb_after_build"),
+                         "cpu_ms_per_shard_second": med(shards_10000, "cpu_ms_per_shard_second"),
+                         "build_s": med(shards_10000, "build_s")},
         "checkpoints": checkpoints[-1] if checkpoints else None,
         "fanout": {"cpu_us_per_record": med(fanout, "cpu_us_per_record"),
                    "cpu_us_per_record_after_startup": med(fanout, "cpu_us_per_record_after_startup"),
@@ -131,6 +138,10 @@ def main():
         if k and p:
             ratios[peer] = round(p / k, 1)
     result["kcpy_cpu_advantage"] = ratios
+    result["ceiling"] = {"records_per_s_per_core": result["ceiling_records_per_s_per_core"],
+                         "cpu_us_per_record": result["ceiling_cpu_us_per_record"],
+                         "allocations_per_record": result["ceiling_allocations_per_record"]}
+    s10k = result["shards_10000"]
     targets = [
         ("CPU per record ≤ 1 µs", k is not None and k <= 1.0, f"{k:.2f} µs" if k else "n/a"),
         ("≥ 20× less CPU than the boto3 loop", ratios.get("boto3_loop", 0) >= 20, f"{ratios.get('boto3_loop')}×"),
@@ -159,6 +170,15 @@ def main():
            (result["lanes"]["records_per_s"][str(n)] or 0) >= 0.9 * n * 200,
            unit(result["lanes"]["records_per_s"][str(n)], 0, "records/s")) for n in lane_counts],
         ("ceiling ≥ 1,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 1e6, unit(result["ceiling_records_per_s_per_core"], 0, "records/s")),
+        ("round two: ceiling ≥ 3,000,000 records/s per core", (result["ceiling_records_per_s_per_core"] or 0) >= 3e6,
+         unit(result["ceiling_records_per_s_per_core"], 0, "records/s")),
+        ("round two: heap allocations per record on the ceiling run < 0.05",
+         result["ceiling_allocations_per_record"] is not None and result["ceiling_allocations_per_record"] < 0.05,
+         unit(result["ceiling_allocations_per_record"], 4, "per record")),
+        ("round two: CPU per record on the emulator ≤ 0.5 µs", k is not None and k <= 0.5, f"{k:.2f} µs" if k else "n/a"),
+        ("round two: ≥ 30× less CPU than the boto3 loop", ratios.get("boto3_loop", 0) >= 30, f"{ratios.get('boto3_loop', 'n/a')}×"),
+        ("round two: 10,000 shards in one process, peak RSS ≤ 150 MB", (s10k["peak_rss_mb"] or 1e9) <= 150,
+         unit(s10k["peak_rss_mb"], 1, "MB")),
     ]
     result["targets"] = [dict(target=t, met=bool(m), measured=v) for t, m, v in targets]
     os.makedirs(out, exist_ok=True)
@@ -215,6 +235,7 @@ def main():
         f"| heap allocations per record on the ceiling run (a counting build, one run): plain records, user records of KPL aggregates | {fmt(result['ceiling_allocations_per_record'], 3)}, {fmt(result['ceiling_kpl']['allocations_per_user_record'], 3)} |",
         f"| with the consumer's metrics recorded by a Prometheus recorder (in memory) | {fmt(result['metrics_recorded']['kcpy_cpu_us_per_record'])} µs CPU per record on the emulator, {fmt(result['metrics_recorded']['ceiling_cpu_us_per_record'], 3)} µs on the ceiling run |",
         f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s |",
+        f"| 10,000 idle shards of the canned server in one process, polled every {fmt(s10k['idle_ms'], 0)} ms (one run) | peak RSS {fmt(s10k['peak_rss_mb'], 1)} MB ({fmt(s10k['peak_rss_mb_after_build'], 1)} MB once built, in {fmt(s10k['build_s'], 1)} s), {fmt(s10k['cpu_ms_per_shard_second'], 3)} ms CPU per shard-second |",
         f"| memory store (one run) | {fmt(c.get('memory_saves_per_s'), 0)} saves/s |",
         f"| SQLite store, WAL, synchronous=FULL (one run) | {fmt(c.get('sqlite_saves_per_s'), 0)} saves/s, so {fmt(c.get('sqlite_records_per_s_with_batching'), 0)} records/s checkpointed with one save per {fmt(c.get('batch_records'), 0)} records |",
         *[f"| one shard in {n} per-key lane{'s' if n > 1 else ''}, a handler awaiting a service that answers in 5 ms (its calls took {fmt(result['lanes']['handler_ms_mean'][str(n)], 2)} ms on average) | {fmt(result['lanes']['records_per_s'][str(n)], 0)} records/s, {fmt(100 * (result['lanes']['of_ideal'][str(n)] or 0), 0)} % of {n} × 200 |"

@@ -33,6 +33,9 @@
 //! - `lanes ENDPOINT LANES SECONDS`: one shard from `serve-canned` handled
 //!   in per-key lanes, 5 ms per record; records per second.
 //!
+//! With `KCPY_BENCH_NO_CHECKPOINTS` set, `ceiling` runs without a checkpoint
+//! store (and so without checkpoint bookkeeping).
+//!
 //! With `KCPY_BENCH_METRICS` set, any mode runs with a Prometheus recorder
 //! installed (in memory, not served), so that the consumer's metrics are
 //! recorded as in production.
@@ -634,10 +637,13 @@ async fn serve_canned(port: u16, shards: usize, kind: Canned) -> Result<()> {
 }
 
 async fn ceiling(endpoint: &str, shards: usize, records: u64) -> Result<serde_json::Value> {
-    let mut consumer = Consumer::builder(client(endpoint, None), "canned")
-        .checkpoint_store(MemoryCheckpointStore::new())
-        .build()
-        .await?;
+    let mut builder = Consumer::builder(client(endpoint, None), "canned");
+    // Without a store the consumer keeps no checkpoint bookkeeping: the
+    // difference is what checkpointing costs per record.
+    if std::env::var_os("KCPY_BENCH_NO_CHECKPOINTS").is_none() {
+        builder = builder.checkpoint_store(MemoryCheckpointStore::new());
+    }
+    let mut consumer = builder.build().await?;
     if consumer.shard_ids().count() != shards {
         return Err("the canned server lists another number of shards".into());
     }
