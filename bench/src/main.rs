@@ -36,6 +36,11 @@
 //! With `KCPY_BENCH_NO_CHECKPOINTS` set, `ceiling` runs without a checkpoint
 //! store (and so without checkpoint bookkeeping).
 //!
+//! `KCPY_BENCH_CURRENT_THREAD` runs every mode on Tokio's current-thread
+//! runtime instead of the multi-threaded one.
+//!
+//! `KCPY_BENCH_IDLE_GROUP=N` sets `idle_poll_group(N)` in every mode.
+//!
 //! With `KCPY_BENCH_METRICS` set, any mode runs with a Prometheus recorder
 //! installed (in memory, not served), so that the consumer's metrics are
 //! recorded as in production.
@@ -201,8 +206,27 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T>
         .ok_or_else(|| format!("argument {i} ({what}) is missing or invalid").into())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// A consumer's builder, with `KCPY_BENCH_IDLE_GROUP` applied.
+fn builder(client: aws_sdk_kinesis::Client, stream: &str) -> kcpy::ConsumerBuilder {
+    let builder = Consumer::builder(client, stream);
+    match std::env::var("KCPY_BENCH_IDLE_GROUP").ok().and_then(|n| n.parse().ok()) {
+        Some(group) => builder.idle_poll_group(group),
+        None => builder,
+    }
+}
+
+fn main() -> Result<()> {
+    // Tokio's multi-threaded runtime, as `#[tokio::main]` makes it, unless
+    // KCPY_BENCH_CURRENT_THREAD is set.
+    let runtime = if std::env::var_os("KCPY_BENCH_CURRENT_THREAD").is_some() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()?
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // The consumer's metrics recorded by a real recorder, kept in memory as
     // Prometheus would scrape them: what recording costs per record.
@@ -292,7 +316,7 @@ fn fan_out() -> FanOut {
 
 async fn consume(endpoint: &str, stream: &str, records: u64, fan_out_mode: bool) -> Result<serde_json::Value> {
     let started = Instant::now();
-    let mut builder = Consumer::builder(client(endpoint, None), stream)
+    let mut builder = builder(client(endpoint, None), stream)
         .checkpoint_store(MemoryCheckpointStore::new())
         .idle_interval(Duration::from_millis(200));
     if fan_out_mode {
@@ -334,7 +358,7 @@ async fn latency(endpoint: &str, stream: &str, samples: usize, fan_out_mode: boo
     let calls = Arc::new(Calls::default());
     let kinesis = client(endpoint, Some(Arc::clone(&calls)));
     ensure_stream(&kinesis, stream, 4).await?;
-    let mut builder = Consumer::builder(kinesis.clone(), stream)
+    let mut builder = builder(kinesis.clone(), stream)
         .start_position(kcpy::StartPosition::Latest)
         .idle_interval(Duration::from_millis(200));
     if fan_out_mode {
@@ -414,7 +438,7 @@ async fn idle(endpoint: &str, stream: &str, seconds: u64, fan_out_mode: bool) ->
     ensure_stream(&client(endpoint, None), stream, 4).await?;
     let calls = Arc::new(Calls::default());
     let mut builder =
-        Consumer::builder(client(endpoint, Some(Arc::clone(&calls))), stream).idle_interval(Duration::from_millis(200));
+        builder(client(endpoint, Some(Arc::clone(&calls))), stream).idle_interval(Duration::from_millis(200));
     if fan_out_mode {
         builder = builder.fan_out(fan_out());
     }
@@ -442,19 +466,26 @@ async fn idle(endpoint: &str, stream: &str, seconds: u64, fan_out_mode: bool) ->
 
 async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json::Value> {
     ensure_stream(&client(endpoint, None), stream, 1000).await?;
+    let calls = Arc::new(Calls::default());
     let started = Instant::now();
-    let mut consumer = Consumer::builder(client(endpoint, None), stream).build().await?;
+    let mut consumer = builder(client(endpoint, Some(Arc::clone(&calls))), stream)
+        .build()
+        .await?;
     let shards = consumer.shard_ids().count();
     let built = started.elapsed().as_secs_f64();
     let (_, rss_built) = usage();
     let half = Duration::from_secs(seconds / 2);
     let _ = tokio::time::timeout(half, consumer.next()).await;
     let (cpu_half, rss_half) = usage();
+    let calls_half = calls.sent.load(Ordering::Relaxed);
     let _ = tokio::time::timeout(half, consumer.next()).await;
     let (cpu, rss) = usage();
+    let polls = calls.sent.load(Ordering::Relaxed) - calls_half;
     consumer.close().await?;
     Ok(json!({
         "shards": shards,
+        "empty_polls_second_half": polls,
+        "ms_per_empty_poll": (cpu - cpu_half) * 1e3 / polls.max(1) as f64,
         "build_s": built,
         "peak_rss_mb_after_build": rss_built,
         "peak_rss_mb_at_half": rss_half,
@@ -467,8 +498,9 @@ async fn shards(endpoint: &str, stream: &str, seconds: u64) -> Result<serde_json
 /// `shards` idle shards of the canned server (`serve-canned-idle`) in one
 /// process, each polled every `idle_ms`: peak RSS and CPU.
 async fn shards_canned(endpoint: &str, shards: usize, seconds: u64, idle_ms: u64) -> Result<serde_json::Value> {
+    let calls = Arc::new(Calls::default());
     let started = Instant::now();
-    let mut consumer = Consumer::builder(client(endpoint, None), "canned")
+    let mut consumer = builder(client(endpoint, Some(Arc::clone(&calls))), "canned")
         .idle_interval(Duration::from_millis(idle_ms))
         .build()
         .await?;
@@ -482,13 +514,17 @@ async fn shards_canned(endpoint: &str, shards: usize, seconds: u64, idle_ms: u64
         return Err("an idle shard delivered a record, or the consumer stopped".into());
     }
     let (cpu_half, rss_half) = usage();
+    let calls_half = calls.sent.load(Ordering::Relaxed);
     let _ = tokio::time::timeout(half, consumer.next()).await;
     let (cpu, rss) = usage();
+    let polls = calls.sent.load(Ordering::Relaxed) - calls_half;
     consumer.close().await?;
     let second_half = cpu - cpu_half;
     Ok(json!({
         "shards": shards,
         "idle_ms": idle_ms,
+        "empty_polls_second_half": polls,
+        "ms_per_empty_poll": second_half * 1e3 / polls.max(1) as f64,
         "build_s": built,
         "peak_rss_mb_after_build": rss_built,
         "peak_rss_mb_at_half": rss_half,
@@ -637,7 +673,7 @@ async fn serve_canned(port: u16, shards: usize, kind: Canned) -> Result<()> {
 }
 
 async fn ceiling(endpoint: &str, shards: usize, records: u64) -> Result<serde_json::Value> {
-    let mut builder = Consumer::builder(client(endpoint, None), "canned");
+    let mut builder = builder(client(endpoint, None), "canned");
     // Without a store the consumer keeps no checkpoint bookkeeping: the
     // difference is what checkpointing costs per record.
     if std::env::var_os("KCPY_BENCH_NO_CHECKPOINTS").is_none() {

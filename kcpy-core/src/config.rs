@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub(crate) checkpoint_interval: Duration,
     pub(crate) checkpoint_retries: u32,
     pub(crate) idle_interval: Duration,
+    /// Idle shards that poll at the same moments, sharing one wakeup.
+    pub(crate) idle_poll_group: usize,
     pub(crate) max_get_records_per_second: u32,
     pub(crate) max_records_per_call: i32,
     pub(crate) prefetch_batches: usize,
@@ -80,6 +82,7 @@ impl Default for Settings {
             checkpoint_interval: Duration::from_secs(5),
             checkpoint_retries: 5,
             idle_interval: Duration::from_secs(1),
+            idle_poll_group: 1,
             max_get_records_per_second: 5,
             max_records_per_call: 10_000,
             prefetch_batches: 2,
@@ -125,6 +128,9 @@ impl Settings {
             return Err(Error::config(format!(
                 "prefetch_batches must be 1 to {MAX_PREFETCH_BATCHES} (each batch can hold 10 MiB)"
             )));
+        }
+        if self.idle_poll_group == 0 {
+            return Err(Error::config("idle_poll_group must be at least 1"));
         }
         if self.max_unacknowledged == 0 {
             return Err(Error::config("max_unacknowledged must be at least 1"));
@@ -250,6 +256,10 @@ mod tests {
             },
             Settings {
                 max_get_records_per_second: 6,
+                ..Settings::default()
+            },
+            Settings {
+                idle_poll_group: 0,
                 ..Settings::default()
             },
             Settings {

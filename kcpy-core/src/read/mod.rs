@@ -5,6 +5,7 @@
 
 mod deliver;
 mod fan_out;
+mod idle;
 mod kpl;
 mod polling;
 mod registration;

@@ -129,8 +129,42 @@ async fn no_shard_calls_get_records_more_than_five_times_a_second() {
     );
 }
 
+/// Each shard's idle moments within the second, from its second poll on
+/// (its first is at build), checking that it polls once a second.
+fn idle_phases(api: &FakeKinesis, shards: &[&str]) -> Vec<u128> {
+    shards
+        .iter()
+        .map(|id| {
+            let calls = api.record_calls(id);
+            assert!(calls.len() > 100, "{id} kept polling");
+            for pair in calls[1..].windows(2) {
+                assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{id} polls once a second");
+            }
+            (calls[1] - calls[0]).as_millis() % 1000
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
-async fn idle_shards_poll_at_spread_out_moments_not_all_at_once() {
+async fn idle_shards_of_one_group_poll_at_the_same_moments_once_an_interval() {
+    let shards = ["shard-0", "shard-1", "shard-2", "shard-3"];
+    let api = FakeKinesis::new(shards.iter().map(|id| (*id, Vec::new())).collect());
+    let mut consumer = builder(&api)
+        .idle_interval(Duration::from_secs(1))
+        .idle_poll_group(4)
+        .build()
+        .await
+        .expect("build");
+    assert_quiet(&mut consumer).await;
+    let calls: Vec<_> = shards.iter().map(|id| api.record_calls(id)).collect();
+    for (id, shard_calls) in shards.iter().zip(&calls) {
+        assert_eq!(shard_calls, &calls[0], "{id} polls when shard-0 does");
+    }
+    idle_phases(&api, &shards);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_shards_poll_at_spread_out_moments_by_default_not_all_at_once() {
     let shards = ["shard-0", "shard-1", "shard-2", "shard-3"];
     let api = FakeKinesis::new(shards.iter().map(|id| (*id, Vec::new())).collect());
     let mut consumer = builder(&api)
@@ -139,20 +173,8 @@ async fn idle_shards_poll_at_spread_out_moments_not_all_at_once() {
         .await
         .expect("build");
     assert_quiet(&mut consumer).await;
-    // Each shard keeps one phase within the idle interval from its second
-    // poll on; no two phases are closer than a tenth of the interval.
-    let mut phases: Vec<u128> = shards
-        .iter()
-        .map(|id| {
-            let calls = api.record_calls(id);
-            assert!(calls.len() > 100, "{id} kept polling");
-            let phase = (calls[1] - calls[0]).as_millis() % 1000;
-            for pair in calls[1..].windows(2) {
-                assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{id} polls once a second");
-            }
-            phase
-        })
-        .collect();
+    // No two shards' moments are closer than a tenth of the interval.
+    let mut phases = idle_phases(&api, &shards);
     phases.sort_unstable();
     let gaps = phases
         .windows(2)
@@ -161,6 +183,26 @@ async fn idle_shards_poll_at_spread_out_moments_not_all_at_once() {
     for gap in gaps {
         assert!(gap >= 100, "phases {phases:?} cluster");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_that_read_records_polls_with_its_group_once_caught_up() {
+    let api = FakeKinesis::new(vec![
+        ("shard-0", vec![Step::Records(vec![1]), Step::Records(vec![2])]),
+        ("shard-1", Vec::new()),
+    ]);
+    let mut consumer = builder(&api)
+        .idle_interval(Duration::from_secs(1))
+        .idle_poll_group(2)
+        .build()
+        .await
+        .expect("build");
+    assert_eq!(take(&mut consumer, 2).await.len(), 2);
+    assert_quiet(&mut consumer).await;
+    let (busy, idle) = (api.record_calls("shard-0"), api.record_calls("shard-1"));
+    // Its last calls are at the idle shard's moments.
+    let tail = |calls: &[Instant]| calls[calls.len() - 50..].to_vec();
+    assert_eq!(tail(&busy), tail(&idle));
 }
 
 #[tokio::test(start_paused = true)]
@@ -271,4 +313,25 @@ async fn a_shard_aged_out_of_retention_ends_alone_and_its_children_start() {
     assert_eq!(read, [10, 20, 21], "A holds nothing any more; B and C are read");
     assert!(consumer.error().is_none(), "{:?}", consumer.error());
     assert_eq!(store.get("A"), Some(Checkpoint::ShardEnd));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_stream_makes_at_most_64_first_calls_at_once() {
+    let ids: Vec<String> = (0..100).map(|i| format!("shard-{i}")).collect();
+    let api = FakeKinesis::new(ids.iter().map(|id| (id.as_str(), vec![Step::Hang])).collect());
+    let mut consumer = builder(&api)
+        .request_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect("build");
+    let record_calls = || api.calls().iter().filter(|c| matches!(c, Call::Records(..))).count();
+    // Every first call hangs: 64 are in flight, the others wait for them.
+    let _ = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await;
+    assert_eq!(record_calls(), 64);
+    // Once the hanging calls time out, the other shards make theirs.
+    let _ = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await;
+    for id in &ids {
+        assert!(!api.record_calls(id).is_empty(), "{id} called");
+    }
+    assert!(consumer.error().is_none(), "{:?}", consumer.error());
 }
