@@ -55,7 +55,9 @@ def main():
     ceiling_kpl = load(raw, "ceiling_kpl")
     kcpy_metrics, ceiling_metrics = load(raw, "kcpy_metrics"), load(raw, "ceiling_metrics")
     ceiling_allocations, ceiling_kpl_allocations = load(raw, "ceiling_allocations"), load(raw, "ceiling_kpl_allocations")
-    shards_10000 = load(raw, "shards_10000")
+    shards_10000, shards_10000_grouped = load(raw, "shards_10000"), load(raw, "shards_10000_grouped")
+    latency_grouped, idle_grouped = load(raw, "latency_grouped"), load(raw, "idle_grouped")
+    idle_canned = {name: load(raw, f"idle_canned_{name}") for name in ("4", "4_grouped", "1000", "1000_grouped")}
     lane_counts = (1, 8, 64)
     lane_runs = {n: load(raw, f"lanes_{n}") for n in lane_counts}
 
@@ -87,6 +89,11 @@ def main():
         "boto3_loop_latency_ms": {"p50": med(boto3_latency, "p50"), "p99": med(boto3_latency, "p99")},
         "idle_ms_per_empty_poll": med(idle, "ms_per_empty_poll"),
         "idle_runs": summary(idle, "ms_per_empty_poll"),
+        "idle_grouped": {"what": "the same 4 idle shards with idle_poll_group(16): their polls at the same moments",
+                         "ms_per_empty_poll": med(idle_grouped, "ms_per_empty_poll"),
+                         "runs": summary(idle_grouped, "ms_per_empty_poll"),
+                         "latency_ms": {"p50": med(latency_grouped, "p50"), "p99": med(latency_grouped, "p99"),
+                                        "get_records_ms_p50": med(latency_grouped, "get_records_ms_p50")}},
         "idle_floor_ms_per_timer_wakeup": med(wakeups, "ms_per_wakeup"),
         "idle_floor_runs": summary(wakeups, "ms_per_wakeup"),
         "ceiling_records_per_s_per_core": med(ceiling, "records_per_s_per_core"),
@@ -106,13 +113,20 @@ def main():
         "shards_1000": {"peak_rss_mb": med(shards, "peak_rss_mb"),
                         "peak_rss_mb_at_half": med(shards, "peak_rss_mb_at_half"),
                         "cpu_s": med(shards, "cpu_s"), "cpu_s_second_half": med(shards, "cpu_s_second_half"),
+                        "ms_per_empty_poll": med(shards, "ms_per_empty_poll"),
                         "build_s": med(shards, "build_s")},
         "shards_10000": {"workload": "10,000 idle shards of the canned server (empty pages) in one process",
                          "idle_ms": med(shards_10000, "idle_ms"),
                          "peak_rss_mb": med(shards_10000, "peak_rss_mb"),
                          "peak_rss_mb_after_build": med(shards_10000, "peak_rss_mb_after_build"),
                          "cpu_ms_per_shard_second": med(shards_10000, "cpu_ms_per_shard_second"),
+                         "ms_per_empty_poll": med(shards_10000, "ms_per_empty_poll"),
+                         "grouped_ms_per_empty_poll": med(shards_10000_grouped, "ms_per_empty_poll"),
+                         "grouped_peak_rss_mb": med(shards_10000_grouped, "peak_rss_mb"),
                          "build_s": med(shards_10000, "build_s")},
+        "idle_canned": {"what": "idle shards of the canned server, which answers calls in parallel: 4 shards at 200 ms (3 runs), 1,000 at 1 s (one run); each shard at its own moments, and in groups of 16",
+                        "ms_per_empty_poll": {name: med(runs, "ms_per_empty_poll") for name, runs in idle_canned.items()},
+                        "runs": {name: summary(runs, "ms_per_empty_poll") for name, runs in idle_canned.items()}},
         "checkpoints": checkpoints[-1] if checkpoints else None,
         "fanout": {"cpu_us_per_record": med(fanout, "cpu_us_per_record"),
                    "cpu_us_per_record_after_startup": med(fanout, "cpu_us_per_record_after_startup"),
@@ -177,6 +191,20 @@ def main():
          unit(result["ceiling_allocations_per_record"], 4, "per record")),
         ("round two: CPU per record on the emulator ≤ 0.5 µs", k is not None and k <= 0.5, f"{k:.2f} µs" if k else "n/a"),
         ("round two: ≥ 30× less CPU than the boto3 loop", ratios.get("boto3_loop", 0) >= 30, f"{ratios.get('boto3_loop', 'n/a')}×"),
+        ("round two: idle ≤ 0.1 ms CPU per empty poll at 4 shards, polls in one group", (result["idle_grouped"]["ms_per_empty_poll"] or 1e9) <= 0.1,
+         unit(result["idle_grouped"]["ms_per_empty_poll"], 3, "ms")),
+        ("round two: idle ≤ 0.1 ms CPU per empty poll at 1,000 shards (emulator)", (result["shards_1000"]["ms_per_empty_poll"] or 1e9) <= 0.1,
+         unit(result["shards_1000"]["ms_per_empty_poll"], 3, "ms")),
+        ("round two: idle ≤ 0.1 ms CPU per empty poll at 1,000 shards in groups of 16 (canned server)",
+         (result["idle_canned"]["ms_per_empty_poll"]["1000_grouped"] or 1e9) <= 0.1,
+         unit(result["idle_canned"]["ms_per_empty_poll"]["1000_grouped"], 3, "ms")),
+        ("round two: idle ≤ 0.1 ms CPU per empty poll at 4 shards in one group (canned server)",
+         (result["idle_canned"]["ms_per_empty_poll"]["4_grouped"] or 1e9) <= 0.1,
+         unit(result["idle_canned"]["ms_per_empty_poll"]["4_grouped"], 3, "ms")),
+        ("round two: latency p50 ≤ 110 ms with the polls in one group", (result["idle_grouped"]["latency_ms"]["p50"] or 1e9) <= 110,
+         unit(result["idle_grouped"]["latency_ms"]["p50"], 1, "ms")),
+        ("round two: latency p99 ≤ 215 ms with the polls in one group", (result["idle_grouped"]["latency_ms"]["p99"] or 1e9) <= 215,
+         unit(result["idle_grouped"]["latency_ms"]["p99"], 1, "ms")),
         ("round two: 10,000 shards in one process, peak RSS ≤ 150 MB", (s10k["peak_rss_mb"] or 1e9) <= 150,
          unit(s10k["peak_rss_mb"], 1, "MB")),
     ]
@@ -228,14 +256,17 @@ def main():
         f"| latency put → delivery through enhanced fan-out (the emulator sends one event per second per shard) | p50 {fmt(result['fanout']['latency_ms']['p50'], 1)} ms, p99 {fmt(result['fanout']['latency_ms']['p99'], 1)} ms |",
         f"| enhanced fan-out: the consumer's own delay per event, from its bytes reaching the HTTP body to its last record returned by next() ({fmt(result['fanout']['added_ms_per_event']['events'], 0)} events per run) | p50 {fmt(result['fanout']['added_ms_per_event']['p50'], 3)} ms, p99 {fmt(result['fanout']['added_ms_per_event']['p99'], 3)} ms |",
         f"| idle cost | {span3(result['idle_runs'])} ms CPU per empty poll ({fmt(result['idle_cpu_ms_per_shard_second'], 3)} ms per shard-second) |",
+        f"| idle cost with the 4 shards' polls in one group (`idle_poll_group(16)`) | {span3(result['idle_grouped']['runs'])} ms CPU per empty poll; latency p50 {fmt(result['idle_grouped']['latency_ms']['p50'], 1)} ms, p99 {fmt(result['idle_grouped']['latency_ms']['p99'], 1)} ms, GetRecords p50 {fmt(result['idle_grouped']['latency_ms']['get_records_ms_p50'], 1)} ms (the emulator answers the group's calls one after another) |",
+        f"| idle cost on the canned server, which answers calls in parallel: 4 shards at 200 ms, each at its own moments / in one group | {span3(result['idle_canned']['runs']['4'])} / {span3(result['idle_canned']['runs']['4_grouped'])} ms CPU per empty poll |",
+        f"| the same, 1,000 shards at 1 s (one run each) | {fmt(result['idle_canned']['ms_per_empty_poll']['1000'], 3)} / {fmt(result['idle_canned']['ms_per_empty_poll']['1000_grouped'], 3)} ms CPU per empty poll (groups of 16) |",
         f"| idle cost through enhanced fan-out | {fmt(result['fanout']['idle_cpu_ms_per_shard_second'], 3)} ms CPU per shard-second |",
         f"| a bare timer wakeup, nothing else (four tasks every 200 ms, 50 ms apart); an empty poll wakes twice, for its timer and its response | {span3(result['idle_floor_runs'])} ms CPU per wakeup |",
         f"| consumer ceiling (canned GetRecords server) | {fmt(result['ceiling_records_per_s_per_core'], 0)} records/s per core ({fmt(result['ceiling_cpu_us_per_record'], 3)} µs per record) |",
         f"| consumer ceiling with KPL aggregates (100 user records of 100 B each), de-aggregated | {fmt(result['ceiling_kpl']['user_records_per_s_per_core'], 0)} user records/s per core ({fmt(result['ceiling_kpl']['cpu_us_per_user_record'], 3)} µs per user record) |",
         f"| heap allocations per record on the ceiling run (a counting build, one run): plain records, user records of KPL aggregates | {fmt(result['ceiling_allocations_per_record'], 3)}, {fmt(result['ceiling_kpl']['allocations_per_user_record'], 3)} |",
         f"| with the consumer's metrics recorded by a Prometheus recorder (in memory) | {fmt(result['metrics_recorded']['kcpy_cpu_us_per_record'])} µs CPU per record on the emulator, {fmt(result['metrics_recorded']['ceiling_cpu_us_per_record'], 3)} µs on the ceiling run |",
-        f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s |",
-        f"| 10,000 idle shards of the canned server in one process, polled every {fmt(s10k['idle_ms'], 0)} ms (one run) | peak RSS {fmt(s10k['peak_rss_mb'], 1)} MB ({fmt(s10k['peak_rss_mb_after_build'], 1)} MB once built, in {fmt(s10k['build_s'], 1)} s), {fmt(s10k['cpu_ms_per_shard_second'], 3)} ms CPU per shard-second |",
+        f"| 1,000 shards, one process, default 1 s idle interval (one run of 30 s) | peak RSS {fmt(result['shards_1000']['peak_rss_mb'], 1)} MB (at half time {fmt(result['shards_1000']['peak_rss_mb_at_half'], 1)} MB), {fmt(result['shards_1000']['cpu_s_second_half'], 2)} s CPU in the last 15 s, {fmt(result['shards_1000']['ms_per_empty_poll'], 3)} ms per empty poll |",
+        f"| 10,000 idle shards of the canned server in one process, polled every {fmt(s10k['idle_ms'], 0)} ms (one run) | peak RSS {fmt(s10k['peak_rss_mb'], 1)} MB ({fmt(s10k['peak_rss_mb_after_build'], 1)} MB once built, in {fmt(s10k['build_s'], 1)} s), {fmt(s10k['cpu_ms_per_shard_second'], 3)} ms CPU per shard-second, {fmt(s10k['ms_per_empty_poll'], 3)} ms per empty poll ({fmt(s10k['grouped_ms_per_empty_poll'], 3)} ms in groups of 16, peak RSS {fmt(s10k['grouped_peak_rss_mb'], 1)} MB) |",
         f"| memory store (one run) | {fmt(c.get('memory_saves_per_s'), 0)} saves/s |",
         f"| SQLite store, WAL, synchronous=FULL (one run) | {fmt(c.get('sqlite_saves_per_s'), 0)} saves/s, so {fmt(c.get('sqlite_records_per_s_with_batching'), 0)} records/s checkpointed with one save per {fmt(c.get('batch_records'), 0)} records |",
         *[f"| one shard in {n} per-key lane{'s' if n > 1 else ''}, a handler awaiting a service that answers in 5 ms (its calls took {fmt(result['lanes']['handler_ms_mean'][str(n)], 2)} ms on average) | {fmt(result['lanes']['records_per_s'][str(n)], 0)} records/s, {fmt(100 * (result['lanes']['of_ideal'][str(n)] or 0), 0)} % of {n} × 200 |"
