@@ -293,8 +293,9 @@ impl ConsumerBuilder {
         self
     }
 
-    /// How long a shard waits before polling again once it has caught up with
-    /// the tip (default 1 s).
+    /// How often a shard that has caught up with the tip polls (default 1 s):
+    /// at its moments, one interval apart, the first of them between half an
+    /// interval and one and a half after its last records.
     pub fn idle_interval(mut self, interval: Duration) -> Self {
         self.settings.idle_interval = interval;
         self
@@ -304,7 +305,9 @@ impl ConsumerBuilder {
     /// shard at moments of its own, spread over the idle interval). The
     /// polls of a group share one wakeup of the process, which costs about
     /// as much CPU as an empty poll itself, and reach Kinesis together; the
-    /// groups' moments are spread over the interval.
+    /// groups' moments are spread over the interval. A large group brings
+    /// back what spreading avoids: its shards' calls in one burst, each on a
+    /// connection of its own.
     pub fn idle_poll_group(mut self, shards: usize) -> Self {
         self.settings.idle_poll_group = shards;
         self
@@ -443,7 +446,8 @@ impl ConsumerBuilder {
         for source in sources {
             let mut settings = self.settings.clone();
             settings.start_position = source.start_position;
-            parts.push(build_part(source, Arc::new(settings), &shared).await?);
+            let index = parts.len();
+            parts.push(build_part(source, index, Arc::new(settings), &shared).await?);
         }
         Ok(Consumer::new(parts))
     }
@@ -473,7 +477,7 @@ struct Shared {
 
 /// Lists one stream's shards, loads their checkpoints, positions each shard
 /// and starts the stream's background tasks.
-async fn build_part(source: Source, settings: Arc<Settings>, shared: &Shared) -> Result<Part, Error> {
+async fn build_part(source: Source, index: usize, settings: Arc<Settings>, shared: &Shared) -> Result<Part, Error> {
     let stream = Arc::new(source.stream);
     let api = source.api;
     let store = shared.store.clone();
@@ -525,6 +529,7 @@ async fn build_part(source: Source, settings: Arc<Settings>, shared: &Shared) ->
             Arc::clone(&api),
             Arc::clone(&settings),
             shared.epoch,
+            index,
         )),
     };
     reader.prepare(&stream, &starts).instrument(span.clone()).await?;

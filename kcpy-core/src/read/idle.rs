@@ -15,8 +15,14 @@ use crate::config::Settings;
 
 /// Added to the least call spacing where the idle interval is no longer
 /// than it: a wakeup comes up to this late and the shard still keeps its
-/// group's moments without calling sooner than its budget allows.
+/// group's moments without calling sooner than its budget allows. Later, it
+/// calls at the spacing and comes back by this much each poll; more slack
+/// would lengthen every idle shard's period, and so its latency.
 const SLACK: Duration = Duration::from_millis(1);
+
+/// How far apart in the golden-ratio sequence the groups of two streams
+/// start: more groups than a stream has.
+const STREAM_STRIDE: usize = 1 << 20;
 
 /// The moments one group of idle shards polls at: `origin + k × period`.
 #[derive(Debug, Clone, Copy)]
@@ -27,15 +33,18 @@ pub(crate) struct IdleGrid {
 }
 
 impl IdleGrid {
-    /// The grid of the shard in `slot` of a consumer built at `epoch`.
-    pub(crate) fn new(epoch: Instant, settings: &Settings, slot: usize) -> Self {
+    /// The grid of the shard in `slot` of the `stream`th stream of a
+    /// consumer built at `epoch`.
+    pub(crate) fn new(epoch: Instant, settings: &Settings, slot: usize, stream: usize) -> Self {
         let spacing = settings.min_call_spacing();
         let period = settings.idle_interval.max(spacing + SLACK);
         let group = slot / settings.idle_poll_group.max(1);
         // Group k's moments are shifted by frac(k × 0.618…) of the period
         // (0.618… = 1/φ): whatever the number of groups, they spread evenly
-        // over the period.
-        let phase = period.mul_f64((group as f64 * 0.618_033_988_749_895).fract());
+        // over the period. Each stream's groups start elsewhere in that
+        // sequence, so that the same slots of two streams do not coincide.
+        let index = group.wrapping_add(stream.wrapping_mul(STREAM_STRIDE));
+        let phase = period.mul_f64((index as f64 * 0.618_033_988_749_895).fract());
         Self {
             origin: epoch + phase,
             period,
@@ -78,11 +87,15 @@ mod tests {
     fn shards_of_one_group_poll_at_the_same_moments_whenever_their_last_call_was() {
         let epoch = Instant::now();
         let settings = settings(1000, 4);
-        let grids: Vec<IdleGrid> = (0..4).map(|slot| IdleGrid::new(epoch, &settings, slot)).collect();
+        let grids: Vec<IdleGrid> = (0..4).map(|slot| IdleGrid::new(epoch, &settings, slot, 0)).collect();
+        let next_group = IdleGrid::new(epoch, &settings, 4, 0);
+        let other_stream = IdleGrid::new(epoch, &settings, 0, 1);
         for offset in [3, 250, 499, 501, 990] {
             let started = epoch + Duration::from_millis(offset);
             let moments: Vec<Instant> = grids.iter().map(|grid| grid.next(started)).collect();
             assert!(moments.iter().all(|m| *m == moments[0]), "{offset} ms: {moments:?}");
+            assert_ne!(next_group.next(started), moments[0], "slot 4 is in the next group");
+            assert_ne!(other_stream.next(started), moments[0], "another stream's slot 0");
         }
         // Calls a few microseconds apart, as tasks woken together make them.
         let moment = grids[0].next(epoch + Duration::from_secs(5));
@@ -95,7 +108,7 @@ mod tests {
     #[test]
     fn a_caught_up_shard_polls_about_one_interval_later() {
         let epoch = Instant::now();
-        let grid = IdleGrid::new(epoch, &settings(1000, 16), 0);
+        let grid = IdleGrid::new(epoch, &settings(1000, 16), 0, 0);
         for offset in (0..3000).step_by(37) {
             let started = epoch + Duration::from_millis(offset);
             let wait = grid.next(started) - started;
@@ -113,7 +126,7 @@ mod tests {
         let started = epoch + Duration::from_secs(10);
         let mut phases: Vec<u128> = (0..8)
             .step_by(2)
-            .map(|slot| (IdleGrid::new(epoch, &settings, slot).next(started) - epoch).as_millis() % 1000)
+            .map(|slot| (IdleGrid::new(epoch, &settings, slot, 0).next(started) - epoch).as_millis() % 1000)
             .collect();
         phases.sort_unstable();
         let gaps = phases
@@ -129,7 +142,7 @@ mod tests {
     fn an_idle_interval_shorter_than_the_budget_keeps_to_the_budget() {
         let epoch = Instant::now();
         // 5 calls a second: 204 ms apart at least, and a period of 205 ms.
-        let grid = IdleGrid::new(epoch, &settings(50, 16), 0);
+        let grid = IdleGrid::new(epoch, &settings(50, 16), 0, 0);
         let mut called = grid.next(epoch);
         for late_us in [0, 900, 1500, 2500, 10_000, 0, 0] {
             let started = called + Duration::from_micros(late_us);
@@ -150,7 +163,7 @@ mod tests {
     #[test]
     fn the_longest_interval_and_a_process_up_for_years_do_not_overflow() {
         let epoch = Instant::now();
-        let grid = IdleGrid::new(epoch, &settings(86_400_000, 16), 3);
+        let grid = IdleGrid::new(epoch, &settings(86_400_000, 16), 3, 0);
         let started = epoch + Duration::from_secs(5 * 365 * 86_400);
         assert!(grid.next(started) > started);
     }

@@ -30,17 +30,20 @@ pub(crate) struct PollingReader {
     prepared: Mutex<HashMap<String, Option<String>>>,
     /// Where idle shards' moments are counted from.
     epoch: Instant,
+    /// The stream's place among the consumer's, for its shards' moments.
+    stream_index: usize,
     /// Permits for first calls in flight.
     starting: Arc<Semaphore>,
 }
 
 impl PollingReader {
-    pub(crate) fn new(api: DynKinesis, settings: Arc<Settings>, epoch: Instant) -> Self {
+    pub(crate) fn new(api: DynKinesis, settings: Arc<Settings>, epoch: Instant, stream_index: usize) -> Self {
         Self {
             api,
             settings,
             prepared: Mutex::default(),
             epoch,
+            stream_index,
             starting: Arc::new(Semaphore::new(FIRST_CALLS_IN_FLIGHT)),
         }
     }
@@ -88,7 +91,7 @@ impl ShardReader for PollingReader {
             position: shard.position,
             fallback: shard.fallback,
             iterator,
-            idle: IdleGrid::new(self.epoch, &self.settings, shard.slot),
+            idle: IdleGrid::new(self.epoch, &self.settings, shard.slot, self.stream_index),
             starting: Some(Arc::clone(&self.starting)),
             tx: shard.tx,
             cancel: shard.cancel,

@@ -191,15 +191,19 @@ async fn a_shard_that_read_records_polls_with_its_group_once_caught_up() {
         ("shard-0", vec![Step::Records(vec![1]), Step::Records(vec![2])]),
         ("shard-1", Vec::new()),
     ]);
+    // Full pages of one record: shard-0 is behind for two calls, made at
+    // the call spacing, off its group's moments.
     let mut consumer = builder(&api)
         .idle_interval(Duration::from_secs(1))
         .idle_poll_group(2)
+        .max_records_per_call(1)
         .build()
         .await
         .expect("build");
     assert_eq!(take(&mut consumer, 2).await.len(), 2);
     assert_quiet(&mut consumer).await;
     let (busy, idle) = (api.record_calls("shard-0"), api.record_calls("shard-1"));
+    assert_eq!(busy[1] - busy[0], Duration::from_millis(204), "shard-0 was behind");
     // Its last calls are at the idle shard's moments.
     let tail = |calls: &[Instant]| calls[calls.len() - 50..].to_vec();
     assert_eq!(tail(&busy), tail(&idle));
