@@ -624,12 +624,12 @@ async fn build_part(source: Source, index: usize, settings: Arc<Settings>, share
         slots,
         dirty: Vec::new(),
         in_flight: None,
-        in_flight_at: Position::of(&Record::new(
+        in_flight_at: Box::new(Position::of(&Record::new(
             "",
             SequenceNumber::parse("0").map_err(|e| Error::config(e.to_string()))?,
             "",
             bytes::Bytes::new(),
-        )),
+        ))),
         since_flush: 0,
         progress,
         track,

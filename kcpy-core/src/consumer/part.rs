@@ -38,7 +38,9 @@ pub(super) struct Part {
     pub(super) dirty: Vec<usize>,
     /// The slot of the record handed out last, while it is not yet processed.
     pub(super) in_flight: Option<usize>,
-    pub(super) in_flight_at: Position,
+    /// Boxed, as is each slot's processed position: marking a record
+    /// processed swaps the two pointers, not the two positions' 130 bytes.
+    pub(super) in_flight_at: Box<Position>,
     pub(super) since_flush: u64,
     pub(super) progress: Option<Arc<Progress>>,
     /// Auto mode with a store: positions are tracked per record.
@@ -174,7 +176,7 @@ impl Part {
         let entry = &mut self.slots[slot];
         match &mut entry.processed {
             Some(processed) => std::mem::swap(processed, &mut self.in_flight_at),
-            None => entry.processed = Some(self.in_flight_at.clone()),
+            None => entry.processed = Some(Box::new(Position::clone(&self.in_flight_at))),
         }
         // The record handed out last was this slot's.
         entry.processed_count = entry.handed;
@@ -208,7 +210,7 @@ impl Part {
             entry
                 .processed
                 .as_ref()
-                .map(|at| (&entry.id, at, entry.processed_count))
+                .map(|at| (&entry.id, &**at, entry.processed_count))
         }));
     }
 

@@ -94,7 +94,7 @@ pub(super) struct ShardSlot {
     /// Records handed out, and how many of them `processed` covers.
     pub(super) handed: u64,
     pub(super) processed_count: u64,
-    pub(super) processed: Option<Position>,
+    pub(super) processed: Option<Box<Position>>,
     pub(super) dirty: bool,
     /// Every record of the shard was handed out, or the shard was stopped.
     pub(super) ended: bool,
