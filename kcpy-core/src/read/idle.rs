@@ -71,6 +71,21 @@ impl IdleGrid {
     }
 }
 
+/// Asserts that no two of `phases` (within `period`, on a circle) are
+/// closer than a tenth of it.
+#[cfg(test)]
+pub(crate) fn assert_spread(mut phases: Vec<u128>, period: u128) {
+    phases.sort_unstable();
+    let wrap = phases.first().map(|first| first + period);
+    let gaps = phases
+        .windows(2)
+        .map(|p| p[1] - p[0])
+        .chain(wrap.zip(phases.last()).map(|(w, l)| w - l));
+    for gap in gaps {
+        assert!(gap >= period / 10, "phases {phases:?} cluster");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,18 +139,11 @@ mod tests {
         let epoch = Instant::now();
         let settings = settings(1000, 2);
         let started = epoch + Duration::from_secs(10);
-        let mut phases: Vec<u128> = (0..8)
+        let phases = (0..8)
             .step_by(2)
             .map(|slot| (IdleGrid::new(epoch, &settings, slot, 0).next(started) - epoch).as_millis() % 1000)
             .collect();
-        phases.sort_unstable();
-        let gaps = phases
-            .windows(2)
-            .map(|p| p[1] - p[0])
-            .chain([phases[0] + 1000 - phases[3]]);
-        for gap in gaps {
-            assert!(gap >= 100, "phases {phases:?} cluster");
-        }
+        assert_spread(phases, 1000);
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use deliver::Deliver;
 pub(crate) use fan_out::FanOutReader;
+#[cfg(test)]
+pub(crate) use idle::assert_spread;
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) use kpl::aggregate as kpl_aggregate;
 pub(crate) use polling::PollingReader;
