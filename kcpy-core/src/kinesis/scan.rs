@@ -174,9 +174,8 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// The text of a JSON number, roughly checked: Rust's parsers take a
-    /// few forms JSON does not (`+1`, `1.`, `.5`), which are declined here.
-    /// A number, as `str::parse::<f64>` reads it; most in one pass.
+    /// A number, as `str::parse::<f64>` reads it; most in one pass. The
+    /// forms [`number`](Self::number) declines are declined here too.
     fn decimal(&mut self) -> Option<f64> {
         self.skip_whitespace();
         if let Some((value, len)) = leading_decimal(&self.text.as_bytes()[self.at..]) {
@@ -186,6 +185,8 @@ impl<'a> Scan<'a> {
         self.number()?.parse().ok()
     }
 
+    /// The text of a JSON number, roughly checked: Rust's parsers take a
+    /// few forms JSON does not (`+1`, `1.`, `.5`), which are declined here.
     fn number(&mut self) -> Option<&'a str> {
         self.skip_whitespace();
         let bytes = self.text.as_bytes();
@@ -244,13 +245,17 @@ fn leading_decimal(bytes: &[u8]) -> Option<(f64, usize)> {
     let fraction = match bytes.get(at) {
         Some(b'.') => {
             at += 1;
-            digits(bytes, &mut at, &mut mantissa)
+            // `1.` is not JSON: a point needs digits after it.
+            match digits(bytes, &mut at, &mut mantissa) {
+                0 => return None,
+                fraction => fraction,
+            }
         }
         _ => 0,
     };
-    // At most 15 digits: below 10^15 < 2^53, exact as a double (and no
-    // wrapping above).
-    if whole + fraction == 0 || whole + fraction > 15 {
+    // A digit first (`.5` is not JSON), and at most 15 digits: below
+    // 10^15 < 2^53, exact as a double (and no wrapping above).
+    if whole == 0 || whole + fraction > 15 {
         return None;
     }
     let mut scale = -i32::try_from(fraction).ok()?;
@@ -402,10 +407,25 @@ mod tests {
             assert_eq!(exact_decimal(text.as_bytes()), text.parse().ok(), "{text}");
         }
         // Past the fast path, the general parse reads it.
-        for text in ["1e23", "123456789012345.6", "1e-30", "-1.5", "1.5e", "1.2.3", "1e1234"] {
+        for text in [
+            "1e23",
+            "123456789012345.6",
+            "1e-30",
+            "-1.5",
+            "1.5e",
+            "1.2.3",
+            "1e1234",
+            "1.",
+            ".5",
+        ] {
             assert_eq!(exact_decimal(text.as_bytes()), None, "{text}");
             assert_eq!(decimal(text), text.parse().ok(), "{text}");
         }
+        // What JSON does not allow, the scanner declines, as before.
+        for text in ["1.", ".5", "+1", "1e", "1.5e+"] {
+            assert_eq!(Scan { text, at: 0 }.decimal(), None, "{text}");
+        }
+        assert_eq!(Scan { text: "-1.5", at: 0 }.decimal(), Some(-1.5));
     }
 
     proptest! {
