@@ -4,9 +4,14 @@
 //! holding each checkpoint as text. The schema is created or migrated on
 //! connect; the database runs in WAL mode with `synchronous = FULL`, so a
 //! save that returned survives a crash of the process or the machine.
+//!
+//! [`SqliteCheckpointStore::connect_python_kcpy`] keeps them in the table of
+//! the Python kcpy package instead, so that its checkpoint files carry over.
+
+mod schema;
 
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -14,112 +19,13 @@ use kcpy_core::{Checkpoint, CheckpointError, CheckpointKey, CheckpointStore};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-/// The schema version this crate writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
-
-const CREATE_TABLE: &str = "CREATE TABLE kcpy_checkpoints (
-    consumer_name TEXT NOT NULL,
-    stream_name TEXT NOT NULL,
-    shard_id TEXT NOT NULL,
-    checkpoint TEXT NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (consumer_name, stream_name, shard_id)
-) WITHOUT ROWID";
-
-const COLUMNS: [&str; 5] = [
-    "consumer_name",
-    "stream_name",
-    "shard_id",
-    "checkpoint",
-    "updated_at_ms",
-];
-
-// One statement, so the ordering check and the write are atomic. A row is only
-// replaced when the stored text is a well-formed checkpoint (a malformed one is
-// reported, never overwritten) and the new one does not order below it.
-static SAVE: LazyLock<String> = LazyLock::new(|| {
-    let (stored, new) = ("kcpy_checkpoints.checkpoint", "excluded.checkpoint");
-    format!(
-        "INSERT INTO kcpy_checkpoints
-    (consumer_name, stream_name, shard_id, checkpoint, updated_at_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE
-    SET checkpoint = excluded.checkpoint, updated_at_ms = excluded.updated_at_ms
-    WHERE {} AND {} >= {}",
-        well_formed(stored),
-        order_key(new),
-        order_key(stored)
-    )
-});
-
-/// Whether the text in `column` is a checkpoint: `SHARD_END`, a start, a
-/// sequence number, or one with a sub-sequence number.
-fn well_formed(column: &str) -> String {
-    let start = format!("{column} GLOB 'AT_TIMESTAMP:*'");
-    let whole = format!("(NOT {start} AND instr({column}, ':') = 0)");
-    let part = format!("(NOT {start} AND instr({column}, ':') > 0)");
-    // At most u64::MAX: among 20 digits, text order is numeric order.
-    let tail = tail(column);
-    format!(
-        "({column} = 'SHARD_END'
-           OR ({whole} AND {})
-           OR ({part} AND {} AND {} AND (length({tail}) < 20 OR {tail} <= '18446744073709551615'))
-           OR ({start} AND {} AND (length({column}) < 33 OR substr({column}, 14) <= '18446744073709551615')))",
-        digits(column, 129),
-        digits(&head(column), 129),
-        digits(&tail, 20),
-        digits(&format!("substr({column}, 14)"), 20),
-    )
-}
-
-/// Canonical digits: 1 to `most`, no leading zero.
-fn digits(text: &str, most: u32) -> String {
-    format!("(length({text}) BETWEEN 1 AND {most} AND {text} NOT GLOB '*[^0-9]*' AND ({text} = '0' OR {text} NOT GLOB '0*'))")
-}
-
-/// A sub-sequence checkpoint's sequence number (the whole text otherwise).
-fn head(column: &str) -> String {
-    format!(
-        "(CASE WHEN {column} GLOB 'AT_TIMESTAMP:*' OR instr({column}, ':') = 0 THEN {column} \
-         ELSE substr({column}, 1, instr({column}, ':') - 1) END)"
-    )
-}
-
-/// A sub-sequence checkpoint's sub-sequence number ('' otherwise).
-fn tail(column: &str) -> String {
-    format!(
-        "(CASE WHEN {column} GLOB 'AT_TIMESTAMP:*' OR instr({column}, ':') = 0 THEN '' \
-         ELSE substr({column}, instr({column}, ':') + 1) END)"
-    )
-}
-
-/// A row value in checkpoint order: AT_TIMESTAMP starts first (their common
-/// prefix makes length-then-text their order in time), SHARD_END last, else
-/// by sequence number (length, then digits); inside one aggregate by
-/// sub-sequence number, the whole record after every part of it.
-fn order_key(column: &str) -> String {
-    let (head, tail) = (head(column), tail(column));
-    format!(
-        "({column} = 'SHARD_END', {column} NOT GLOB 'AT_TIMESTAMP:*', length({head}), {head}, \
-         {tail} = '', length({tail}), {tail})"
-    )
-}
-
-const RESET: &str = "INSERT INTO kcpy_checkpoints
-    (consumer_name, stream_name, shard_id, checkpoint, updated_at_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE
-    SET checkpoint = excluded.checkpoint, updated_at_ms = excluded.updated_at_ms";
-
-const DELETE: &str = "DELETE FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";
-
-const LOAD: &str =
-    "SELECT checkpoint FROM kcpy_checkpoints WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3";
+use schema::{Layout, MigrateError, SchemaError, Statements};
 
 /// Checkpoints in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteCheckpointStore {
     pool: SqlitePool,
+    sql: Arc<Statements>,
 }
 
 impl SqliteCheckpointStore {
@@ -134,9 +40,37 @@ impl SqliteCheckpointStore {
         Self::connect_with(options.create_if_missing(true), url).await
     }
 
+    /// Opens (creating if missing) the SQLite file at `path` and keeps
+    /// checkpoints in its table `table` the way the Python kcpy package (0.1.x)
+    /// lays it out: `consumer_name`, `stream_name`, `shard_id` and `seq_no`,
+    /// all text. That package's `StreamConsumer(..., checkpoint=True)` uses
+    /// the file `kcpy_checkpoint.db` and the table `kcpy`.
+    ///
+    /// The table is created if missing; an existing one keeps its rows, so
+    /// its positions carry over, and gains a unique index on the key. A row
+    /// that package wrote as a float (its updates did) is
+    /// [`CheckpointError::Malformed`], never used; a `NULL` (its reset) is no
+    /// checkpoint. Two rows for one key are refused as an `Open` error.
+    pub async fn connect_python_kcpy(path: &str, table: &str) -> Result<Self, CheckpointError> {
+        let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let layout = Layout::PythonKcpy {
+            table: table.to_owned(),
+        };
+        Self::open(options, path, layout).await
+    }
+
     /// Opens the database with `options` (journal mode, synchronous and busy
     /// timeout are set by this crate); `location` names it in errors.
     pub async fn connect_with(options: SqliteConnectOptions, location: &str) -> Result<Self, CheckpointError> {
+        Self::open(options, location, Layout::Own).await
+    }
+
+    async fn open(options: SqliteConnectOptions, location: &str, layout: Layout) -> Result<Self, CheckpointError> {
+        let shape_error = |message: String| CheckpointError::Open {
+            location: location.to_owned(),
+            source: Arc::new(SchemaError(message)),
+        };
+        layout.check().map_err(shape_error)?;
         // sqlx names `sqlite::memory:` `file:sqlx-in-memory-<n>` (shared cache).
         let in_memory = {
             let name = options.get_filename().to_string_lossy();
@@ -164,66 +98,20 @@ impl SqliteCheckpointStore {
             .connect_with(options)
             .await
             .map_err(|e| open_error(location, e))?;
-        migrate(&pool).await.map_err(|e| match e {
+        layout.migrate(&pool).await.map_err(|e| match e {
             MigrateError::Sql(e) => open_error(location, e),
-            MigrateError::Shape(message) => CheckpointError::Open {
-                location: location.to_owned(),
-                source: Arc::new(SchemaError(message)),
-            },
+            MigrateError::Shape(message) => shape_error(message),
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sql: Arc::new(layout.statements()),
+        })
     }
 
     /// The underlying pool, e.g. to close it.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-}
-
-/// The database holds a `kcpy_checkpoints` table this crate cannot use.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct SchemaError(String);
-
-enum MigrateError {
-    Sql(sqlx::Error),
-    Shape(String),
-}
-
-impl From<sqlx::Error> for MigrateError {
-    fn from(e: sqlx::Error) -> Self {
-        MigrateError::Sql(e)
-    }
-}
-
-async fn migrate(pool: &SqlitePool) -> Result<(), MigrateError> {
-    let mut tx = pool.begin().await?;
-    let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await?;
-    let columns: Vec<String> =
-        sqlx::query_scalar("SELECT name FROM pragma_table_info('kcpy_checkpoints') ORDER BY cid")
-            .fetch_all(&mut *tx)
-            .await?;
-    match version {
-        0 if columns.is_empty() => {
-            sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;
-            sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        SCHEMA_VERSION if columns == COLUMNS => {}
-        SCHEMA_VERSION | 0 => {
-            return Err(MigrateError::Shape(format!(
-                "table kcpy_checkpoints has columns {columns:?}, expected {COLUMNS:?}"
-            )))
-        }
-        newer => {
-            return Err(MigrateError::Shape(format!(
-                "schema version {newer} is newer than this kcpy-checkpoint-sqlite understands ({SCHEMA_VERSION})"
-            )))
-        }
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 fn open_error(location: &str, error: sqlx::Error) -> CheckpointError {
@@ -256,7 +144,7 @@ fn now_ms() -> i64 {
 #[async_trait]
 impl CheckpointStore for SqliteCheckpointStore {
     async fn load(&self, key: &CheckpointKey) -> Result<Option<Checkpoint>, CheckpointError> {
-        let row = sqlx::query(LOAD)
+        let row = sqlx::query(&self.sql.load)
             .bind(&key.consumer_name)
             .bind(&key.stream_name)
             .bind(&key.shard_id)
@@ -267,8 +155,9 @@ impl CheckpointStore for SqliteCheckpointStore {
             return Ok(None);
         };
         // A value of another type (someone wrote a number) is malformed too.
-        let text: String = match row.try_get::<String, _>(0) {
-            Ok(text) => text,
+        let text: String = match row.try_get::<Option<String>, _>(0) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
             Err(_) => {
                 let raw: Option<Vec<u8>> = row.try_get(0).ok();
                 String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned()
@@ -278,15 +167,15 @@ impl CheckpointStore for SqliteCheckpointStore {
     }
 
     async fn save(&self, key: &CheckpointKey, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        let done = sqlx::query(&SAVE)
+        let mut save = sqlx::query(&self.sql.save)
             .bind(&key.consumer_name)
             .bind(&key.stream_name)
             .bind(&key.shard_id)
-            .bind(checkpoint.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
+            .bind(checkpoint.as_str());
+        if self.sql.timed {
+            save = save.bind(now_ms());
+        }
+        let done = save.execute(&self.pool).await.map_err(store_error)?;
         if done.rows_affected() > 0 {
             return Ok(());
         }
@@ -300,13 +189,19 @@ impl CheckpointStore for SqliteCheckpointStore {
 
     async fn reset(&self, key: &CheckpointKey, to: Option<&Checkpoint>) -> Result<(), CheckpointError> {
         let query = match to {
-            Some(to) => sqlx::query(RESET)
-                .bind(&key.consumer_name)
-                .bind(&key.stream_name)
-                .bind(&key.shard_id)
-                .bind(to.as_str())
-                .bind(now_ms()),
-            None => sqlx::query(DELETE)
+            Some(to) => {
+                let reset = sqlx::query(&self.sql.reset)
+                    .bind(&key.consumer_name)
+                    .bind(&key.stream_name)
+                    .bind(&key.shard_id)
+                    .bind(to.as_str());
+                if self.sql.timed {
+                    reset.bind(now_ms())
+                } else {
+                    reset
+                }
+            }
+            None => sqlx::query(&self.sql.delete)
                 .bind(&key.consumer_name)
                 .bind(&key.stream_name)
                 .bind(&key.shard_id),
@@ -393,10 +288,11 @@ mod tests {
                     .expect("plant a bad value");
             }
         };
+        let load = store.sql.load.clone();
         let read_raw = |key: CheckpointKey| {
-            let pool = pool.clone();
+            let (pool, load) = (pool.clone(), load.clone());
             async move {
-                sqlx::query_scalar(LOAD)
+                sqlx::query_scalar(&load)
                     .bind(&key.consumer_name)
                     .bind(&key.stream_name)
                     .bind(&key.shard_id)
@@ -436,5 +332,175 @@ mod tests {
             }
             other => panic!("expected an Open error, got {other:?}"),
         }
+    }
+
+    /// Python kcpy 0.1.7's own statements, as its `Checkpoint` class runs them.
+    mod python_kcpy {
+        pub(super) const CREATE: &str =
+            "CREATE TABLE IF NOT EXISTS kcpy(consumer_name text, stream_name text, shard_id text, seq_no text)";
+
+        pub(super) fn insert(shard: &str, seq_no: &str) -> String {
+            format!(
+                "INSERT INTO kcpy (consumer_name, stream_name, shard_id, seq_no) VALUES ('app', 'orders', '{shard}', '{seq_no}')"
+            )
+        }
+
+        pub(super) fn update(shard: &str, seq_no: &str) -> String {
+            format!("UPDATE kcpy SET seq_no = {seq_no} WHERE consumer_name = 'app' AND stream_name = 'orders' AND shard_id = '{shard}'")
+        }
+
+        pub(super) fn reset(shard: &str) -> String {
+            format!("UPDATE kcpy SET seq_no = NULL WHERE consumer_name = 'app' AND stream_name = 'orders' AND shard_id = '{shard}'")
+        }
+    }
+
+    async fn python_kcpy_file() -> (tempfile::TempDir, String, SqlitePool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("kcpy_checkpoint.db").to_string_lossy().into_owned();
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.expect("create");
+        sqlx::query(python_kcpy::CREATE)
+            .execute(&pool)
+            .await
+            .expect("create table");
+        (dir, path, pool)
+    }
+
+    #[tokio::test]
+    async fn the_python_kcpy_table_meets_the_checkpoint_store_contract() {
+        let (_dir, path, pool) = python_kcpy_file().await;
+        let store = SqliteCheckpointStore::connect_python_kcpy(&path, "kcpy")
+            .await
+            .expect("open");
+        kcpy_core::test_util::checkpoint_store_conformance(&store).await;
+        kcpy_core::test_util::reset_conformance(&store).await;
+        let plant = |key: CheckpointKey, value: String| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO kcpy VALUES (?1, ?2, ?3, ?4)")
+                    .bind(&key.consumer_name)
+                    .bind(&key.stream_name)
+                    .bind(&key.shard_id)
+                    .bind(value)
+                    .execute(&pool)
+                    .await
+                    .expect("plant a bad value");
+            }
+        };
+        let read_raw = |key: CheckpointKey| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar(
+                    "SELECT seq_no FROM kcpy WHERE consumer_name = ?1 AND stream_name = ?2 AND shard_id = ?3",
+                )
+                .bind(&key.consumer_name)
+                .bind(&key.stream_name)
+                .bind(&key.shard_id)
+                .fetch_one(&pool)
+                .await
+                .expect("read back")
+            }
+        };
+        kcpy_core::test_util::malformed_value_conformance(&store, plant, read_raw).await;
+    }
+
+    #[tokio::test]
+    async fn a_python_kcpy_file_keeps_its_positions_and_reports_the_floats_it_wrote() {
+        let (_dir, path, pool) = python_kcpy_file().await;
+        let first = "49590338271490256608559692538361571095921575989136588898";
+        let later = "49590338271490256608559692540925702759324208523137515618";
+        // Its first save of a shard quotes the number; every later one does not,
+        // and SQLite turns a 56-digit literal into a float.
+        for statement in [
+            python_kcpy::insert("shardId-000000000000", first),
+            python_kcpy::insert("shardId-000000000001", first),
+            python_kcpy::update("shardId-000000000001", later),
+            python_kcpy::insert("shardId-000000000002", first),
+            python_kcpy::reset("shardId-000000000002"),
+        ] {
+            sqlx::query(&statement)
+                .execute(&pool)
+                .await
+                .expect("Python kcpy's statement");
+        }
+        let corrupted: String = sqlx::query_scalar("SELECT seq_no FROM kcpy WHERE shard_id = 'shardId-000000000001'")
+            .fetch_one(&pool)
+            .await
+            .expect("read");
+        assert!(corrupted.contains('e'), "the package stored {corrupted}");
+
+        let store = SqliteCheckpointStore::connect_python_kcpy(&path, "kcpy")
+            .await
+            .expect("open");
+        let key = |shard: &str| CheckpointKey::new("app", "orders", shard);
+        assert_eq!(
+            store.load(&key("shardId-000000000000")).await.expect("load"),
+            Some(Checkpoint::Sequence(first.parse().expect("valid"))),
+            "a position it saved once carries over exactly"
+        );
+        assert!(matches!(
+            store.load(&key("shardId-000000000001")).await,
+            Err(CheckpointError::Malformed { .. })
+        ));
+        let newer = Checkpoint::Sequence(later.parse().expect("valid"));
+        assert!(matches!(
+            store.save(&key("shardId-000000000001"), &newer).await,
+            Err(CheckpointError::Malformed { .. })
+        ));
+        assert_eq!(
+            store.load(&key("shardId-000000000002")).await.expect("load"),
+            None,
+            "its reset is no checkpoint"
+        );
+        store
+            .save(&key("shardId-000000000002"), &newer)
+            .await
+            .expect("save over a reset");
+        store.save(&key("shardId-000000000000"), &newer).await.expect("advance");
+
+        // The package still reads what this store wrote, exactly.
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT shard_id, seq_no FROM kcpy ORDER BY shard_id")
+            .fetch_all(&pool)
+            .await
+            .expect("read");
+        assert_eq!(
+            rows,
+            [
+                ("shardId-000000000000".to_owned(), later.to_owned()),
+                ("shardId-000000000001".to_owned(), corrupted),
+                ("shardId-000000000002".to_owned(), later.to_owned()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_python_kcpy_table_with_two_rows_for_one_key_is_refused() {
+        let (_dir, path, pool) = python_kcpy_file().await;
+        for _ in 0..2 {
+            sqlx::query(&python_kcpy::insert("shardId-000000000000", "1"))
+                .execute(&pool)
+                .await
+                .expect("insert");
+        }
+        match SqliteCheckpointStore::connect_python_kcpy(&path, "kcpy").await {
+            Err(CheckpointError::Open { source, .. }) => assert!(source.to_string().contains("more than one row")),
+            other => panic!("expected an Open error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_table_name_that_is_not_an_identifier_is_refused_before_any_sql() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("c.db").to_string_lossy().into_owned();
+        for bad in ["", "1kcpy", "kcpy; DROP TABLE x", "my-table"] {
+            match SqliteCheckpointStore::connect_python_kcpy(&path, bad).await {
+                Err(CheckpointError::Open { source, .. }) => assert!(source.to_string().contains("table name")),
+                other => panic!("{bad:?}: expected an Open error, got {other:?}"),
+            }
+        }
+        let store = SqliteCheckpointStore::connect_python_kcpy(&path, "my_checkpoints")
+            .await
+            .expect("a new table");
+        kcpy_core::test_util::checkpoint_store_conformance(&store).await;
     }
 }
