@@ -29,6 +29,9 @@
 
 pub use kcpy_core::*;
 
+mod store_url;
+pub use store_url::{AnyStore, LeaseAndCheckpoints, NoLeases};
+
 #[cfg(feature = "dynamodb")]
 pub use kcpy_checkpoint_dynamodb::DynamoDbCheckpointStore;
 #[cfg(feature = "memory")]

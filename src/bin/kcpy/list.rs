@@ -4,8 +4,8 @@ use clap::Args;
 use kcpy::aws_sdk_kinesis::types::ShardIteratorType;
 use kcpy::{Checkpoint, CheckpointKey};
 
-use crate::stores::Store;
 use crate::Context;
+use kcpy::AnyStore;
 
 #[derive(Args)]
 pub(crate) struct List {
@@ -25,7 +25,7 @@ pub(crate) struct List {
 
 impl List {
     pub(crate) async fn run(self, context: &Context) -> Result<(), Box<dyn std::error::Error>> {
-        let store = Store::open(&self.store, &context.config).await?;
+        let store = AnyStore::open(&self.store, &context.config).await?;
         let shards = context.shards(&self.stream).await?;
         let leases = store.leases(&self.consumer_name, &self.stream).await?;
         if !self.json {

@@ -17,7 +17,6 @@
 mod describe;
 mod list;
 mod reset;
-mod stores;
 mod tail;
 
 use std::process::ExitCode;

@@ -6,9 +6,9 @@ use std::time::SystemTime;
 use clap::{ArgGroup, Args};
 use kcpy::{Checkpoint, CheckpointKey, StartTime};
 
-use crate::stores::Store;
 use crate::tail::parse_time;
 use crate::Context;
+use kcpy::AnyStore;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("target").required(true)))]
@@ -49,7 +49,7 @@ pub(crate) struct Reset {
 
 impl Reset {
     pub(crate) async fn run(self, context: &Context) -> Result<(), Box<dyn std::error::Error>> {
-        let store = Store::open(&self.store, &context.config).await?;
+        let store = AnyStore::open(&self.store, &context.config).await?;
         let target = match (&self.shard, &self.to) {
             (Some(_), Some(text)) => text
                 .parse::<Checkpoint>()

@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use kcpy::{Consumer, Record, ShardState, StartPosition};
 
-use crate::stores::Store;
 use crate::Context;
+use kcpy::AnyStore;
 
 /// How long to wait for a record before looking whether every shard is at
 /// its tip.
@@ -134,7 +134,7 @@ impl Tail {
             builder = builder.lease_renew_interval(Duration::from_millis(ms));
         }
         if let Some(url) = &self.store {
-            builder = Store::open(url, &context.config)
+            builder = AnyStore::open(url, &context.config)
                 .await?
                 .configure(builder, self.group)?;
         }
