@@ -1,0 +1,277 @@
+//! `StreamConsumer`: the Python kcpy package's consumer, on kcpy's.
+//!
+//! The consumer sits behind a [`Peekable`]. Waiting for a record only peeks,
+//! with the GIL released; taking it is one step that cannot wait, done with
+//! the GIL held, right before the dict is handed to Python. So an
+//! interrupted wait (Ctrl-C, a cancelled asyncio task) drops no record, and
+//! in auto mode a record counts as processed exactly when Python asks for
+//! the next one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::Peekable;
+use futures::{FutureExt, StreamExt};
+use kcpy::Consumer;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tokio::sync::Mutex;
+
+use crate::errors::to_py;
+use crate::options::{Arguments, Options};
+use crate::record::Converter;
+
+/// How often a blocking wait comes back to let Python handle signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+enum State {
+    /// Built on first use, so that `async for` builds without blocking the
+    /// event loop, as the Python package did its I/O in `__iter__`.
+    Unbuilt(Box<Options>),
+    Running(Box<Running>),
+    /// Closed, its checkpoints written (or its error raised).
+    Closed,
+}
+
+struct Running {
+    consumer: Peekable<Consumer>,
+    converter: Converter,
+}
+
+/// Whether the stream has a record to take.
+enum Ready {
+    Record,
+    Ended,
+}
+
+impl State {
+    /// Waits until a record can be taken, building the consumer first if
+    /// need be. At the end of the stream, closes it: its error, if one ended
+    /// it, is returned.
+    async fn ready(&mut self) -> PyResult<Ready> {
+        loop {
+            match self {
+                State::Unbuilt(options) => {
+                    let consumer = Options::build((**options).clone()).await?;
+                    *self = State::Running(Box::new(Running {
+                        consumer: consumer.peekable(),
+                        converter: Converter::new(),
+                    }));
+                }
+                State::Running(running) => {
+                    if std::pin::Pin::new(&mut running.consumer).peek().await.is_some() {
+                        return Ok(Ready::Record);
+                    }
+                    let closed = running.consumer.get_mut().close().await;
+                    *self = State::Closed;
+                    closed.map_err(|e| to_py(&e))?;
+                    return Ok(Ready::Ended);
+                }
+                State::Closed => return Ok(Ready::Ended),
+            }
+        }
+    }
+
+    /// The next record as a dict, if one is ready now.
+    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let State::Running(running) = self else {
+            return Ok(None);
+        };
+        match running.consumer.next().now_or_never() {
+            Some(Some(record)) => running.converter.dict(py, &record).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Closes the consumer, writing the checkpoints of processed records.
+    async fn close(&mut self) -> PyResult<()> {
+        match std::mem::replace(self, State::Closed) {
+            State::Running(mut running) => running.consumer.get_mut().close().await.map_err(|e| to_py(&e)),
+            State::Unbuilt(_) | State::Closed => Ok(()),
+        }
+    }
+}
+
+/// Reads every shard of a stream, following resharding, and hands out its
+/// records as dicts.
+#[pyclass(module = "kcpy._kcpy", subclass)]
+pub(crate) struct StreamConsumer {
+    state: Arc<Mutex<State>>,
+    consumer_name: String,
+}
+
+fn busy() -> PyErr {
+    PyRuntimeError::new_err("this StreamConsumer is already being read by another call")
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
+/// Runs `future` to its end with the GIL released, coming back every
+/// [`SIGNAL_CHECK`] so that Python can raise `KeyboardInterrupt`. An
+/// interrupt drops the future and is returned as the error.
+fn wait<F: Future + Send>(py: Python<'_>, future: F) -> PyResult<F::Output>
+where
+    F::Output: Send,
+{
+    let mut future = Box::pin(future);
+    loop {
+        let step = py.detach(|| runtime().block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut future).await }));
+        match step {
+            Ok(output) => return Ok(output),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}
+
+#[pymethods]
+impl StreamConsumer {
+    #[new]
+    #[pyo3(signature = (
+        stream_name,
+        consumer_name = None,
+        checkpoint = false,
+        checkpoint_db_file_path = "kcpy_checkpoint.db".to_owned(),
+        checkpoint_db_name = "kcpy".to_owned(),
+        *,
+        checkpoint_store = None,
+        start_position = None,
+        group = false,
+        endpoint_url = None,
+        region_name = None,
+        aws_access_key_id = None,
+        aws_secret_access_key = None,
+        aws_session_token = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        stream_name: String,
+        consumer_name: Option<String>,
+        checkpoint: bool,
+        checkpoint_db_file_path: String,
+        checkpoint_db_name: String,
+        checkpoint_store: Option<String>,
+        start_position: Option<Bound<'_, PyAny>>,
+        group: bool,
+        endpoint_url: Option<String>,
+        region_name: Option<String>,
+        aws_access_key_id: Option<String>,
+        aws_secret_access_key: Option<String>,
+        aws_session_token: Option<String>,
+    ) -> PyResult<Self> {
+        let options = Options::parse(Arguments {
+            stream_name,
+            consumer_name,
+            checkpoint,
+            checkpoint_db_file_path,
+            checkpoint_db_name,
+            checkpoint_store,
+            start_position,
+            group,
+            endpoint_url,
+            region_name,
+            aws_access_key_id,
+            aws_secret_access_key,
+            aws_session_token,
+        })?;
+        Ok(Self {
+            consumer_name: options.consumer_name.clone(),
+            state: Arc::new(Mutex::new(State::Unbuilt(Box::new(options)))),
+        })
+    }
+
+    /// The consumer's name (generated when none was given).
+    #[getter]
+    fn consumer_name(&self) -> &str {
+        &self.consumer_name
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut state = self.state.try_lock().map_err(|_| busy())?;
+        loop {
+            if let Some(record) = state.take(py)? {
+                return Ok(Some(record));
+            }
+            match wait(py, state.ready()) {
+                Ok(Ok(Ready::Record)) => {}
+                Ok(Ok(Ready::Ended)) => return Ok(None),
+                Ok(Err(error)) => return Err(error),
+                Err(interrupt) => {
+                    // Ctrl-C: stop gracefully, writing the checkpoints of
+                    // what was processed, then let the interrupt go on.
+                    // A second Ctrl-C abandons the close.
+                    if let Ok(Err(error)) = wait(py, state.close()) {
+                        error.print(py);
+                    }
+                    return Err(interrupt);
+                }
+            }
+        }
+    }
+
+    /// The next record as a dict if one is ready now, else `None`.
+    fn _take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut state = self.state.try_lock().map_err(|_| busy())?;
+        state.take(py)
+    }
+
+    /// An awaitable: `True` once a record can be taken, `False` once the
+    /// stream has ended (it is then closed).
+    fn _ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let state = Arc::clone(&self.state);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut state = state.try_lock().map_err(|_| busy())?;
+            Ok(matches!(state.ready().await?, Ready::Record))
+        })
+    }
+
+    /// An awaitable that closes the consumer (see `close`).
+    fn _aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let state = Arc::clone(&self.state);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { state.lock().await.close().await })
+    }
+
+    /// Stops reading and waits until the checkpoints of the records processed
+    /// are written. The record handed out last is not counted as processed
+    /// (it is delivered again next time) unless the next one was asked for.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let mut state = self.state.try_lock().map_err(|_| busy())?;
+        wait(py, state.close())?
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+}
+
+impl Drop for StreamConsumer {
+    fn drop(&mut self) {
+        // Dropped unclosed: still write what was processed. Closing needs
+        // the runtime, not the GIL.
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        if let State::Running(running) = std::mem::replace(&mut *state, State::Closed) {
+            let closing = runtime().spawn(async move {
+                let mut running = running;
+                let _ = running.consumer.get_mut().close().await;
+            });
+            if tokio::runtime::Handle::try_current().is_err() {
+                let _ = runtime().block_on(closing);
+            }
+        }
+    }
+}
