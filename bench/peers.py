@@ -5,6 +5,7 @@ system, the whole process) and peak RSS.
     python3 peers.py boto3-loop ENDPOINT STREAM RECORDS
     python3 peers.py python-kcpy ENDPOINT STREAM RECORDS        # ShardConsumer x threads
     python3 peers.py python-kcpy-stream ENDPOINT STREAM SECONDS # StreamConsumer, time-boxed
+    python3 peers.py python-kcpy-wheel ENDPOINT STREAM RECORDS  # StreamConsumer of kcpy-python's wheel
     python3 peers.py boto3-latency ENDPOINT STREAM SAMPLES      # put -> delivery, 5 polls/s per shard
     python3 peers.py prepare ENDPOINT STREAM SHARDS             # a stream, one record per shard
 """
@@ -94,6 +95,24 @@ def python_kcpy_stream(endpoint, stream, seconds):
     report(read, started, dict(time_boxed_s=seconds, records_per_s=read / (time.time() - started)))
 
 
+def python_kcpy_wheel(endpoint, stream, records):
+    """The same loop as python_kcpy_stream, through the wheel built from
+    kcpy-python (in a venv of its own: it is also imported as kcpy)."""
+    from kcpy import StreamConsumer
+
+    started = time.time()
+    read = 0
+    consumer = StreamConsumer(stream, endpoint_url=endpoint, **OPTIONS)
+    for record in consumer:
+        _ = record["Data"]
+        read += 1
+        if read >= records:
+            break
+    consumer.close()
+    wall = time.time() - started
+    report(read, started, dict(records_per_s=read / wall))
+
+
 def boto3_latency(endpoint, stream, samples):
     """Puts one record every 100 ms and reads with one thread per shard, each
     calling GetRecords every 200 ms (start to start): put-to-delivery latency
@@ -150,4 +169,5 @@ def prepare(endpoint, stream, shards):
 if __name__ == "__main__":
     mode, endpoint, stream, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     dict(boto3_loop=boto3_loop, python_kcpy=python_kcpy, python_kcpy_stream=python_kcpy_stream,
+         python_kcpy_wheel=python_kcpy_wheel,
          boto3_latency=boto3_latency, prepare=prepare)[mode.replace("-", "_")](endpoint, stream, n)

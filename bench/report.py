@@ -49,6 +49,7 @@ def main():
     raw, out = sys.argv[1], sys.argv[2]
     kcpy, boto, pk = load(raw, "kcpy"), load(raw, "boto3_loop"), load(raw, "python_kcpy")
     stream, latency, idle = load(raw, "python_kcpy_stream"), load(raw, "latency"), load(raw, "idle")
+    wheel = load(raw, "python_kcpy_wheel")
     shards, ceiling, checkpoints = load(raw, "shards_1000"), load(raw, "ceiling"), load(raw, "checkpoints")
     wakeups, boto3_latency = load(raw, "wakeups"), load(raw, "boto3_latency")
     fanout, fanout_latency, idle_fanout = load(raw, "kcpy_fanout"), load(raw, "fanout_latency"), load(raw, "idle_fanout")
@@ -82,6 +83,12 @@ def main():
                                         "cpu_us_per_record": med(stream, "cpu_us_per_record"),
                                         "records_per_s": med(stream, "records_per_s"),
                                         "peak_rss_mb": med(stream, "peak_rss_mb")},
+        "python_kcpy_wheel": {"api": "for record in StreamConsumer(...) through the wheel built from kcpy-python, a dict per record",
+                              "cpu_us_per_record": med(wheel, "cpu_us_per_record"),
+                              "records_per_s": med(wheel, "records_per_s"),
+                              "peak_rss_mb": med(wheel, "peak_rss_mb"),
+                              "runs": {k: summary(wheel, k) for k in ("cpu_us_per_record", "peak_rss_mb", "wall_s",
+                                                                       "records_per_s")}},
         "latency_ms": {"p50": med(latency, "p50"), "p99": med(latency, "p99"),
                        "put_record_ms_p50": med(latency, "put_record_ms_p50"),
                        "get_records_ms_p50": med(latency, "get_records_ms_p50"),
@@ -152,6 +159,10 @@ def main():
         if k and p:
             ratios[peer] = round(p / k, 1)
     result["kcpy_cpu_advantage"] = ratios
+    w = result["python_kcpy_wheel"]
+    old_shard, old_stream = result["python_kcpy"]["cpu_us_per_record"], result["python_kcpy_stream_consumer"]["records_per_s"]
+    w["less_cpu_than_python_kcpy_shard_consumers"] = round(old_shard / w["cpu_us_per_record"], 1) if old_shard and w["cpu_us_per_record"] else None
+    w["more_records_per_s_than_python_kcpy_stream_consumer"] = round(w["records_per_s"] / old_stream, 1) if old_stream and w["records_per_s"] else None
     result["ceiling"] = {"records_per_s_per_core": result["ceiling_records_per_s_per_core"],
                          "cpu_us_per_record": result["ceiling_cpu_us_per_record"],
                          "allocations_per_record": result["ceiling_allocations_per_record"]}
@@ -205,6 +216,11 @@ def main():
          unit(result["idle_grouped"]["latency_ms"]["p50"], 1, "ms")),
         ("round two: latency p99 ≤ 215 ms with the polls in one group", (result["idle_grouped"]["latency_ms"]["p99"] or 1e9) <= 215,
          unit(result["idle_grouped"]["latency_ms"]["p99"], 1, "ms")),
+        ("Python wheel: ≥ 10× less CPU per record than Python kcpy's ShardConsumer × 4 threads",
+         (w["less_cpu_than_python_kcpy_shard_consumers"] or 0) >= 10, f"{w['less_cpu_than_python_kcpy_shard_consumers']}×"),
+        ("Python wheel: ≥ 100× the records/s of Python kcpy's StreamConsumer",
+         (w["more_records_per_s_than_python_kcpy_stream_consumer"] or 0) >= 100,
+         f"{w['more_records_per_s_than_python_kcpy_stream_consumer']}×"),
         ("round two: 10,000 shards in one process, peak RSS ≤ 150 MB", (s10k["peak_rss_mb"] or 1e9) <= 150,
          unit(s10k["peak_rss_mb"], 1, "MB")),
     ]
@@ -243,6 +259,12 @@ def main():
     lines.append(f"| Python kcpy 0.1.7 `StreamConsumer` (time-boxed) | {fmt(s['cpu_us_per_record'])} | "
                  f"{fmt(s['peak_rss_mb'])} | {ratios.get('python_kcpy_stream_consumer', 'n/a')}× "
                  f"(one run of 20 s, start-up included; it reads {fmt(s['records_per_s'], 1)} records/s) |")
+    runs = w["runs"]
+    if runs["cpu_us_per_record"]:
+        lines.append(f"| the Python package built here (kcpy-python's wheel): `for record in StreamConsumer(...)`, a dict per record "
+                     f"| {fmt(runs['cpu_us_per_record']['median'])} ({fmt(runs['cpu_us_per_record']['min'])}–{fmt(runs['cpu_us_per_record']['max'])}) "
+                     f"| {fmt(w['peak_rss_mb'])} | {w['less_cpu_than_python_kcpy_shard_consumers']}× less than Python kcpy's `ShardConsumer` × 4; "
+                     f"{fmt(w['records_per_s'], 0)} records/s, {w['more_records_per_s_than_python_kcpy_stream_consumer']}× its `StreamConsumer`'s |")
     c = result["checkpoints"] or {}
     lines += [
         "",
