@@ -74,15 +74,21 @@ impl State {
         }
     }
 
-    /// The next record as a dict, if one is ready now.
+    /// The next record as a dict, if one is ready now. The record is taken
+    /// only once its dict is made, so a failed conversion loses nothing.
     fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let State::Running(running) = self else {
             return Ok(None);
         };
-        match running.consumer.next().now_or_never() {
-            Some(Some(record)) => running.converter.dict(py, &record).map(Some),
-            _ => Ok(None),
-        }
+        // Polling may start shards or a shutdown, which need the runtime.
+        let _runtime = runtime().enter();
+        let Running { consumer, converter } = &mut **running;
+        let dict = match std::pin::Pin::new(&mut *consumer).peek().now_or_never() {
+            Some(Some(record)) => converter.dict(py, record)?,
+            _ => return Ok(None),
+        };
+        let _taken = consumer.next().now_or_never();
+        Ok(Some(dict))
     }
 
     /// Closes the consumer, writing the checkpoints of processed records.
@@ -217,9 +223,13 @@ impl StreamConsumer {
     }
 
     /// The next record as a dict if one is ready now, else `None`.
+    /// (A cancelled wait may hold the consumer a moment longer: that is
+    /// "not ready" too, and the next wait queues behind it.)
     fn _take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let mut state = self.state.try_lock().map_err(|_| busy())?;
-        state.take(py)
+        match self.state.try_lock() {
+            Ok(mut state) => state.take(py),
+            Err(_) => Ok(None),
+        }
     }
 
     /// An awaitable: `True` once a record can be taken, `False` once the
@@ -227,7 +237,7 @@ impl StreamConsumer {
     fn _ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let state = Arc::clone(&self.state);
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut state = state.try_lock().map_err(|_| busy())?;
+            let mut state = state.lock().await;
             Ok(matches!(state.ready().await?, Ready::Record))
         })
     }

@@ -84,7 +84,8 @@ class Script:
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.stderr: List[str] = []
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -115,7 +116,9 @@ class Script:
     def interrupt(self) -> int:
         """Ctrl-C, then its exit status once it has ended."""
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=60)
+        status = self.process.wait(timeout=60)
+        self._stderr_reader.join(timeout=10)
+        return status
 
     def kill(self) -> None:
         self.process.kill()

@@ -4,13 +4,15 @@ import json
 import sqlite3
 from typing import Any, Callable, Dict, List
 
+import pytest
+
 from conftest import Script, put
 
 # Prints each record as JSON; the stream and options come as arguments.
 READER = """\
 import json, sys
 from kcpy import StreamConsumer
-consumer = StreamConsumer(sys.argv[1] if len(sys.argv) > 1 else {stream!r}, consumer_name='reader', checkpoint=True)
+consumer = StreamConsumer(sys.argv[1] if len(sys.argv) > 1 else {stream!r}, consumer_name='reader', checkpoint={checkpoint})
 for record in consumer:
     print(json.dumps(dict(data=record['Data'].decode(), key=record['PartitionKey'],
                           seq=record['SequenceNumber'], shard=record['ShardId'])))
@@ -30,7 +32,7 @@ def test_a_consumer_killed_mid_stream_loses_nothing_when_it_starts_again(
     for start in range(0, len(entries), 200):
         kinesis.put_records(StreamName=stream, Records=entries[start:start + 200])
 
-    killed = run_script(READER.format(stream=stream))
+    killed = run_script(READER.format(stream=stream, checkpoint=True))
     seen = records(killed.read(150))
     killed.kill()
 
@@ -38,7 +40,7 @@ def test_a_consumer_killed_mid_stream_loses_nothing_when_it_starts_again(
         kinds = {kind for (kind,) in db.execute("SELECT typeof(seq_no) FROM kcpy")}
     assert kinds <= {"text"}
 
-    restarted = run_script(READER.format(stream=stream))
+    restarted = run_script(READER.format(stream=stream, checkpoint=True))
     # Everything not yet seen comes, perhaps after some seen before the kill.
     remaining = set(values) - {r["data"] for r in seen}
     while remaining:
@@ -46,8 +48,9 @@ def test_a_consumer_killed_mid_stream_loses_nothing_when_it_starts_again(
     restarted.interrupt()
 
 
+@pytest.mark.parametrize("checkpoint", [True, False])
 def test_records_of_a_parent_shard_come_before_those_of_its_children_for_each_key(
-    kinesis: Any, make_stream: Callable[[int], str], run_script: Callable[..., Script]
+    kinesis: Any, make_stream: Callable[[int], str], run_script: Callable[..., Script], checkpoint: bool
 ) -> None:
     stream = make_stream(1)
     keys = [f"key-{i}" for i in range(8)]
@@ -57,7 +60,7 @@ def test_records_of_a_parent_shard_come_before_those_of_its_children_for_each_ke
     after = put(kinesis, stream, [f"{k}/after" for k in keys], keys)
     assert {a["ShardId"] for a in after}.isdisjoint({b["ShardId"] for b in before})
 
-    script = run_script(READER.format(stream=stream))
+    script = run_script(READER.format(stream=stream, checkpoint=checkpoint))
     got = records(script.read(16))
     script.interrupt()
 

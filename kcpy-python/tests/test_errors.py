@@ -64,8 +64,10 @@ def test_an_unknown_keyword_raises_type_error() -> None:
     (dict(aws_access_key_id="only-the-key"), "aws_secret_access_key"),
     (dict(consumer_name=""), "consumer_name"),
 ])
-def test_unusable_options_raise_invalid_config_before_anything_is_opened(kwargs: Any, message: str, tmp_path: Any) -> None:
-    os.chdir(tmp_path)
+def test_unusable_options_raise_invalid_config_before_anything_is_opened(
+    kwargs: Any, message: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(kcpy.InvalidConfig, match=message):
         kcpy.StreamConsumer("s", **kwargs)
     assert not os.path.exists(tmp_path / "kcpy_checkpoint.db")
