@@ -97,10 +97,13 @@ def python_kcpy_stream(endpoint, stream, seconds):
 
 def python_kcpy_wheel(endpoint, stream, records):
     """The same loop as python_kcpy_stream, through the wheel built from
-    kcpy-python (in a venv of its own: it is also imported as kcpy)."""
+    kcpy-python (in a venv of its own: it is also imported as kcpy). Its CPU
+    per record is the loop's, from the consumer's construction to its close;
+    the process's, with the interpreter's start and imports, is reported too."""
     from kcpy import StreamConsumer
 
     started = time.time()
+    before, _ = usage()
     read = 0
     consumer = StreamConsumer(stream, endpoint_url=endpoint, **OPTIONS)
     for record in consumer:
@@ -110,7 +113,11 @@ def python_kcpy_wheel(endpoint, stream, records):
             break
     consumer.close()
     wall = time.time() - started
-    report(read, started, dict(records_per_s=read / wall))
+    process_cpu, rss = usage()
+    print(json.dumps(dict(records=read, wall_s=wall, cpu_s=process_cpu - before,
+                          cpu_us_per_record=(process_cpu - before) * 1e6 / max(read, 1),
+                          process_cpu_us_per_record=process_cpu * 1e6 / max(read, 1),
+                          peak_rss_mb=rss, records_per_s=read / wall)))
 
 
 def boto3_latency(endpoint, stream, samples):

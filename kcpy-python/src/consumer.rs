@@ -8,16 +8,17 @@
 //! the next one.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures::stream::Peekable;
 use futures::{FutureExt, StreamExt};
-use kcpy::Consumer;
+use kcpy::{Consumer, ShutdownHandle};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::errors::to_py;
 use crate::options::{Arguments, Options};
@@ -30,6 +31,10 @@ enum State {
     /// Built on first use, so that `async for` builds without blocking the
     /// event loop, as the Python package did its I/O in `__iter__`.
     Unbuilt(Box<Options>),
+    /// Being built on a thread of its own. A cancelled wait leaves it here,
+    /// so the next wait goes on with the same build (a second consumer would
+    /// hold a group's leases for nothing).
+    Building(Box<Options>, JoinHandle<PyResult<Consumer>>),
     Running(Box<Running>),
     /// Closed, its checkpoints written (or its error raised).
     Closed,
@@ -38,6 +43,40 @@ enum State {
 struct Running {
     consumer: Peekable<Consumer>,
     converter: Converter,
+}
+
+/// What `close` reaches without waiting for a read in progress: asking the
+/// running consumer to stop ends that read, which then closes it.
+#[derive(Default)]
+struct Stop {
+    /// Whether a stop was asked for, and the running consumer's handle.
+    inner: std::sync::Mutex<(bool, Option<ShutdownHandle>)>,
+}
+
+impl Stop {
+    fn ask(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.0 = true;
+        if let Some(handle) = &inner.1 {
+            handle.shutdown();
+        }
+    }
+
+    /// Keeps the handle of a consumer just built, stopping it at once if a
+    /// stop was asked for while it was being built.
+    fn started(&self, consumer: &Consumer) {
+        let handle = consumer.shutdown_handle();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.0 {
+            handle.shutdown();
+        }
+        inner.1 = Some(handle);
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    stop: Stop,
 }
 
 /// Whether the stream has a record to take.
@@ -50,15 +89,36 @@ impl State {
     /// Waits until a record can be taken, building the consumer first if
     /// need be. At the end of the stream, closes it: its error, if one ended
     /// it, is returned.
-    async fn ready(&mut self) -> PyResult<Ready> {
+    async fn ready(&mut self, stop: &Stop) -> PyResult<Ready> {
         loop {
             match self {
                 State::Unbuilt(options) => {
-                    let consumer = Options::build((**options).clone()).await?;
-                    *self = State::Running(Box::new(Running {
-                        consumer: consumer.peekable(),
-                        converter: Converter::new(),
-                    }));
+                    let building = Options::start((**options).clone(), runtime());
+                    *self = State::Building(options.clone(), building);
+                }
+                State::Building(options, building) => {
+                    let built = building.await;
+                    match built {
+                        Ok(Ok(consumer)) => {
+                            stop.started(&consumer);
+                            *self = State::Running(Box::new(Running {
+                                consumer: consumer.peekable(),
+                                converter: Converter::new(),
+                            }));
+                        }
+                        // A failed build may succeed later (the stream may
+                        // be created meanwhile): the next wait tries again.
+                        Ok(Err(error)) => {
+                            *self = State::Unbuilt(options.clone());
+                            return Err(error);
+                        }
+                        Err(panicked) => {
+                            *self = State::Unbuilt(options.clone());
+                            return Err(crate::errors::Error::new_err(format!(
+                                "starting the consumer failed: {panicked}"
+                            )));
+                        }
+                    }
                 }
                 State::Running(running) => {
                     if std::pin::Pin::new(&mut running.consumer).peek().await.is_some() {
@@ -95,8 +155,37 @@ impl State {
     async fn close(&mut self) -> PyResult<()> {
         match std::mem::replace(self, State::Closed) {
             State::Running(mut running) => running.consumer.get_mut().close().await.map_err(|e| to_py(&e)),
+            // Its build's errors were never asked for; its leases are let go.
+            State::Building(_, building) => match building.await {
+                Ok(Ok(mut consumer)) => consumer.close().await.map_err(|e| to_py(&e)),
+                _ => Ok(()),
+            },
             State::Unbuilt(_) | State::Closed => Ok(()),
         }
+    }
+
+    /// Closes in the background what `self` was reading, leaving it closed.
+    fn close_in_background(&mut self) -> Option<JoinHandle<()>> {
+        let consumer = match std::mem::replace(self, State::Closed) {
+            State::Running(running) => {
+                let Running { consumer, converter } = *running;
+                // Its Python objects are let go here, where the GIL is held.
+                drop(converter);
+                consumer.into_inner()
+            }
+            State::Building(_, building) => {
+                return Some(runtime().spawn(async move {
+                    if let Ok(Ok(mut consumer)) = building.await {
+                        let _ = consumer.close().await;
+                    }
+                }));
+            }
+            State::Unbuilt(_) | State::Closed => return None,
+        };
+        let mut consumer = consumer;
+        Some(runtime().spawn(async move {
+            let _ = consumer.close().await;
+        }))
     }
 }
 
@@ -104,7 +193,7 @@ impl State {
 /// records as dicts.
 #[pyclass(module = "kcpy._kcpy", subclass)]
 pub(crate) struct StreamConsumer {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     consumer_name: String,
 }
 
@@ -185,7 +274,10 @@ impl StreamConsumer {
         })?;
         Ok(Self {
             consumer_name: options.consumer_name.clone(),
-            state: Arc::new(Mutex::new(State::Unbuilt(Box::new(options)))),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::Unbuilt(Box::new(options))),
+                stop: Stop::default(),
+            }),
         })
     }
 
@@ -200,12 +292,13 @@ impl StreamConsumer {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let mut state = self.state.try_lock().map_err(|_| busy())?;
+        let shared = &*self.shared;
+        let mut state = shared.state.try_lock().map_err(|_| busy())?;
         loop {
             if let Some(record) = state.take(py)? {
                 return Ok(Some(record));
             }
-            match wait(py, state.ready()) {
+            match wait(py, state.ready(&shared.stop)) {
                 Ok(Ok(Ready::Record)) => {}
                 Ok(Ok(Ready::Ended)) => return Ok(None),
                 Ok(Err(error)) => return Err(error),
@@ -226,7 +319,7 @@ impl StreamConsumer {
     /// (A cancelled wait may hold the consumer a moment longer: that is
     /// "not ready" too, and the next wait queues behind it.)
     fn _take<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        match self.state.try_lock() {
+        match self.shared.state.try_lock() {
             Ok(mut state) => state.take(py),
             Err(_) => Ok(None),
         }
@@ -235,24 +328,27 @@ impl StreamConsumer {
     /// An awaitable: `True` once a record can be taken, `False` once the
     /// stream has ended (it is then closed).
     fn _ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let state = Arc::clone(&self.state);
+        let shared = Arc::clone(&self.shared);
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut state = state.lock().await;
-            Ok(matches!(state.ready().await?, Ready::Record))
+            let mut state = shared.state.lock().await;
+            Ok(matches!(state.ready(&shared.stop).await?, Ready::Record))
         })
     }
 
     /// An awaitable that closes the consumer (see `close`).
     fn _aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let state = Arc::clone(&self.state);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { state.lock().await.close().await })
+        let shared = Arc::clone(&self.shared);
+        shared.stop.ask();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { shared.state.lock().await.close().await })
     }
 
     /// Stops reading and waits until the checkpoints of the records processed
     /// are written. The record handed out last is not counted as processed
     /// (it is delivered again next time) unless the next one was asked for.
+    /// A read in progress in another thread or task ends, with no record.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let mut state = self.state.try_lock().map_err(|_| busy())?;
+        self.shared.stop.ask();
+        let mut state = wait(py, self.shared.state.lock())?;
         wait(py, state.close())?
     }
 
@@ -268,18 +364,16 @@ impl StreamConsumer {
 
 impl Drop for StreamConsumer {
     fn drop(&mut self) {
-        // Dropped unclosed: still write what was processed. Closing needs
-        // the runtime, not the GIL.
-        let Ok(mut state) = self.state.try_lock() else {
+        // Dropped unclosed: still write what was processed. A read still in
+        // progress (an abandoned asyncio task) ends and closes it itself.
+        self.shared.stop.ask();
+        let Ok(mut state) = self.shared.state.try_lock() else {
             return;
         };
-        if let State::Running(running) = std::mem::replace(&mut *state, State::Closed) {
-            let closing = runtime().spawn(async move {
-                let mut running = running;
-                let _ = running.consumer.get_mut().close().await;
-            });
+        if let Some(closing) = state.close_in_background() {
             if tokio::runtime::Handle::try_current().is_err() {
-                let _ = runtime().block_on(closing);
+                // Closing needs the runtime, not the GIL: other threads run.
+                Python::attach(|py| py.detach(|| drop(runtime().block_on(closing))));
             }
         }
     }

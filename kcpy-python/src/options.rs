@@ -9,6 +9,7 @@ use kcpy::{AnyStore, Consumer, SqliteCheckpointStore, StartPosition};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDateTime, PyString};
+use tokio::task::JoinHandle;
 
 use crate::errors::{store_to_py, to_py, InvalidConfig};
 
@@ -105,17 +106,17 @@ impl Options {
         })
     }
 
-    /// Loads the AWS configuration (the usual environment and files, then
-    /// what was passed), opens the checkpoint store and starts the consumer.
-    pub(crate) async fn build(self) -> PyResult<Consumer> {
+    /// Starts building the consumer: loads the AWS configuration (the usual
+    /// environment and files, then what was passed), opens the checkpoint
+    /// store and starts the consumer. The build goes on if the handle is
+    /// dropped or its wait cancelled.
+    pub(crate) fn start(self, runtime: &tokio::runtime::Runtime) -> JoinHandle<PyResult<Consumer>> {
         // On a thread of its own: the futures of the AWS SDK and the stores
         // are `Send` only at concrete lifetimes, which the compiler cannot
         // see through the futures awaiting them, so this one cannot be
         // awaited inside the `Send` futures Python's waits need.
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || handle.block_on(self.build_here()))
-            .await
-            .map_err(|e| crate::errors::Error::new_err(format!("starting the consumer failed: {e}")))?
+        let handle = runtime.handle().clone();
+        runtime.spawn_blocking(move || handle.block_on(self.build_here()))
     }
 
     async fn build_here(self) -> PyResult<Consumer> {

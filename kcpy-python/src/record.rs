@@ -9,15 +9,22 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDateTime, PyDict, PyString, PyTzInfo};
 
 /// What converting a record reuses: its shard's id as a Python string (a
-/// shard's records come in runs) and UTC.
+/// shard's records come in runs), UTC, and the last arrival time's
+/// `datetime` (records put together arrive in the same millisecond; a
+/// `datetime` is immutable, so records may share one).
 pub(crate) struct Converter {
     shard: Option<(std::sync::Arc<str>, Py<PyString>)>,
     utc: Option<Py<PyTzInfo>>,
+    arrival: Option<(SystemTime, Py<PyDateTime>)>,
 }
 
 impl Converter {
     pub(crate) fn new() -> Self {
-        Self { shard: None, utc: None }
+        Self {
+            shard: None,
+            utc: None,
+            arrival: None,
+        }
     }
 
     /// The record as a dict with boto3's keys, plus `ShardId`, and
@@ -55,6 +62,11 @@ impl Converter {
 
     /// An aware `datetime` in UTC (boto3 gives an aware one too).
     fn datetime<'py>(&mut self, py: Python<'py>, time: SystemTime) -> PyResult<Bound<'py, PyDateTime>> {
+        if let Some((known, datetime)) = &self.arrival {
+            if *known == time {
+                return Ok(datetime.bind(py).clone());
+            }
+        }
         let utc = match &self.utc {
             Some(utc) => utc.bind(py).clone(),
             None => {
@@ -67,6 +79,8 @@ impl Converter {
             Ok(since) => since.as_secs_f64(),
             Err(before) => -before.duration().as_secs_f64(),
         };
-        PyDateTime::from_timestamp(py, seconds, Some(&utc))
+        let datetime = PyDateTime::from_timestamp(py, seconds, Some(&utc))?;
+        self.arrival = Some((time, datetime.clone().unbind()));
+        Ok(datetime)
     }
 }

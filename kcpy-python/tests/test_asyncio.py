@@ -56,3 +56,65 @@ def test_a_cancelled_wait_for_the_next_record_drops_no_record(
         return got
 
     assert asyncio.run(main()) == [b"first", b"second"]
+
+
+def test_waits_cancelled_over_and_over_with_records_waiting_drop_none_and_repeat_none(
+    kinesis: Any, make_stream: Callable[[int], str], endpoint: str
+) -> None:
+    stream = make_stream(1)
+    values = [f"r{i}" for i in range(150)]
+    put(kinesis, stream, values)
+
+    async def main() -> List[bytes]:
+        got: List[bytes] = []
+        async with kcpy.StreamConsumer(stream, endpoint_url=endpoint, **OPTIONS) as consumer:
+            iterator = consumer.__aiter__()
+            rounds = 0
+            while len(got) < len(values):
+                # Cancelled at every point a wait can be at: before it runs,
+                # while the consumer starts, while it waits, once it is done.
+                task = asyncio.ensure_future(iterator.__anext__())
+                for _ in range(rounds % 4):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    got.append((await task)["Data"])
+                except asyncio.CancelledError:
+                    pass
+                rounds += 1
+                if rounds % 10 == 0:
+                    # Now and then a wait that is left to finish, so the
+                    # loop ends however the cancels fall.
+                    got.append((await iterator.__anext__())["Data"])
+        return got
+
+    # One shard: its records in order, each once.
+    assert asyncio.run(main()) == [value.encode() for value in values]
+
+
+def test_aclose_from_another_task_ends_a_wait_in_progress(
+    kinesis: Any, make_stream: Callable[[int], str], endpoint: str
+) -> None:
+    stream = make_stream(1)
+    put(kinesis, stream, ["only"])
+
+    async def main() -> List[Any]:
+        consumer = kcpy.StreamConsumer(stream, endpoint_url=endpoint, **OPTIONS)
+        waiting = asyncio.Event()
+        got: List[Any] = []
+
+        async def read() -> None:
+            async for record in consumer:
+                got.append(record["Data"])
+                waiting.set()
+            got.append("ended")
+
+        reader = asyncio.ensure_future(read())
+        await waiting.wait()
+        # The reader now waits for a record that will not come; closing must
+        # not wait for one.
+        await asyncio.wait_for(consumer.aclose(), timeout=60)
+        await asyncio.wait_for(reader, timeout=60)
+        return got
+
+    assert asyncio.run(main()) == [b"only", "ended"]
