@@ -116,7 +116,9 @@ ON CONFLICT (consumer_name, stream_name, shard_id) DO UPDATE SET {set}"
             save,
             reset: upsert,
             delete: format!("DELETE FROM {table} WHERE {key}"),
-            load: format!("SELECT {value} FROM {table} WHERE {key}"),
+            // As text whatever SQLite stored: a float the Python package
+            // wrote into an untyped or REAL column is then shown as it is.
+            load: format!("SELECT CAST({value} AS TEXT) FROM {table} WHERE {key}"),
         }
     }
 

@@ -225,10 +225,14 @@ where
 #[pymethods]
 impl StreamConsumer {
     #[new]
+    #[pyo3(text_signature = "(stream_name, consumer_name=None, checkpoint=False, \
+        checkpoint_db_file_path='kcpy_checkpoint.db', checkpoint_db_name='kcpy', *, checkpoint_store=None, \
+        start_position=None, group=False, endpoint_url=None, region_name=None, aws_access_key_id=None, \
+        aws_secret_access_key=None, aws_session_token=None)")]
     #[pyo3(signature = (
         stream_name,
         consumer_name = None,
-        checkpoint = false,
+        checkpoint = None,
         checkpoint_db_file_path = "kcpy_checkpoint.db".to_owned(),
         checkpoint_db_name = "kcpy".to_owned(),
         *,
@@ -245,7 +249,7 @@ impl StreamConsumer {
     fn new(
         stream_name: String,
         consumer_name: Option<String>,
-        checkpoint: bool,
+        checkpoint: Option<&Bound<'_, PyAny>>,
         checkpoint_db_file_path: String,
         checkpoint_db_name: String,
         checkpoint_store: Option<String>,
@@ -260,7 +264,8 @@ impl StreamConsumer {
         let options = Options::parse(Arguments {
             stream_name,
             consumer_name,
-            checkpoint,
+            // Any truthy value, as the Python package's `if checkpoint:`.
+            checkpoint: checkpoint.map(|value| value.is_truthy()).transpose()?.unwrap_or(false),
             checkpoint_db_file_path,
             checkpoint_db_name,
             checkpoint_store,

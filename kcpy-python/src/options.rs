@@ -69,6 +69,11 @@ impl Options {
             None => format!("consumer-{:08x}", fastrand::u32(..)),
         };
         let store = match (args.checkpoint_store, args.checkpoint) {
+            (Some(url), _) if !url.contains("://") => {
+                return Err(InvalidConfig::new_err(format!(
+                    "checkpoint_store {url:?} is not a URL such as 'postgres://…' or 'sqlite://PATH'"
+                )))
+            }
             (Some(url), _) => Store::Url(url),
             (None, true) => Store::PythonKcpy {
                 path: args.checkpoint_db_file_path,
@@ -80,6 +85,13 @@ impl Options {
             return Err(InvalidConfig::new_err(
                 "group=True needs checkpoint_store='postgres://…', 'mysql://…' or 'dynamodb://TABLE', which hold leases",
             ));
+        }
+        if let Some(endpoint) = &args.endpoint_url {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(InvalidConfig::new_err(format!(
+                    "endpoint_url {endpoint:?} is not an http:// or https:// URL"
+                )));
+            }
         }
         let start_position = match args.start_position {
             None => StartPosition::TrimHorizon,
@@ -131,6 +143,13 @@ impl Options {
             loader = loader.credentials_provider(Credentials::new(key, secret, token, None, "kcpy"));
         }
         let config = loader.load().await;
+        if config.region().is_none() {
+            // Else every call fails to sign, and is retried as if Kinesis
+            // were down.
+            return Err(InvalidConfig::new_err(
+                "no AWS region: pass region_name, or set AWS_REGION (or a region in the AWS config file)",
+            ));
+        }
         let client = kcpy::aws_sdk_kinesis::Client::new(&config);
         let mut builder = Consumer::builder(client, self.stream_name)
             .consumer_name(self.consumer_name)

@@ -70,3 +70,22 @@ def test_a_position_the_old_package_stored_as_a_float_is_reported_and_left_as_it
         next(consumer)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT seq_no FROM kcpy").fetchone() == (stored,)
+
+
+def test_a_float_in_a_column_of_real_affinity_is_reported_as_it_is_stored(
+    kinesis: Any, make_stream: Callable[[int], str], endpoint: str, tmp_path: Any
+) -> None:
+    stream = make_stream(1)
+    answers = put(kinesis, stream, ["a"])
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path) as db:
+        # A table made by hand, its seq_no column untyped: SQLite keeps the
+        # number literal as a REAL.
+        db.execute("CREATE TABLE kcpy(consumer_name text, stream_name text, shard_id text, seq_no)")
+        db.execute(f"INSERT INTO kcpy VALUES ('app', '{stream}', '{answers[0]['ShardId']}', "
+                   f"{answers[0]['SequenceNumber']})")
+        assert db.execute("SELECT typeof(seq_no) FROM kcpy").fetchone() == ("real",)
+
+    consumer = kcpy.StreamConsumer(stream, "app", True, path, "kcpy", endpoint_url=endpoint, **OPTIONS)
+    with pytest.raises(kcpy.CheckpointError, match=r"malformed: \"4\.9"):
+        next(consumer)
