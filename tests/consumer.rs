@@ -345,6 +345,24 @@ async fn an_empty_consumer_name_is_rejected_before_anything_is_read() {
     stream.delete().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_region_is_invalid_config_before_any_call_is_made() {
+    let log = Log::default();
+    let client = aws_sdk_kinesis::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(support::endpoint())
+        .credentials_provider(credentials())
+        .http_client(Recording::new(&log));
+    let client = aws_sdk_kinesis::Client::from_conf(client.build());
+    // Every call would fail to sign: not an outage to retry.
+    let result = Consumer::builder(client, "any-stream").build().await;
+    match result {
+        Err(Error::InvalidConfig { message, .. }) => assert!(message.contains("region"), "{message}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    assert!(log.is_empty(), "no call is made");
+}
+
 /// Counts the GetRecords calls that pass through the SDK's interceptors.
 #[derive(Debug)]
 struct CountGetRecords(Arc<AtomicUsize>);

@@ -143,13 +143,6 @@ impl Options {
             loader = loader.credentials_provider(Credentials::new(key, secret, token, None, "kcpy"));
         }
         let config = loader.load().await;
-        if config.region().is_none() {
-            // Else every call fails to sign, and is retried as if Kinesis
-            // were down.
-            return Err(InvalidConfig::new_err(
-                "no AWS region: pass region_name, or set AWS_REGION (or a region in the AWS config file)",
-            ));
-        }
         let client = kcpy::aws_sdk_kinesis::Client::new(&config);
         let mut builder = Consumer::builder(client, self.stream_name)
             .consumer_name(self.consumer_name)

@@ -40,6 +40,11 @@ impl Log {
         Arc::strong_count(&self.0) - 1
     }
 
+    /// Whether nothing was sent.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().expect("lock").is_empty()
+    }
+
     pub fn of(&self, operation: &str) -> Vec<Sent> {
         let sent = self.0.lock().expect("lock");
         sent.iter().filter(|s| s.operation == operation).cloned().collect()

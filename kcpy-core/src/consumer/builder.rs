@@ -432,6 +432,9 @@ impl ConsumerBuilder {
                 start_position: spec.start_position.unwrap_or(self.settings.start_position),
             });
         }
+        if let Some(problem) = sources.iter().find_map(|source| source.api.unusable()) {
+            return Err(Error::config(problem));
+        }
         let shared = Shared {
             fatal: Fatal::new(self.shutdown.map_or_else(CancellationToken::new, |t| t.child_token())),
             events: Events::new(),

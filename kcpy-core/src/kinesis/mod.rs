@@ -205,6 +205,13 @@ pub(crate) trait KinesisApi: Send + Sync + 'static {
         iterator: &str,
         limit: i32,
     ) -> Result<RecordsPage, ApiError>;
+
+    /// Why no call could ever succeed, known before any is made (a client
+    /// without a region cannot sign): a configuration error, not an outage
+    /// to retry.
+    fn unusable(&self) -> Option<String> {
+        None
+    }
 }
 
 pub(crate) type DynKinesis = Arc<dyn KinesisApi>;

@@ -49,6 +49,12 @@ impl SdkKinesis {
 
 #[async_trait]
 impl KinesisApi for SdkKinesis {
+    fn unusable(&self) -> Option<String> {
+        self.client.config().region().is_none().then(|| {
+            "the Kinesis client has no region: set one in its config (or AWS_REGION, or the AWS config file)".to_owned()
+        })
+    }
+
     async fn list_shards(&self, stream: &StreamRef, next_token: Option<String>) -> Result<ShardPage, ApiError> {
         // With a NextToken, Kinesis rejects any stream identifier.
         let request = match next_token {
