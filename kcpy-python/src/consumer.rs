@@ -97,8 +97,7 @@ impl State {
                     *self = State::Building(options.clone(), building);
                 }
                 State::Building(options, building) => {
-                    let built = building.await;
-                    match built {
+                    match building.await {
                         Ok(Ok(consumer)) => {
                             stop.started(&consumer);
                             *self = State::Running(Box::new(Running {
@@ -166,25 +165,15 @@ impl State {
 
     /// Closes in the background what `self` was reading, leaving it closed.
     fn close_in_background(&mut self) -> Option<JoinHandle<()>> {
-        let consumer = match std::mem::replace(self, State::Closed) {
-            State::Running(running) => {
-                let Running { consumer, converter } = *running;
-                // Its Python objects are let go here, where the GIL is held.
-                drop(converter);
-                consumer.into_inner()
-            }
-            State::Building(_, building) => {
-                return Some(runtime().spawn(async move {
-                    if let Ok(Ok(mut consumer)) = building.await {
-                        let _ = consumer.close().await;
-                    }
-                }));
-            }
+        let mut state = std::mem::replace(self, State::Closed);
+        match &mut state {
+            // Its Python objects are let go here, where the GIL is held.
+            State::Running(running) => running.converter = Converter::new(),
+            State::Building(..) => {}
             State::Unbuilt(_) | State::Closed => return None,
-        };
-        let mut consumer = consumer;
+        }
         Some(runtime().spawn(async move {
-            let _ = consumer.close().await;
+            let _ = state.close().await;
         }))
     }
 }
