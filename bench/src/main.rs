@@ -92,6 +92,13 @@ fn usage() -> (f64, f64) {
     (cpu, usage.max_rss() as f64 / 1024.0)
 }
 
+/// The process's minor page faults so far: memory faulted in, fresh or
+/// given back to the kernel and taken again.
+fn page_faults() -> i64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |usage| usage.minor_page_faults())
+}
+
 /// What a [`Watched`] client saw: requests sent, and how long each
 /// GetRecords took from sending to the response's head.
 #[derive(Debug, Default)]
@@ -344,6 +351,7 @@ async fn consume(endpoint: &str, stream: &str, records: u64, fan_out_mode: bool)
         "cpu_s_startup": cpu_startup,
         "cpu_us_per_record_after_startup": (cpu - cpu_startup) * 1e6 / read as f64,
         "peak_rss_mb": rss,
+        "minor_page_faults": page_faults(),
     }))
 }
 

@@ -404,6 +404,7 @@ impl ConsumerBuilder {
     /// returns is delivered.
     pub async fn build(self) -> Result<Consumer, Error> {
         self.settings.validate()?;
+        crate::read::hint_allocator();
         if let Some(fan_out) = &self.fan_out {
             fan_out.validate()?;
         }

@@ -223,8 +223,6 @@ pub(crate) struct Parsed {
 /// Parses a GetRecords body or a SubscribeToShardEvent payload into records
 /// of `shard_id` of `stream`; the error says what is wrong with it.
 pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
-    // One check of the whole body spares the parsers a check of every string.
-    let body = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
     let gathered = match super::scan::scan(body) {
         Some(gathered) => gathered,
         None => gather(body)?,
@@ -232,22 +230,17 @@ pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>)
     gathered.build(stream, shard_id)
 }
 
-/// [`gather`], for the scanner's tests to compare with.
-#[cfg(test)]
-pub(super) fn gather_for_tests(body: &str) -> Result<Gathered, String> {
-    gather(body)
-}
-
-/// The general path: any JSON serde_json reads.
-fn gather(body: &str) -> Result<Gathered, String> {
-    let raw: RawPage<'_> = serde_json::from_str(body).map_err(|e| format!("unreadable JSON: {e}"))?;
+/// The general path: any JSON serde_json reads (it checks every string it
+/// reads is UTF-8). The scanner's tests compare with it.
+pub(super) fn gather(body: &[u8]) -> Result<Gathered, String> {
+    let raw: RawPage<'_> = serde_json::from_slice(body).map_err(|e| format!("unreadable JSON: {e}"))?;
     let mut page = Gathered::for_body(body.len());
     for record in raw.records.unwrap_or_default() {
         page.push(
-            &record.sequence_number,
+            record.sequence_number.as_bytes(),
             record.approximate_arrival_timestamp,
-            &record.data,
-            &record.partition_key,
+            record.data.as_bytes(),
+            record.partition_key.as_bytes(),
         )?;
     }
     page.next_iterator = raw.next_shard_iterator;
@@ -275,11 +268,12 @@ fn gather(body: &str) -> Result<Gathered, String> {
 
 /// A page read but not yet made into records: every payload decoded into
 /// one buffer, every sequence number and partition key one after the other
-/// in one string, and where each record's parts end.
+/// in one text buffer (checked as UTF-8 once, as a whole), and where each
+/// record's parts end.
 #[derive(Default)]
 pub(super) struct Gathered {
     payloads: Vec<u8>,
-    text: String,
+    text: Vec<u8>,
     ends: Vec<Ends>,
     pub(super) next_iterator: Option<String>,
     pub(super) continuation: Option<String>,
@@ -301,18 +295,24 @@ impl Gathered {
     pub(super) fn for_body(len: usize) -> Self {
         Self {
             payloads: Vec::with_capacity(len / 4 * 3),
-            text: String::with_capacity(len / 2),
+            text: Vec::with_capacity(len / 2),
             ..Self::default()
         }
     }
 
-    pub(super) fn push(&mut self, sequence: &str, arrival: Option<f64>, data: &str, key: &str) -> Result<(), String> {
+    pub(super) fn push(
+        &mut self,
+        sequence: &[u8],
+        arrival: Option<f64>,
+        data: &[u8],
+        key: &[u8],
+    ) -> Result<(), String> {
         base64_simd::STANDARD
-            .decode_append(data.as_bytes(), &mut self.payloads)
-            .map_err(|e| format!("record {sequence} has bad base64 data: {e}"))?;
-        self.text.push_str(sequence);
+            .decode_append(data, &mut self.payloads)
+            .map_err(|e| format!("record {} has bad base64 data: {e}", String::from_utf8_lossy(sequence)))?;
+        self.text.extend_from_slice(sequence);
         let sequence_end = self.text.len();
-        self.text.push_str(key);
+        self.text.extend_from_slice(key);
         self.ends.push(Ends {
             data: self.payloads.len(),
             sequence: sequence_end,
@@ -329,9 +329,18 @@ impl Gathered {
         self
     }
 
+    /// [`finish`](Self::finish) for the scanner, which read the text raw:
+    /// `None` if it holds a control character (JSON allows none unescaped).
+    pub(super) fn finish_text(self) -> Option<Self> {
+        // Without stopping early: a vector loop.
+        let control = self.text.iter().fold(false, |any, b| any | (*b < 0x20));
+        (!control).then(|| self.finish())
+    }
+
     pub(super) fn build(self, stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
         let payloads = Bytes::from(self.payloads);
-        let text = ByteString::from(self.text);
+        let text = ByteString::try_from(self.text)
+            .map_err(|e| format!("a sequence number or partition key is not UTF-8: {e}"))?;
         let millis_behind_latest = self.millis_behind_latest;
         let (mut data_start, mut text_start) = (0, 0);
         let mut records = Vec::with_capacity(self.ends.len());

@@ -8,13 +8,20 @@
 //! anything else (an escape, a field it does not know, child shards), which
 //! then goes through serde_json: every page is read exactly as serde_json
 //! reads it, and most pages are read faster.
+//!
+//! The body is not checked as UTF-8 as a whole: the payloads (most of it)
+//! are checked byte by byte by the base64 decoder, field names are matched
+//! against ASCII, the few other strings are checked here (a failure is
+//! declined, for serde_json to report), and what is kept as text — the
+//! sequence numbers and partition keys, one buffer per page — is checked
+//! once, as a whole, when the page's records are built.
 
 use super::page::Gathered;
 
 /// Reads `body` if it is in the form Kinesis writes; `None` sends it to the
 /// general parser (which also reports what is wrong with a broken page).
-pub(super) fn scan(body: &str) -> Option<Gathered> {
-    let mut scan = Scan { text: body, at: 0 };
+pub(super) fn scan(body: &[u8]) -> Option<Gathered> {
+    let mut scan = Scan { bytes: body, at: 0 };
     let mut page = Gathered::for_body(body.len());
     scan.eat(b'{')?;
     if scan.peek()? == b'}' {
@@ -24,18 +31,18 @@ pub(super) fn scan(body: &str) -> Option<Gathered> {
             let field = scan.string()?;
             scan.eat(b':')?;
             // Byte patterns compile to length and byte checks, not calls.
-            match field.as_bytes() {
+            match field {
                 b"Records" => {
                     if !scan.null()? {
                         records(&mut scan, &mut page)?;
                     }
                 }
-                b"NextShardIterator" => page.next_iterator = scan.string_or_null()?.map(str::to_owned),
-                b"ContinuationSequenceNumber" => page.continuation = scan.string_or_null()?.map(str::to_owned),
+                b"NextShardIterator" => page.next_iterator = scan.text_or_null()?.map(str::to_owned),
+                b"ContinuationSequenceNumber" => page.continuation = scan.text_or_null()?.map(str::to_owned),
                 b"MillisBehindLatest" => {
                     page.millis_behind_latest = match scan.null()? {
                         true => None,
-                        false => Some(scan.number()?.parse().ok()?),
+                        false => Some(std::str::from_utf8(scan.number()?).ok()?.parse().ok()?),
                     }
                 }
                 // Children come once per shard, at its end: the general
@@ -54,7 +61,25 @@ pub(super) fn scan(body: &str) -> Option<Gathered> {
         }
     }
     scan.skip_whitespace();
-    (scan.at == body.len()).then(|| page.finish())
+    if scan.at != body.len() {
+        return None;
+    }
+    // The page's text, checked once: UTF-8, and no control character (not
+    // allowed unescaped in a JSON string; digits are none).
+    page.finish_text()
+}
+
+/// The names of a record's fields, by their first letter: most names are
+/// matched with one comparison, without looking for their end.
+fn record_field(first: u8) -> &'static [u8] {
+    match first {
+        b'S' => b"SequenceNumber",
+        b'A' => b"ApproximateArrivalTimestamp",
+        b'D' => b"Data",
+        b'P' => b"PartitionKey",
+        b'E' => b"EncryptionType",
+        _ => b"",
+    }
 }
 
 fn records(scan: &mut Scan<'_>, page: &mut Gathered) -> Option<()> {
@@ -67,11 +92,12 @@ fn records(scan: &mut Scan<'_>, page: &mut Gathered) -> Option<()> {
         scan.eat(b'{')?;
         let (mut sequence, mut data, mut key, mut arrival) = (None, None, None, None);
         loop {
-            let field = scan.string()?;
+            let field = scan.name(record_field)?;
             scan.eat(b':')?;
-            match field.as_bytes() {
+            match field {
                 b"SequenceNumber" => sequence = Some(scan.string()?),
-                b"Data" => data = Some(scan.string()?),
+                // An escape in a payload fails its decoding: declined.
+                b"Data" => data = Some(scan.unescaped()?),
                 b"PartitionKey" => key = Some(scan.string()?),
                 b"ApproximateArrivalTimestamp" => {
                     arrival = match scan.null()? {
@@ -80,7 +106,9 @@ fn records(scan: &mut Scan<'_>, page: &mut Gathered) -> Option<()> {
                     }
                 }
                 b"EncryptionType" => {
-                    scan.string_or_null()?;
+                    if !scan.null()? {
+                        scan.skipped()?;
+                    }
                 }
                 _ => return None,
             }
@@ -88,12 +116,7 @@ fn records(scan: &mut Scan<'_>, page: &mut Gathered) -> Option<()> {
                 break;
             }
         }
-        let key = key?;
-        // A control character is not allowed unescaped in a JSON string.
-        if key.bytes().any(|b| b < 0x20) {
-            return None;
-        }
-        page.push(sequence?, arrival, data?, key).ok()?;
+        page.push(sequence?, arrival, data?, key?).ok()?;
         if !scan.next_in(b']')? {
             return Some(());
         }
@@ -101,14 +124,14 @@ fn records(scan: &mut Scan<'_>, page: &mut Gathered) -> Option<()> {
 }
 
 struct Scan<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Scan<'a> {
     fn skip_whitespace(&mut self) {
-        let bytes = self.text.as_bytes();
-        while bytes
+        while self
+            .bytes
             .get(self.at)
             .is_some_and(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
         {
@@ -118,7 +141,7 @@ impl<'a> Scan<'a> {
 
     fn peek(&mut self) -> Option<u8> {
         self.skip_whitespace();
-        self.text.as_bytes().get(self.at).copied()
+        self.bytes.get(self.at).copied()
     }
 
     fn eat(&mut self, byte: u8) -> Option<()> {
@@ -141,18 +164,53 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string without escapes.
-    fn string(&mut self) -> Option<&'a str> {
+    /// A field name: the one `guess` gives for its first byte when it is
+    /// that, else any string without escapes.
+    fn name(&mut self, guess: fn(u8) -> &'static [u8]) -> Option<&'a [u8]> {
         self.eat(b'"')?;
-        let rest = &self.text.as_bytes()[self.at..];
+        let rest = &self.bytes[self.at..];
+        let name = guess(*rest.first()?);
+        if !name.is_empty() && rest.get(name.len()) == Some(&b'"') && rest.starts_with(name) {
+            self.at += name.len() + 1;
+            return Some(&rest[..name.len()]);
+        }
+        self.at -= 1;
+        self.string()
+    }
+
+    /// A string without escapes, as its bytes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let rest = &self.bytes[self.at..];
         let end = memchr::memchr2(b'"', b'\\', rest)?;
         if rest[end] != b'"' {
             return None;
         }
-        // Both ends are ASCII quotes: character boundaries.
-        let string = self.text.get(self.at..self.at + end)?;
         self.at += end + 1;
-        Some(string)
+        Some(&rest[..end])
+    }
+
+    /// A string up to the next quote, for a reader that declines any escape
+    /// (a backslash) itself.
+    fn unescaped(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let rest = &self.bytes[self.at..];
+        let end = memchr::memchr(b'"', rest)?;
+        self.at += end + 1;
+        Some(&rest[..end])
+    }
+
+    /// A string without escapes or control characters, as serde_json
+    /// skips one (without checking it as UTF-8).
+    fn skipped(&mut self) -> Option<&'a [u8]> {
+        let bytes = self.string()?;
+        (!bytes.iter().any(|b| *b < 0x20)).then_some(bytes)
+    }
+
+    /// A string without escapes, checked as JSON text: UTF-8, no control
+    /// character.
+    fn text(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.skipped()?).ok()
     }
 
     /// `null` (consumed): `true`; anything else (left): `false`.
@@ -161,16 +219,16 @@ impl<'a> Scan<'a> {
             return Some(false);
         }
         let end = self.at + 4;
-        (self.text.as_bytes().get(self.at..end)? == b"null").then(|| {
+        (self.bytes.get(self.at..end)? == b"null").then(|| {
             self.at = end;
             true
         })
     }
 
-    fn string_or_null(&mut self) -> Option<Option<&'a str>> {
+    fn text_or_null(&mut self) -> Option<Option<&'a str>> {
         match self.null()? {
             true => Some(None),
-            false => self.string().map(Some),
+            false => self.text().map(Some),
         }
     }
 
@@ -178,29 +236,29 @@ impl<'a> Scan<'a> {
     /// forms [`number`](Self::number) declines are declined here too.
     fn decimal(&mut self) -> Option<f64> {
         self.skip_whitespace();
-        if let Some((value, len)) = leading_decimal(&self.text.as_bytes()[self.at..]) {
+        if let Some((value, len)) = leading_decimal(&self.bytes[self.at..]) {
             self.at += len;
             return Some(value);
         }
-        self.number()?.parse().ok()
+        std::str::from_utf8(self.number()?).ok()?.parse().ok()
     }
 
     /// The text of a JSON number, roughly checked: Rust's parsers take a
     /// few forms JSON does not (`+1`, `1.`, `.5`), which are declined here.
-    fn number(&mut self) -> Option<&'a str> {
+    fn number(&mut self) -> Option<&'a [u8]> {
         self.skip_whitespace();
-        let bytes = self.text.as_bytes();
         let start = self.at;
-        while bytes
+        while self
+            .bytes
             .get(self.at)
             .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
         {
             self.at += 1;
         }
-        let number = &self.text[start..self.at];
-        let first = number.bytes().next()?;
-        let last = number.bytes().last()?;
-        let second = number.as_bytes().get(1).copied();
+        let number = &self.bytes[start..self.at];
+        let first = *number.first()?;
+        let last = *number.last()?;
+        let second = number.get(1).copied();
         let leads = first.is_ascii_digit() || (first == b'-' && second.is_some_and(|b| b.is_ascii_digit()));
         (leads && last.is_ascii_digit()).then_some(number)
     }
@@ -295,11 +353,11 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::super::page::{gather_for_tests, parse_records};
+    use super::super::page::{gather, parse_records};
     use super::*;
 
     fn both(body: &str) -> (Option<Gathered>, Result<Gathered, String>) {
-        (scan(body), gather_for_tests(body))
+        (scan(body.as_bytes()), gather(body.as_bytes()))
     }
 
     fn records(body: &str) -> Vec<crate::Record> {
@@ -340,6 +398,10 @@ mod tests {
             r#"{"Records":[],"Future":{"a":[1]}}"#,
             // Children.
             r#"{"Records":[],"ChildShards":[{"ShardId":"shardId-1","ParentShards":["shardId-0"]}]}"#,
+            // An escape in a payload (it fails to decode as it stands).
+            r#"{"Records":[{"SequenceNumber":"1","Data":"YQ\u003d\u003d","PartitionKey":"k"}]}"#,
+            // A name that starts as a known one.
+            r#"{"Records":[{"SequenceNumber":"1","Data":"YQ==","Datax":1,"PartitionKey":"k"}]}"#,
         ];
         for body in declined {
             let (fast, general) = both(body);
@@ -347,16 +409,53 @@ mod tests {
             assert!(general.is_ok(), "{body}");
         }
         assert_eq!(records(declined[0])[0].partition_key, "b\"c");
+        assert_eq!(&records(declined[5])[0].data[..], b"a");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_an_invalid_page_whichever_path_reads_it() {
+        // A partition key is checked with the page's text, as records are
+        // built from what the scanner gathered.
+        let key = b"{\"Records\":[{\"SequenceNumber\":\"1\",\"Data\":\"YQ==\",\"PartitionKey\":\"k\xff\"}]}";
+        let error = parse_records(key, &Arc::from("s"), &Arc::from("shardId-0")).err();
+        assert!(error.as_deref().is_some_and(|e| e.contains("UTF-8")), "{error:?}");
+        // The other strings are checked by the scanner, which declines them.
+        let bodies: [&[u8]; 2] = [
+            b"{\"Records\":[{\"SequenceNumber\":\"1\",\"Data\":\"YQ\xff=\",\"PartitionKey\":\"k\"}]}",
+            b"{\"Records\":[],\"NextShardIterator\":\"a\xc3\"}",
+        ];
+        for body in bodies {
+            let shown = String::from_utf8_lossy(body);
+            assert!(scan(body).is_none(), "{shown}");
+            assert!(
+                parse_records(body, &Arc::from("s"), &Arc::from("shardId-0")).is_err(),
+                "{shown}"
+            );
+        }
+        // A field no record keeps is skipped as serde_json skips it: its
+        // bytes unchecked, but no control character in it.
+        let skipped = b"{\"Records\":[{\"SequenceNumber\":\"1\",\"Data\":\"YQ==\",\"PartitionKey\":\"k\",\"EncryptionType\":\"\xe2\x82\"}]}";
+        let general = gather(skipped).expect("serde_json skips it");
+        let build = |g: Gathered| {
+            g.build(&Arc::from("s"), &Arc::from("shardId-0"))
+                .expect("builds")
+                .records
+        };
+        assert_eq!(build(scan(skipped).expect("scanned")), build(general));
+        let control =
+            br#"{"Records":[{"SequenceNumber":"1","Data":"YQ==","PartitionKey":"k","EncryptionType":"K	MS"}]}"#;
+        assert!(scan(control).is_none());
+        assert!(gather(control).is_err());
     }
 
     #[test]
     fn whitespace_and_nulls_are_read_by_the_scanner() {
         let body = " {\n \"Records\" : [ { \"SequenceNumber\" : \"7\" , \"Data\" : \"YQ==\" , \"PartitionKey\" : \"k\" , \"ApproximateArrivalTimestamp\" : null } ] ,\n\t\"NextShardIterator\" : null , \"MillisBehindLatest\" : null , \"ChildShards\" : null } \n";
-        let fast = scan(body).expect("scanned");
+        let fast = scan(body.as_bytes()).expect("scanned");
         assert_eq!(fast.next_iterator, None);
         assert_eq!(records(body)[0].sequence_number.as_str(), "7");
-        assert!(scan(r#"{"Records":null}"#).is_some());
-        assert!(scan("{}").is_some());
+        assert!(scan(br#"{"Records":null}"#).is_some());
+        assert!(scan(b"{}").is_some());
     }
 
     #[test]
@@ -423,9 +522,17 @@ mod tests {
         }
         // What JSON does not allow, the scanner declines, as before.
         for text in ["1.", ".5", "+1", "1e", "1.5e+"] {
-            assert_eq!(Scan { text, at: 0 }.decimal(), None, "{text}");
+            assert_eq!(
+                Scan {
+                    bytes: text.as_bytes(),
+                    at: 0
+                }
+                .decimal(),
+                None,
+                "{text}"
+            );
         }
-        assert_eq!(Scan { text: "-1.5", at: 0 }.decimal(), Some(-1.5));
+        assert_eq!(Scan { bytes: b"-1.5", at: 0 }.decimal(), Some(-1.5));
     }
 
     proptest! {
@@ -496,9 +603,9 @@ mod tests {
                 body.push_str(&format!(",{space}\"MillisBehindLatest\":{behind}"));
             }
             body.push('}');
-            let general = gather_for_tests(&body).expect("serde_json reads every page made here");
+            let general = gather(body.as_bytes()).expect("serde_json reads every page made here");
             let build = |g: Gathered| g.build(&Arc::from("s"), &Arc::from("shardId-0")).expect("builds");
-            let fast = scan(&body);
+            let fast = scan(body.as_bytes());
             let escaped = records.iter().any(|(_, _, key, ..)| key.contains(['"', '\\', '\u{1}']));
             prop_assert_eq!(fast.is_some(), !escaped, "{}", body);
             if let Some(fast) = fast {

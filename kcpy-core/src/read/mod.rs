@@ -3,6 +3,7 @@
 //! (GetRecords) is one reader; everything the consumer does with what is
 //! read — lineage, checkpoints, leases, shutdown — is the same for any.
 
+mod allocator;
 mod deliver;
 mod fan_out;
 mod idle;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use allocator::hint as hint_allocator;
 pub(crate) use deliver::Deliver;
 pub(crate) use fan_out::FanOutReader;
 #[cfg(test)]
