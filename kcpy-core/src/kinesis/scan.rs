@@ -64,8 +64,8 @@ pub(super) fn scan(body: &[u8]) -> Option<Gathered> {
     if scan.at != body.len() {
         return None;
     }
-    // The page's text, checked once: UTF-8, and no control character (not
-    // allowed unescaped in a JSON string; digits are none).
+    // The page's text, checked once for control characters (not allowed
+    // unescaped in a JSON string; digits are none); for UTF-8, as it is built.
     page.finish_text()
 }
 
