@@ -38,6 +38,17 @@ impl SequenceNumber {
         Ok(Self(text))
     }
 
+    /// Checks `text` as [`parse`](Self::parse) does, keeping nothing.
+    pub(crate) fn check(text: &str) -> Result<(), ParseSequenceNumberError> {
+        validate(text)
+    }
+
+    /// The sequence number `text` of a page, a view of its text, already
+    /// passed by [`check`](Self::check).
+    pub(crate) fn checked_shared(text: ByteString) -> Self {
+        Self(text)
+    }
+
     /// `text`, copied from a sequence number's digits, without checking.
     pub(crate) fn copied(text: &str) -> Self {
         Self(ByteString::from(text))

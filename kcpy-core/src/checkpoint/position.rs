@@ -31,14 +31,30 @@ impl Position {
         position
     }
 
+    /// The place of a record with the sequence number `digits` (checked
+    /// ones) where a checkpoint after it keeps `sub`.
+    pub(crate) fn at(digits: &str, sub: Option<u64>) -> Self {
+        let mut position = Self {
+            len: 0,
+            digits: [0; SequenceNumber::MAX_DIGITS],
+            sub: None,
+        };
+        position.set(digits, sub);
+        position
+    }
+
     /// Becomes `record`'s position.
     pub(crate) fn assign(&mut self, record: &Record) {
-        let digits = record.sequence_number.as_str().as_bytes();
+        self.set(record.sequence_number.as_str(), record.open_sub_sequence());
+    }
+
+    fn set(&mut self, digits: &str, sub: Option<u64>) {
+        let digits = digits.as_bytes();
         // A SequenceNumber has at most MAX_DIGITS digits.
         let len = digits.len().min(SequenceNumber::MAX_DIGITS);
         self.digits[..len].copy_from_slice(&digits[..len]);
         self.len = len as u8;
-        self.sub = record.open_sub_sequence();
+        self.sub = sub;
     }
 
     fn digits(&self) -> &[u8] {

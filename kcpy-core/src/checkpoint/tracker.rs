@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Position;
 use crate::config::{CheckpointMode, Settings};
 use crate::group::Membership;
+use crate::kinesis::Records;
 use crate::signal::Fatal;
 use crate::telemetry::Durable;
 use crate::{Checkpoint, Error, Record};
@@ -173,11 +174,15 @@ impl Progress {
 
     /// Manual mode: records of `shard` that were delivered, in order, counted
     /// against the shard's `gate` until the checkpoint covers them.
-    pub(crate) fn register(&self, shard: &Arc<str>, records: &[Record], gate: &Arc<Gate>) {
+    pub(crate) fn register(&self, shard: &Arc<str>, records: &Records, gate: &Arc<Gate>) {
         let mut inner = self.lock();
         inner.dropped.remove(shard);
         let tracker = inner.trackers.entry(Arc::clone(shard)).or_default();
-        tracker.entries.extend(records.iter().map(|r| (Position::of(r), false)));
+        tracker.entries.extend(
+            records
+                .places()
+                .map(|(sequence, sub)| (Position::at(sequence, sub), false)),
+        );
         gate.delivered(records.len());
         tracker.gate = Some(Arc::clone(gate));
     }

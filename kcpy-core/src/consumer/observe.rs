@@ -5,13 +5,13 @@ use tokio::sync::broadcast;
 
 use super::part::Part;
 use super::Consumer;
+use crate::kinesis::Records;
 use crate::telemetry::{ConsumerEvent, ShardLag};
-use crate::Record;
 
 impl Part {
     /// A batch of `slot`'s shard was taken to be handed out: counted whole,
     /// so the per-record path makes no metric call.
-    pub(super) fn took(&mut self, slot: usize, records: &[Record]) {
+    pub(super) fn took(&mut self, slot: usize, records: &Records) {
         let entry = &self.slots[slot];
         entry.metrics.batch(records);
         self.durable.handed(&entry.id, entry.handed);

@@ -392,11 +392,7 @@ impl Part {
                         m.deliverable_until(&this.slots[slot].id)
                             .unwrap_or_else(tokio::time::Instant::now)
                     });
-                    this.current = Some(Batch {
-                        slot,
-                        records: records.into_iter(),
-                        until,
-                    });
+                    this.current = Some(Batch { slot, records, until });
                 }
                 Poll::Ready(Some((slot, ShardEvent::End(children)))) => this.on_shard_end(slot, children),
                 // No shard is being read right now: children may still come.

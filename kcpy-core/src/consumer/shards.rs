@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::part::Part;
 use crate::checkpoint::{Gate, Position};
 use crate::config::Settings;
-use crate::kinesis::{ShardInfo, StreamRef};
+use crate::kinesis::{Records, ShardInfo, StreamRef};
 use crate::lineage::Start;
 use crate::read::{Deliver, DynReader, ReadShard, ShardEvent};
 use crate::signal::Fatal;
@@ -116,7 +116,7 @@ impl ShardSlot {
 
 pub(super) struct Batch {
     pub(super) slot: usize,
-    pub(super) records: std::vec::IntoIter<Record>,
+    pub(super) records: Records,
     /// In a group: until when the lease, as last confirmed, lets these
     /// records be handed out; checked per record, as a paused process may
     /// wake in the middle of a batch.

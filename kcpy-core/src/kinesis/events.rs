@@ -257,11 +257,12 @@ mod tests {
         for chunk in [1, 7, 4096] {
             let mut events = stream(bytes.clone(), chunk);
             let first = events.next_event().await.expect("event").expect("some");
-            let data: Vec<&[u8]> = first.records.iter().map(|r| &r.data[..]).collect();
+            let records: Vec<crate::Record> = first.records.collect();
+            let data: Vec<&[u8]> = records.iter().map(|r| &r.data[..]).collect();
             assert_eq!(data, [&b"hello"[..], b"world"], "chunks of {chunk}");
-            assert_eq!(first.records[1].sequence_number.as_str(), "102");
-            assert_eq!(first.records[0].millis_behind_latest, Some(7));
-            assert!(first.records[0].approximate_arrival_timestamp.is_some());
+            assert_eq!(records[1].sequence_number.as_str(), "102");
+            assert_eq!(records[0].millis_behind_latest, Some(7));
+            assert!(records[0].approximate_arrival_timestamp.is_some());
             assert_eq!(first.continuation.as_ref().map(SequenceNumber::as_str), Some("102"));
             let quiet = events.next_event().await.expect("event").expect("some");
             assert!(quiet.records.is_empty());

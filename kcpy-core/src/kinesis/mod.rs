@@ -8,6 +8,7 @@
 mod errors;
 mod events;
 mod page;
+mod records;
 mod scan;
 mod sdk;
 mod signed;
@@ -19,10 +20,11 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub(crate) use errors::{sort_code, FaultWatch};
+pub(crate) use records::Records;
 pub(crate) use sdk::SdkKinesis;
 
 use crate::error::BoxError;
-use crate::{Error, Record, SequenceNumber};
+use crate::{Error, SequenceNumber};
 
 /// The stream as configured, and its name for checkpoint keys.
 #[derive(Debug, Clone)]
@@ -158,7 +160,7 @@ pub(crate) enum IteratorPosition {
 
 #[derive(Debug, Default)]
 pub(crate) struct RecordsPage {
-    pub(crate) records: Vec<Record>,
+    pub(crate) records: Records,
     /// `None` once the shard is closed and fully read.
     pub(crate) next_iterator: Option<String>,
     pub(crate) millis_behind_latest: Option<i64>,
@@ -234,7 +236,7 @@ pub(crate) async fn within<T>(
 /// One event of a SubscribeToShard subscription.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriptionEvent {
-    pub(crate) records: Vec<Record>,
+    pub(crate) records: Records,
     /// Where the shard's reading stands; `None` where Kinesis sent none (the
     /// SDK makes an absent one `""`): at the shard's end, with children.
     pub(crate) continuation: Option<SequenceNumber>,

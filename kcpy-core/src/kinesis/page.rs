@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_sdk_kinesis::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -24,6 +24,7 @@ use bytestring::ByteString;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 
+use super::records::{End, Records};
 use super::{HashRange, RecordsPage, ShardInfo};
 use crate::{Aggregate, Error, Record, SequenceNumber};
 
@@ -210,7 +211,7 @@ pub(crate) fn parse_page(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) ->
 
 /// A body of records as Kinesis sends it, parsed.
 pub(crate) struct Parsed {
-    pub(crate) records: Vec<Record>,
+    pub(crate) records: Records,
     /// GetRecords: the next iterator, absent at a closed shard's end.
     pub(crate) next_iterator: Option<String>,
     /// SubscribeToShard: where the subscription stands, absent (or empty)
@@ -274,19 +275,11 @@ pub(super) fn gather(body: &[u8]) -> Result<Gathered, String> {
 pub(super) struct Gathered {
     payloads: Vec<u8>,
     text: Vec<u8>,
-    ends: Vec<Ends>,
+    ends: Vec<End>,
     pub(super) next_iterator: Option<String>,
     pub(super) continuation: Option<String>,
     pub(super) millis_behind_latest: Option<i64>,
     pub(super) child_shards: Vec<ShardInfo>,
-}
-
-/// Where a record's parts end in [`Gathered`]'s buffers, and its arrival.
-struct Ends {
-    data: usize,
-    sequence: usize,
-    key: usize,
-    arrival: Option<f64>,
 }
 
 impl Gathered {
@@ -313,11 +306,14 @@ impl Gathered {
         self.text.extend_from_slice(sequence);
         let sequence_end = self.text.len();
         self.text.extend_from_slice(key);
-        self.ends.push(Ends {
-            data: self.payloads.len(),
-            sequence: sequence_end,
-            key: self.text.len(),
-            arrival,
+        // Bodies are capped far below 4 GiB; the check keeps a bigger one an
+        // error, not a wrapped offset.
+        let offset = |at: usize| u32::try_from(at).map_err(|_| "the page is over 4 GiB".to_owned());
+        self.ends.push(End {
+            data: offset(self.payloads.len())?,
+            sequence: offset(sequence_end)?,
+            key: offset(self.text.len())?,
+            arrival: arrival.unwrap_or(f64::NAN),
         });
         Ok(())
     }
@@ -338,33 +334,17 @@ impl Gathered {
     }
 
     pub(super) fn build(self, stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
-        let payloads = Bytes::from(self.payloads);
         let text = ByteString::try_from(self.text)
             .map_err(|e| format!("a sequence number or partition key is not UTF-8: {e}"))?;
         let millis_behind_latest = self.millis_behind_latest;
-        let (mut data_start, mut text_start) = (0, 0);
-        let mut records = Vec::with_capacity(self.ends.len());
-        for ends in self.ends {
-            let sequence_number = SequenceNumber::parse_shared(text.slice_ref(&text[text_start..ends.sequence]))
-                .map_err(|e| e.to_string())?;
-            records.push(Record {
-                data: payloads.slice(data_start..ends.data),
-                partition_key: text.slice_ref(&text[ends.sequence..ends.key]),
-                sequence_number,
-                shard_id: Arc::clone(shard_id),
-                stream: Arc::clone(stream),
-                approximate_arrival_timestamp: ends
-                    .arrival
-                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                    .map(|since| SystemTime::UNIX_EPOCH + since),
-                explicit_hash_key: None,
-                millis_behind_latest,
-                sub_sequence_number: None,
-                aggregate: Aggregate::Plain,
-            });
-            data_start = ends.data;
-            text_start = ends.key;
-        }
+        let records = Records::page(
+            Bytes::from(self.payloads),
+            text,
+            self.ends,
+            stream,
+            shard_id,
+            millis_behind_latest,
+        )?;
         Ok(Parsed {
             records,
             next_iterator: self.next_iterator,
@@ -431,6 +411,8 @@ pub(crate) fn children_from_sdk(children: Vec<aws_sdk_kinesis::types::ChildShard
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn shard() -> Arc<str> {
@@ -444,20 +426,21 @@ mod tests {
             {"SequenceNumber":"49590338271490256608559692538361571095921575989136588899","Data":"","PartitionKey":"b\"c","EncryptionType":"NONE"}
         ],"NextShardIterator":"next","MillisBehindLatest":12}"#;
         let page = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
-        assert_eq!(page.records.len(), 2);
-        assert_eq!(&page.records[0].data[..], b"hello");
-        assert_eq!(page.records[0].partition_key, "a");
-        assert_eq!(page.records[1].partition_key, "b\"c", "escaped keys are unescaped");
-        assert!(page.records[1].data.is_empty());
+        let records: Vec<Record> = page.records.collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(&records[0].data[..], b"hello");
+        assert_eq!(records[0].partition_key, "a");
+        assert_eq!(records[1].partition_key, "b\"c", "escaped keys are unescaped");
+        assert!(records[1].data.is_empty());
         assert_eq!(
-            page.records[0].approximate_arrival_timestamp,
+            records[0].approximate_arrival_timestamp,
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         );
-        assert_eq!(page.records[1].millis_behind_latest, Some(12));
+        assert_eq!(records[1].millis_behind_latest, Some(12));
         assert_eq!(page.next_iterator.as_deref(), Some("next"));
         assert!(page.child_shards.is_empty());
         assert_eq!(
-            page.records[1].sequence_number.as_str(),
+            records[1].sequence_number.as_str(),
             "49590338271490256608559692538361571095921575989136588899"
         );
     }
@@ -469,28 +452,27 @@ mod tests {
             {"SequenceNumber":"22","Data":"Yg==","PartitionKey":"key-22"},
             {"SequenceNumber":"333","Data":"Yw==","PartitionKey":"key-333"}
         ],"NextShardIterator":"next"}"#;
-        let page = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
-        let first = page.records[0].sequence_number.as_str().as_ptr();
-        let texts: Vec<(&str, &str)> = page
+        let records: Vec<Record> = parse_page(body, &Arc::from("s"), &shard())
+            .expect("parses")
             .records
+            .collect();
+        let first = records[0].sequence_number.as_str().as_ptr();
+        let texts: Vec<(&str, &str)> = records
             .iter()
             .map(|r| (r.sequence_number.as_str(), &*r.partition_key))
             .collect();
         assert_eq!(texts, [("1", "key-1"), ("22", "key-22"), ("333", "key-333")]);
         // One after the other in one buffer, not a string each.
         let span = 1 + 5 + 2 + 6 + 3 + 7;
-        for record in &page.records {
+        for record in &records {
             for text in [record.sequence_number.as_str(), &*record.partition_key] {
                 let offset = text.as_ptr() as usize - first as usize;
                 assert!(offset + text.len() <= span, "{text} lies outside the page's text");
             }
         }
-        let detached = page.records[2].sequence_number.detached();
-        assert_eq!(detached, page.records[2].sequence_number);
-        assert_ne!(
-            detached.as_str().as_ptr(),
-            page.records[2].sequence_number.as_str().as_ptr()
-        );
+        let detached = records[2].sequence_number.detached();
+        assert_eq!(detached, records[2].sequence_number);
+        assert_ne!(detached.as_str().as_ptr(), records[2].sequence_number.as_str().as_ptr());
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl KinesisApi for SdkKinesis {
         .map_err(ApiError::Fatal)?;
         let child_shards = children_from_sdk(output.child_shards.unwrap_or_default());
         Ok(RecordsPage {
-            records,
+            records: records.into(),
             next_iterator: output.next_shard_iterator,
             millis_behind_latest: output.millis_behind_latest,
             child_shards,

@@ -12,8 +12,7 @@ use super::kpl::{self, Unpacked};
 use super::ShardEvent;
 use crate::checkpoint::SubSequence;
 use crate::config::Settings;
-use crate::kinesis::HashRange;
-use crate::Record;
+use crate::kinesis::{HashRange, Records};
 
 /// The most records handed over in one batch. A 1 MiB aggregate can hold
 /// 250,000 tiny user records: they reach the consumer in parts, each waiting
@@ -62,7 +61,7 @@ impl Deliver {
             end @ ShardEvent::End(_) => return self.tx.send(end).await,
         };
         let mut skip = self.skip.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if !self.deaggregate || !records.iter().any(|r| kpl::is_aggregate(&r.data)) {
+        if !self.deaggregate || !records.any(kpl::is_aggregate) {
             let sent = self.forward(records, &mut skip).await;
             self.keep(skip);
             return sent;
@@ -95,7 +94,7 @@ impl Deliver {
             }
             if out.len() >= MAX_BATCH {
                 let full = std::mem::replace(&mut out, Vec::with_capacity(MAX_BATCH));
-                self.forward(full, &mut skip).await?;
+                self.forward(full.into(), &mut skip).await?;
             }
         }
         if malformed > 0 {
@@ -115,30 +114,22 @@ impl Deliver {
                 "user records of aggregates hash outside this shard's hash key range"
             );
         }
-        let sent = self.forward(out, &mut skip).await;
+        let sent = self.forward(out.into(), &mut skip).await;
         self.keep(skip);
         sent
     }
 
     /// Sends `records` without those `skip` covers; `skip` stays while every
     /// record so far was covered by it (an aggregate that spans batches).
-    async fn forward(
-        &self,
-        mut records: Vec<Record>,
-        skip: &mut Option<SubSequence>,
-    ) -> Result<(), SendError<ShardEvent>> {
+    async fn forward(&self, mut records: Records, skip: &mut Option<SubSequence>) -> Result<(), SendError<ShardEvent>> {
         if let Some(covering) = skip.take() {
-            let covered = records
-                .iter()
-                .take_while(|r| {
-                    r.sequence_number == *covering.sequence()
-                        && r.sub_sequence_number.is_some_and(|n| n <= covering.number())
-                })
-                .count();
-            if covered == records.len() {
+            let all = records.drop_covered(|r| {
+                r.sequence_number == *covering.sequence()
+                    && r.sub_sequence_number.is_some_and(|n| n <= covering.number())
+            });
+            if all {
                 *skip = Some(covering);
             }
-            records.drain(..covered);
         }
         if records.is_empty() {
             return Ok(());
@@ -159,7 +150,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::{Aggregate, SequenceNumber};
+    use crate::{Aggregate, Record, SequenceNumber};
 
     /// A KPL aggregate whose user records' data are their partition keys.
     fn aggregate(seq: &str, keys: &[&str]) -> Record {
@@ -177,6 +168,10 @@ mod tests {
         )
     }
 
+    fn batch(records: Vec<Record>) -> ShardEvent {
+        ShardEvent::Records(records.into())
+    }
+
     fn deliver(
         settings: &Settings,
         range: Option<HashRange>,
@@ -189,7 +184,6 @@ mod tests {
     fn sent(rx: &mut mpsc::Receiver<ShardEvent>) -> Vec<(String, Option<u64>)> {
         match rx.try_recv() {
             Ok(ShardEvent::Records(records)) => records
-                .iter()
                 .map(|r| (r.partition_key.to_string(), r.sub_sequence_number))
                 .collect(),
             other => panic!("expected records, got {other:?}"),
@@ -199,13 +193,9 @@ mod tests {
     #[tokio::test]
     async fn aggregates_become_user_records_between_plain_ones() {
         let (tx, mut rx) = deliver(&Settings::default(), None, None);
-        tx.send(ShardEvent::Records(vec![
-            plain("1"),
-            aggregate("2", &["a", "b"]),
-            plain("3"),
-        ]))
-        .await
-        .expect("send");
+        tx.send(batch(vec![plain("1"), aggregate("2", &["a", "b"]), plain("3")]))
+            .await
+            .expect("send");
         assert_eq!(
             sent(&mut rx),
             [
@@ -224,9 +214,7 @@ mod tests {
             ..Settings::default()
         };
         let (tx, mut rx) = deliver(&settings, None, None);
-        tx.send(ShardEvent::Records(vec![aggregate("2", &["a", "b"])]))
-            .await
-            .expect("send");
+        tx.send(batch(vec![aggregate("2", &["a", "b"])])).await.expect("send");
         assert_eq!(sent(&mut rx), [("agg".into(), None)]);
     }
 
@@ -234,20 +222,15 @@ mod tests {
     async fn a_mid_aggregate_checkpoint_skips_exactly_the_user_records_it_covers_once() {
         let seq = SequenceNumber::parse("2").expect("valid");
         let (tx, mut rx) = deliver(&Settings::default(), None, Some(SubSequence::new(seq, 1)));
-        tx.send(ShardEvent::Records(vec![
-            aggregate("2", &["a", "b", "c", "d"]),
-            plain("3"),
-        ]))
-        .await
-        .expect("send");
+        tx.send(batch(vec![aggregate("2", &["a", "b", "c", "d"]), plain("3")]))
+            .await
+            .expect("send");
         assert_eq!(
             sent(&mut rx),
             [("c".into(), Some(2)), ("d".into(), Some(3)), ("k".into(), None)]
         );
         // Only the first batch after the start is the aggregate resumed in.
-        tx.send(ShardEvent::Records(vec![aggregate("4", &["a", "b"])]))
-            .await
-            .expect("send");
+        tx.send(batch(vec![aggregate("4", &["a", "b"])])).await.expect("send");
         assert_eq!(sent(&mut rx), [("a".into(), Some(0)), ("b".into(), Some(1))]);
     }
 
@@ -263,14 +246,14 @@ mod tests {
         let skip = SubSequence::new(SequenceNumber::parse("2").expect("valid"), 15_000);
         let (tx, mut rx) = mpsc::channel(8);
         let deliver = Deliver::new(tx, &Settings::default(), None, Some(skip));
-        let sending = tokio::spawn(async move { deliver.send(ShardEvent::Records(vec![huge, plain("3")])).await });
+        let sending = tokio::spawn(async move { deliver.send(batch(vec![huge, plain("3")])).await });
         let mut batches = Vec::new();
         while let Some(ShardEvent::Records(records)) = rx.recv().await {
             batches.push(records);
         }
         sending.await.expect("joined").expect("sent");
         assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= MAX_BATCH));
-        let numbers: Vec<Option<u64>> = batches.iter().flatten().map(|r| r.sub_sequence_number).collect();
+        let numbers: Vec<Option<u64>> = batches.into_iter().flatten().map(|r| r.sub_sequence_number).collect();
         assert_eq!(
             numbers.len(),
             25_000 - 15_001 + 1,
@@ -289,9 +272,7 @@ mod tests {
     async fn a_batch_left_empty_is_not_sent() {
         let seq = SequenceNumber::parse("2").expect("valid");
         let (tx, mut rx) = deliver(&Settings::default(), None, Some(SubSequence::new(seq, 0)));
-        tx.send(ShardEvent::Records(vec![aggregate("2", &["a"])]))
-            .await
-            .expect("send");
+        tx.send(batch(vec![aggregate("2", &["a"])])).await.expect("send");
         assert!(rx.try_recv().is_err(), "nothing left to deliver");
     }
 
@@ -303,14 +284,13 @@ mod tests {
             end: inside,
         });
         let (tx, mut rx) = deliver(&Settings::default(), range, None);
-        tx.send(ShardEvent::Records(vec![aggregate("2", &["in", "out"])]))
+        tx.send(batch(vec![aggregate("2", &["in", "out"])]))
             .await
             .expect("send");
         let Ok(ShardEvent::Records(records)) = rx.try_recv() else {
             panic!("records")
         };
         let outside: Vec<bool> = records
-            .iter()
             .map(|r| {
                 matches!(
                     r.aggregate,
@@ -328,7 +308,7 @@ mod tests {
             ..Settings::default()
         };
         let (tx, mut rx) = deliver(&settings, range, None);
-        tx.send(ShardEvent::Records(vec![
+        tx.send(batch(vec![
             aggregate("2", &["in", "out"]),
             aggregate("3", &["in"]),
             plain("4"),

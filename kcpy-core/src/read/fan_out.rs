@@ -172,7 +172,7 @@ impl Shard<'_> {
             millis_behind_latest,
         } = event;
         self.read.metrics.behind(millis_behind_latest);
-        if let Some(newest) = records.last().map(|r| r.sequence_number.detached()) {
+        if let Some(newest) = records.newest_detached() {
             match until_cancelled(&self.read.cancel, self.read.tx.send(ShardEvent::Records(records))).await {
                 Some(Ok(())) => self.last = Some(newest),
                 // Cancelled, or the consumer dropped the shard.

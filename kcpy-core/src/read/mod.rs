@@ -31,18 +31,18 @@ pub(crate) use registration::resolve;
 pub use registration::FanOut;
 
 use crate::config::Settings;
-use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, ShardInfo, StreamRef};
+use crate::kinesis::{within, ApiError, DynKinesis, FaultWatch, IteratorPosition, Records, ShardInfo, StreamRef};
 use crate::lineage::Start;
 use crate::retry::Backoff;
 use crate::signal::Fatal;
 use crate::telemetry::ShardMetrics;
-use crate::{Error, Record};
+use crate::Error;
 
 /// What a reader hands to the consumer, in shard order.
 #[derive(Debug)]
 pub(crate) enum ShardEvent {
     /// Records in shard order; never empty.
-    Records(Vec<Record>),
+    Records(Records),
     /// The shard is closed and every record of it was handed over; with the
     /// shards that continue it, as Kinesis reported them.
     End(Vec<ShardInfo>),

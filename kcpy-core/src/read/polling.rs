@@ -204,14 +204,10 @@ impl Poller {
                         millis_behind_latest,
                         child_shards,
                     } = page;
-                    if count > 0 {
-                        let batch = records;
-                        let newest = &batch[batch.len() - 1].sequence_number;
-                        // Kept past the page: a copy of its own, not a view that
-                        // would keep the page's text in memory.
-                        last = Some(newest.detached());
+                    if let Some(newest) = records.newest_detached() {
+                        last = Some(newest);
                         tracing::trace!(count, millis_behind_latest, "fetched records");
-                        match self.until_cancelled(self.tx.send(ShardEvent::Records(batch))).await {
+                        match self.until_cancelled(self.tx.send(ShardEvent::Records(records))).await {
                             Some(Ok(())) => {}
                             _ => return Ok(()),
                         }

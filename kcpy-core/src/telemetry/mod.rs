@@ -241,9 +241,9 @@ impl ShardMetrics {
     }
 
     /// A batch handed to the consumer: counted as a whole.
-    pub(crate) fn batch(&self, records: &[crate::Record]) {
+    pub(crate) fn batch(&self, records: &crate::kinesis::Records) {
         self.records.increment(records.len() as u64);
-        self.bytes.increment(records.iter().map(|r| r.data.len() as u64).sum());
+        self.bytes.increment(records.data_len() as u64);
     }
 
     /// What a GetRecords answer or fan-out event said of the shard's lag,

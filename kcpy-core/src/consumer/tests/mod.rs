@@ -185,7 +185,7 @@ impl KinesisApi for FakeKinesis {
             .get_mut(&shard)
             .and_then(VecDeque::pop_front);
         let page = |records: Vec<Record>, next: Option<String>| RecordsPage {
-            records,
+            records: records.into(),
             next_iterator: next,
             millis_behind_latest: Some(0),
             child_shards: Vec::new(),
