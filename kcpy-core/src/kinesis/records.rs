@@ -23,7 +23,10 @@ pub(crate) struct Records(Inner);
 
 #[derive(Clone)]
 enum Inner {
-    Page(Page),
+    // Boxed: records travel in each shard's channel, whose blocks hold 32
+    // events each, allocated up front; inline, a page's parts made every
+    // idle shard's channel five times bigger (40 MB more at 10,000 shards).
+    Page(Box<Page>),
     Built(std::vec::IntoIter<Record>),
 }
 
@@ -115,7 +118,7 @@ impl Records {
         for index in 0..page.ends.len() {
             SequenceNumber::check(page.sequence_text(index)).map_err(|e| e.to_string())?;
         }
-        Ok(Self(Inner::Page(page)))
+        Ok(Self(Inner::Page(Box::new(page))))
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -228,6 +231,9 @@ impl Iterator for Records {
 }
 
 impl ExactSizeIterator for Records {}
+
+// A shard's channel holds events of this size in every slot.
+const _: () = assert!(std::mem::size_of::<Records>() <= 32);
 
 impl std::fmt::Debug for Records {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
