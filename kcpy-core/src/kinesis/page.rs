@@ -198,9 +198,54 @@ fn invalid(message: impl Into<String>) -> Error {
     }
 }
 
+/// A response body as it arrived: the chunks the connection read, not
+/// joined (the scanner reads them as they are).
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    /// Adds the next chunk, refusing to grow past [`MAX_BODY`].
+    pub(crate) fn push(&mut self, data: Bytes) -> Result<(), Error> {
+        if self.len + data.len() > MAX_BODY {
+            return Err(invalid(format!("the response body is over {} MiB", MAX_BODY >> 20)));
+        }
+        self.len += data.len();
+        if !data.is_empty() {
+            self.chunks.push(data);
+        }
+        Ok(())
+    }
+
+    /// The body in one piece: a copy, unless it came in one chunk.
+    pub(crate) fn joined(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.chunks.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one),
+            chunks => std::borrow::Cow::Owned(chunks.concat()),
+        }
+    }
+}
+
 /// Parses a captured GetRecords body into records of `shard_id` of `stream`.
 pub(crate) fn parse_page(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
-    let parsed = parse_records(body, stream, shard_id).map_err(invalid)?;
+    page_of(parse_records(body, stream, shard_id))
+}
+
+/// [`parse_page`] for a body in chunks.
+pub(crate) fn parse_body(body: &Chunks, stream: &Arc<str>, shard_id: &Arc<str>) -> Result<RecordsPage, Error> {
+    let chunks: Vec<&[u8]> = body.chunks.iter().map(|chunk| &chunk[..]).collect();
+    let gathered = match super::scan::scan_chunks(&chunks) {
+        Some(gathered) => Ok(gathered),
+        None => gather(&body.joined()),
+    };
+    page_of(gathered.and_then(|gathered| gathered.build(stream, shard_id)))
+}
+
+fn page_of(parsed: Result<Parsed, String>) -> Result<RecordsPage, Error> {
+    let parsed = parsed.map_err(invalid)?;
     Ok(RecordsPage {
         records: parsed.records,
         next_iterator: parsed.next_iterator,
@@ -224,7 +269,7 @@ pub(crate) struct Parsed {
 /// Parses a GetRecords body or a SubscribeToShardEvent payload into records
 /// of `shard_id` of `stream`; the error says what is wrong with it.
 pub(crate) fn parse_records(body: &[u8], stream: &Arc<str>, shard_id: &Arc<str>) -> Result<Parsed, String> {
-    let gathered = match super::scan::scan(body) {
+    let gathered = match super::scan::scan_chunks(&[body]) {
         Some(gathered) => gathered,
         None => gather(body)?,
     };
@@ -517,6 +562,42 @@ mod tests {
         append_capped(&mut buffer, b"x").expect("at the cap");
         assert!(append_capped(&mut buffer, b"y").is_err());
         assert_eq!(buffer.len(), MAX_BODY);
+        // A body kept as its chunks is capped alike.
+        let mut chunks = Chunks::default();
+        chunks.push(Bytes::from(vec![0; MAX_BODY - 1])).expect("under the cap");
+        chunks.push(Bytes::from_static(b"x")).expect("at the cap");
+        let over = chunks.push(Bytes::from_static(b"y"));
+        assert!(matches!(over, Err(Error::InvalidResponse { .. })), "{over:?}");
+        assert_eq!(chunks.joined().len(), MAX_BODY);
+    }
+
+    #[test]
+    fn a_body_in_chunks_parses_as_the_same_body_in_one_piece() {
+        let body: &[u8] = br#"{"Records":[{"SequenceNumber":"1","Data":"YQ==","PartitionKey":"k"},{"SequenceNumber":"2","Data":"Yg==","PartitionKey":"l"}],"NextShardIterator":"AB","MillisBehindLatest":3}"#;
+        let children: &[u8] = br#"{"Records":[],"MillisBehindLatest":0,"ChildShards":[{"ShardId":"shardId-1","ParentShards":["shardId-0"],"HashKeyRange":{"StartingHashKey":"0","EndingHashKey":"9"}}]}"#;
+        for body in [body, children] {
+            let whole = parse_page(body, &Arc::from("s"), &shard()).expect("parses");
+            for cut in 0..=body.len() {
+                let mut chunks = Chunks::default();
+                for piece in [&body[..cut], &body[cut..]] {
+                    chunks.push(Bytes::copy_from_slice(piece)).expect("small");
+                }
+                let page = parse_body(&chunks, &Arc::from("s"), &shard()).expect("parses in chunks");
+                assert_eq!(
+                    page.records.collect::<Vec<_>>(),
+                    whole.records.clone().collect::<Vec<_>>()
+                );
+                assert_eq!(page.next_iterator, whole.next_iterator);
+                assert_eq!(page.millis_behind_latest, whole.millis_behind_latest);
+                assert_eq!(page.child_shards.len(), whole.child_shards.len());
+            }
+        }
+        let mut broken = Chunks::default();
+        for piece in [&b"{\"Records\":[{"[..], b"}"] {
+            broken.push(Bytes::from_static(piece)).expect("small");
+        }
+        let error = parse_body(&broken, &Arc::from("s"), &shard()).err();
+        assert!(matches!(error, Some(Error::InvalidResponse { .. })), "{error:?}");
     }
 
     #[test]

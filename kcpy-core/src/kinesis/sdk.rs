@@ -10,7 +10,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 
 use super::errors::classify;
-use super::page::{children_from_sdk, parse_page, records_from_sdk, CapturePage, Slot};
+use super::page::{children_from_sdk, parse_body, parse_page, records_from_sdk, CapturePage, Slot};
 use super::signed::{Learn, RouteCell};
 use super::{ApiError, HashRange, IteratorPosition, KinesisApi, RecordsPage, ShardInfo, ShardPage, StreamRef};
 use crate::Error;
@@ -133,7 +133,7 @@ impl KinesisApi for SdkKinesis {
     ) -> Result<RecordsPage, ApiError> {
         if let Some(route) = self.route.get() {
             let body = route.get_records(stream, iterator, limit).await?;
-            return parse_page(&body, &stream.label, shard_id).map_err(ApiError::Fatal);
+            return parse_body(&body, &stream.label, shard_id).map_err(ApiError::Fatal);
         }
         let slot = Slot::default();
         let mut request = self

@@ -31,11 +31,10 @@ use aws_smithy_runtime_api::client::runtime_components::GetIdentityResolver;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 use aws_smithy_types::timeout::TimeoutConfig;
-use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http_body_util::BodyExt;
 
-use super::page::{append_capped, MAX_PRESIZE};
+use super::page::Chunks;
 use super::{sort_code, ApiError, StreamRef};
 use crate::clock::Skew;
 use crate::error::BoxError;
@@ -156,7 +155,7 @@ impl Route {
     }
 
     /// One GetRecords call: the response body of a success, or the error.
-    pub(crate) async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<Bytes, ApiError> {
+    pub(crate) async fn get_records(&self, stream: &StreamRef, iterator: &str, limit: i32) -> Result<Chunks, ApiError> {
         #[derive(serde::Serialize)]
         struct Input<'a> {
             #[serde(rename = "ShardIterator")]
@@ -196,24 +195,19 @@ impl Route {
                 .unwrap_or_else(|behind| behind.duration())
         });
         let status = response.status().as_u16();
-        let length = response
-            .headers()
-            .get("content-length")
-            .and_then(|len| len.parse::<usize>().ok())
-            .unwrap_or(0);
         let error_type = response.headers().get("x-amzn-errortype").map(str::to_owned);
         let mut body = response.into_body();
-        let mut buffer = BytesMut::with_capacity(length.min(MAX_PRESIZE));
+        let mut chunks = Chunks::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::Transient(Arc::<dyn std::error::Error + Send + Sync>::from(e)))?;
-            if let Some(data) = frame.data_ref() {
-                append_capped(&mut buffer, data).map_err(ApiError::Fatal)?;
+            if let Ok(data) = frame.into_data() {
+                chunks.push(data).map_err(ApiError::Fatal)?;
             }
         }
         if (200..300).contains(&status) {
-            return Ok(buffer.freeze());
+            return Ok(chunks);
         }
-        let error = ServiceError::parse(status, error_type.as_deref(), &buffer);
+        let error = ServiceError::parse(status, error_type.as_deref(), &chunks.joined());
         let code = error.code.clone();
         Err(sort_code(
             code.as_deref(),
