@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub(crate) use errors::{sort_code, FaultWatch};
-pub(crate) use records::Records;
+pub(crate) use records::{Records, KPL_MAGIC};
 pub(crate) use sdk::SdkKinesis;
 
 use crate::error::BoxError;

@@ -24,7 +24,7 @@ use bytestring::ByteString;
 use http_body::{Body, Frame, SizeHint};
 use serde::Deserialize;
 
-use super::records::{End, Records};
+use super::records::{End, Records, KPL_MAGIC};
 use super::{HashRange, RecordsPage, ShardInfo};
 use crate::{Aggregate, Error, Record, SequenceNumber};
 
@@ -321,6 +321,8 @@ pub(super) struct Gathered {
     payloads: Vec<u8>,
     text: Vec<u8>,
     ends: Vec<End>,
+    /// Some payload starts as a KPL aggregate.
+    magic: bool,
     pub(super) next_iterator: Option<String>,
     pub(super) continuation: Option<String>,
     pub(super) millis_behind_latest: Option<i64>,
@@ -345,9 +347,12 @@ impl Gathered {
         data: &[u8],
         key: &[u8],
     ) -> Result<(), String> {
+        let start = self.payloads.len();
         base64_simd::STANDARD
             .decode_append(data, &mut self.payloads)
             .map_err(|e| format!("record {} has bad base64 data: {e}", String::from_utf8_lossy(sequence)))?;
+        // While the payload is in cache: a later look would read it cold.
+        self.magic |= self.payloads.get(start..start + KPL_MAGIC.len()) == Some(&KPL_MAGIC[..]);
         self.text.extend_from_slice(sequence);
         let sequence_end = self.text.len();
         self.text.extend_from_slice(key);
@@ -389,6 +394,7 @@ impl Gathered {
             stream,
             shard_id,
             millis_behind_latest,
+            self.magic,
         )?;
         Ok(Parsed {
             records,

@@ -57,7 +57,13 @@ struct Page {
     stream: Arc<str>,
     shard_id: Arc<str>,
     millis_behind_latest: Option<i64>,
+    /// Some payload starts as a KPL aggregate: known from when the page was
+    /// read, so a page without one is not looked through again.
+    magic: bool,
 }
+
+/// What every KPL aggregate starts with.
+pub(crate) const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 
 impl Page {
     /// Where record `index` starts in the payloads and in the text.
@@ -105,8 +111,10 @@ impl Records {
         stream: &Arc<str>,
         shard_id: &Arc<str>,
         millis_behind_latest: Option<i64>,
+        magic: bool,
     ) -> Result<Self, String> {
         let page = Page {
+            magic,
             payloads,
             text,
             ends,
@@ -147,14 +155,19 @@ impl Records {
         }
     }
 
-    /// Whether `test` holds for the payload of a record not yet handed out.
-    pub(crate) fn any(&self, mut test: impl FnMut(&[u8]) -> bool) -> bool {
+    /// Whether a record not yet handed out is a KPL aggregate, by its first
+    /// bytes.
+    pub(crate) fn any_aggregate(&self) -> bool {
+        let aggregate = |data: &[u8]| data.starts_with(&KPL_MAGIC);
         match &self.0 {
-            Inner::Page(page) => (page.next..page.ends.len()).any(|index| {
-                let (start, _) = page.starts(index);
-                test(&page.payloads[start..page.ends[index].data as usize])
-            }),
-            Inner::Built(records) => records.as_slice().iter().any(|r| test(&r.data)),
+            Inner::Page(page) => {
+                page.magic
+                    && (page.next..page.ends.len()).any(|index| {
+                        let (start, _) = page.starts(index);
+                        aggregate(&page.payloads[start..page.ends[index].data as usize])
+                    })
+            }
+            Inner::Built(records) => records.as_slice().iter().any(|r| aggregate(&r.data)),
         }
     }
 
@@ -260,6 +273,27 @@ mod tests {
     }
 
     #[test]
+    fn a_page_knows_whether_a_record_not_yet_taken_starts_as_a_kpl_aggregate() {
+        // The second payload is the KPL magic and an "x".
+        let body = br#"{"Records":[
+            {"SequenceNumber":"7","Data":"YQ==","PartitionKey":"k1"},
+            {"SequenceNumber":"8","Data":"84mawng=","PartitionKey":"k2"},
+            {"SequenceNumber":"9","Data":"YQ==","PartitionKey":"k3"}
+        ]}"#;
+        let mut records = parse_records(body, &Arc::from("s"), &Arc::from("shardId-0"))
+            .expect("parses")
+            .records;
+        assert!(records.any_aggregate());
+        records.next();
+        assert!(records.any_aggregate());
+        let aggregate = records.next().expect("a record");
+        assert_eq!(&aggregate.data[..4], &KPL_MAGIC[..]);
+        assert!(!records.any_aggregate(), "a record handed out is not looked at again");
+        let built: Records = vec![aggregate].into();
+        assert!(built.any_aggregate());
+    }
+
+    #[test]
     fn a_pages_records_are_built_as_they_are_taken_and_what_is_left_is_counted() {
         let mut records = page();
         assert_eq!((records.len(), records.data_len()), (3, 6));
@@ -272,11 +306,7 @@ mod tests {
         assert_eq!((records.len(), records.data_len()), (2, 5));
         let places: Vec<(&str, Option<u64>)> = records.places().collect();
         assert_eq!(places, [("80", None), ("900", None)]);
-        assert!(records.any(|data| data == b"ccc"));
-        assert!(
-            !records.any(|data| data == b"a"),
-            "a record handed out is not looked at again"
-        );
+        assert!(!records.any_aggregate(), "no payload starts as an aggregate");
         assert_eq!(
             records.newest_detached().map(|s| s.into_string()).as_deref(),
             Some("900")

@@ -61,7 +61,7 @@ impl Deliver {
             end @ ShardEvent::End(_) => return self.tx.send(end).await,
         };
         let mut skip = self.skip.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if !self.deaggregate || !records.any(kpl::is_aggregate) {
+        if !self.deaggregate || !records.any_aggregate() {
             let sent = self.forward(records, &mut skip).await;
             self.keep(skip);
             return sent;

@@ -16,8 +16,7 @@ use prost::Message;
 use crate::kinesis::HashRange;
 use crate::{Aggregate, MalformedAggregate, Record};
 
-/// What every KPL aggregate starts with.
-pub(crate) const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+pub(crate) use crate::kinesis::KPL_MAGIC as MAGIC;
 const DIGEST_LEN: usize = 16;
 
 /// `AggregatedRecord` of the KPL's `messages.proto` (proto2; prost does not
