@@ -5,6 +5,7 @@
 //! records. Unit tests script the trait to produce faults the emulator
 //! cannot.
 
+mod decimal;
 mod errors;
 mod events;
 mod page;
