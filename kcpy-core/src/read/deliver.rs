@@ -68,33 +68,44 @@ impl Deliver {
         }
         let mut out = Vec::with_capacity(records.len().min(MAX_BATCH));
         let (mut malformed, mut outside) = (0u64, 0u64);
-        for record in records {
-            let before = out.len();
-            match kpl::unpack(record, self.range, &mut out) {
-                Unpacked::Plain(record) => out.push(record),
-                Unpacked::Malformed(record) => {
-                    malformed += 1;
-                    out.push(record);
-                }
-                Unpacked::Users { outside: 0, .. } => {}
-                Unpacked::Users { records, outside: some } => {
-                    outside += some as u64;
-                    if self.drop_outside {
-                        if let Some(first) = out.get(before) {
-                            tracing::warn!(
-                                sequence_number = %first.sequence_number,
-                                user_records = records,
-                                outside = some,
-                                "dropped an aggregate with user records outside this shard's hash key range"
-                            );
+        // Taken a few at a time, so that their aggregates' digests are
+        // computed side by side.
+        let mut records = records;
+        let mut group = Vec::with_capacity(kpl::GROUP);
+        loop {
+            group.extend(records.by_ref().take(kpl::GROUP));
+            if group.is_empty() {
+                break;
+            }
+            let intact = kpl::intact(&group);
+            for (record, intact) in group.drain(..).zip(intact) {
+                let before = out.len();
+                match kpl::unpack(record, intact, self.range, &mut out) {
+                    Unpacked::Plain(record) => out.push(record),
+                    Unpacked::Malformed(record) => {
+                        malformed += 1;
+                        out.push(record);
+                    }
+                    Unpacked::Users { outside: 0, .. } => {}
+                    Unpacked::Users { records, outside: some } => {
+                        outside += some as u64;
+                        if self.drop_outside {
+                            if let Some(first) = out.get(before) {
+                                tracing::warn!(
+                                    sequence_number = %first.sequence_number,
+                                    user_records = records,
+                                    outside = some,
+                                    "dropped an aggregate with user records outside this shard's hash key range"
+                                );
+                            }
+                            out.truncate(before);
                         }
-                        out.truncate(before);
                     }
                 }
-            }
-            if out.len() >= MAX_BATCH {
-                let full = std::mem::replace(&mut out, Vec::with_capacity(MAX_BATCH));
-                self.forward(full.into(), &mut skip).await?;
+                if out.len() >= MAX_BATCH {
+                    let full = std::mem::replace(&mut out, Vec::with_capacity(MAX_BATCH));
+                    self.forward(full.into(), &mut skip).await?;
+                }
             }
         }
         if malformed > 0 {

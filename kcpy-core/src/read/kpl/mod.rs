@@ -16,6 +16,11 @@ use prost::Message;
 use crate::kinesis::HashRange;
 use crate::{Aggregate, MalformedAggregate, Record};
 
+mod md5_lanes;
+
+/// How many records [`intact`] looks at together.
+pub(crate) const GROUP: usize = md5_lanes::LANES;
+
 pub(crate) use crate::kinesis::KPL_MAGIC as MAGIC;
 const DIGEST_LEN: usize = 16;
 
@@ -63,14 +68,56 @@ pub(crate) fn is_aggregate(data: &[u8]) -> bool {
     data.starts_with(&MAGIC)
 }
 
+/// Which of `records` (the first [`GROUP`]) are aggregates whose MD5
+/// digest matches their bytes: their digests are computed side by side.
+pub(crate) fn intact(records: &[Record]) -> [bool; GROUP] {
+    let mut bodies: [&[u8]; GROUP] = [&[]; GROUP];
+    let mut whose = [0usize; GROUP];
+    let mut count = 0;
+    for (at, record) in records.iter().enumerate().take(GROUP) {
+        if let Some((body, _)) = framing(&record.data) {
+            bodies[count] = body;
+            whose[count] = at;
+            count += 1;
+        }
+    }
+    let mut digests = [[0u8; DIGEST_LEN]; GROUP];
+    md5_lanes::digests(&bodies[..count], &mut digests);
+    let mut intact = [false; GROUP];
+    for (at, digest) in whose.iter().zip(&digests).take(count) {
+        intact[*at] = framing(&records[*at].data).is_some_and(|(_, carried)| carried == digest);
+    }
+    intact
+}
+
+/// An aggregate's protobuf bytes and the digest it carries, if it has the
+/// magic bytes and room for both.
+fn framing(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !is_aggregate(data) || data.len() < MAGIC.len() + DIGEST_LEN {
+        return None;
+    }
+    Some((
+        &data[MAGIC.len()..data.len() - DIGEST_LEN],
+        &data[data.len() - DIGEST_LEN..],
+    ))
+}
+
+/// [`unpack`] of one record, its digest checked on its own.
+#[cfg(test)]
+fn unpack_one(record: Record, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
+    let intact = intact(std::slice::from_ref(&record))[0];
+    unpack(record, intact, range, out)
+}
+
 /// Splits `record` into its user records, appended to `out`, if it is a KPL
-/// aggregate. `range` is the hash key range of the shard it was read from,
-/// when known: user records whose hash key lies outside it are flagged.
-pub(crate) fn unpack(record: Record, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
+/// aggregate; `intact` says whether its digest matched ([`intact`]).
+/// `range` is the hash key range of the shard it was read from, when
+/// known: user records whose hash key lies outside it are flagged.
+pub(crate) fn unpack(record: Record, intact: bool, range: Option<HashRange>, out: &mut Vec<Record>) -> Unpacked {
     if !is_aggregate(&record.data) {
         return Unpacked::Plain(record);
     }
-    match decode(&record.data) {
+    match decode(&record.data, intact) {
         Ok(aggregate) => users(record, aggregate, range, out),
         Err(why) => Unpacked::Malformed(flag(record, why)),
     }
@@ -81,17 +128,16 @@ fn flag(mut record: Record, why: MalformedAggregate) -> Record {
     record
 }
 
-fn decode(data: &Bytes) -> Result<AggregatedRecord, MalformedAggregate> {
+fn decode(data: &Bytes, intact: bool) -> Result<AggregatedRecord, MalformedAggregate> {
     if data.len() < MAGIC.len() + DIGEST_LEN {
         return Err(MalformedAggregate::Truncated);
     }
-    let body = data.slice(MAGIC.len()..data.len() - DIGEST_LEN);
-    let digest = &data[data.len() - DIGEST_LEN..];
-    if Md5::digest(&body).as_slice() != digest {
+    if !intact {
         return Err(MalformedAggregate::Digest);
     }
     // Decoding from `Bytes` makes each user record's data a view of the
     // Kinesis record's payload, not a copy.
+    let body = data.slice(MAGIC.len()..data.len() - DIGEST_LEN);
     let aggregate = AggregatedRecord::decode(body).map_err(|_| MalformedAggregate::Protobuf)?;
     if aggregate.records.is_empty() {
         return Err(MalformedAggregate::Empty);
@@ -129,10 +175,22 @@ fn users(parent: Record, aggregate: AggregatedRecord, range: Option<HashRange>, 
     // per user record; not at all when the shard holds every hash key.
     let range = range.filter(|range| !range.is_everything());
     let outside_key: Vec<bool> = match range {
-        Some(range) => partition_key_table
-            .iter()
-            .map(|key| !range.contains(partition_key_hash(std::str::from_utf8(key).unwrap_or_default())))
-            .collect(),
+        Some(range) => {
+            // The keys' digests (their hash keys) side by side, as the
+            // aggregates' own.
+            let mut outside = Vec::with_capacity(partition_key_table.len());
+            let mut digests = [[0u8; DIGEST_LEN]; GROUP];
+            for keys in partition_key_table.chunks(GROUP) {
+                let bytes: [&[u8]; GROUP] = std::array::from_fn(|at| keys.get(at).map_or(&[][..], |key| &key[..]));
+                md5_lanes::digests(&bytes[..keys.len()], &mut digests);
+                outside.extend(
+                    digests[..keys.len()]
+                        .iter()
+                        .map(|digest| !range.contains(u128::from_be_bytes(*digest))),
+                );
+            }
+            outside
+        }
         None => Vec::new(),
     };
     let outside_explicit: Vec<bool> = explicit_hash_key_table
@@ -240,6 +298,7 @@ pub(crate) fn aggregate(users: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
 
 /// The hash key Kinesis routes a partition key by: the MD5 digest of its
 /// UTF-8 bytes, as an unsigned big-endian 128-bit number.
+#[cfg(test)]
 pub(crate) fn partition_key_hash(key: &str) -> u128 {
     u128::from_be_bytes(Md5::digest(key.as_bytes()).into())
 }
@@ -275,7 +334,7 @@ mod tests {
 
     fn users_of(record: Record, range: Option<HashRange>) -> Vec<Record> {
         let mut out = Vec::new();
-        match unpack(record, range, &mut out) {
+        match unpack_one(record, range, &mut out) {
             Unpacked::Users { records, .. } => assert_eq!(records, out.len()),
             other => panic!("not de-aggregated: {other:?}"),
         }
@@ -284,7 +343,7 @@ mod tests {
 
     fn malformed_as(data: Vec<u8>, why: MalformedAggregate) {
         let parent = kinesis_record(data);
-        match unpack(parent.clone(), None, &mut Vec::new()) {
+        match unpack_one(parent.clone(), None, &mut Vec::new()) {
             Unpacked::Malformed(record) => {
                 assert_eq!(record.aggregate, Aggregate::Malformed(why));
                 assert_eq!(record.data, parent.data, "delivered whole, as it was put");
@@ -359,7 +418,7 @@ mod tests {
     #[test]
     fn a_plain_record_passes_untouched() {
         let plain = kinesis_record(b"{\"id\":1}".to_vec());
-        match unpack(plain.clone(), None, &mut Vec::new()) {
+        match unpack_one(plain.clone(), None, &mut Vec::new()) {
             Unpacked::Plain(record) => assert_eq!(record, plain),
             other => panic!("{other:?}"),
         }
@@ -492,7 +551,7 @@ mod tests {
         };
         let inside_explicit = key_hash.to_string();
         let mut records = Vec::new();
-        let unpacked = unpack(
+        let unpacked = unpack_one(
             kinesis_record(aggregate(&[
                 ("inside", b"1", None),
                 ("elsewhere", b"2", None),
@@ -522,6 +581,64 @@ mod tests {
             flags,
             [false, true, false, true],
             "the explicit hash key decides when there is one"
+        );
+    }
+
+    #[test]
+    fn many_distinct_keys_are_each_placed_against_the_shard_by_their_own_hash() {
+        // Keys hashed side by side, in groups and a remainder.
+        let keys: Vec<String> = (0..21).map(|k| format!("key-{k}")).collect();
+        let users: Vec<(&str, &[u8], Option<&str>)> = keys.iter().map(|k| (k.as_str(), &b"x"[..], None)).collect();
+        let range = HashRange {
+            start: 0,
+            end: u128::MAX / 2,
+        };
+        let mut records = Vec::new();
+        let unpacked = unpack_one(kinesis_record(aggregate(&users)), Some(range), &mut records);
+        let expected: Vec<bool> = keys.iter().map(|k| !range.contains(partition_key_hash(k))).collect();
+        assert!(expected.contains(&true) && expected.contains(&false), "{expected:?}");
+        let flags: Vec<bool> = records
+            .iter()
+            .map(|r| {
+                matches!(
+                    r.aggregate,
+                    Aggregate::Member {
+                        outside_shard: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(flags, expected);
+        let Unpacked::Users { outside, .. } = unpacked else {
+            panic!("{unpacked:?}")
+        };
+        assert_eq!(outside, expected.iter().filter(|o| **o).count());
+    }
+
+    #[test]
+    fn a_group_of_records_has_each_aggregate_digest_judged_on_its_own() {
+        let good = aggregate(&[("a", b"1", None)]);
+        let mut bad = aggregate(&[("b", b"2", None)]);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let group: Vec<Record> = [
+            good.clone(),
+            b"plain".to_vec(),
+            bad,
+            good.clone(),
+            MAGIC.to_vec(),
+            good.clone(),
+            good.clone(),
+            good,
+        ]
+        .into_iter()
+        .map(kinesis_record)
+        .collect();
+        assert_eq!(intact(&group), [true, false, false, true, false, true, true, true]);
+        assert_eq!(
+            intact(&group[..3]),
+            [true, false, false, false, false, false, false, false]
         );
     }
 
@@ -566,7 +683,7 @@ mod tests {
             fn any_bytes_after_the_magic_are_delivered(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
                 let data = [&MAGIC[..], &tail].concat();
                 let mut out = Vec::new();
-                match unpack(kinesis_record(data.clone()), None, &mut out) {
+                match unpack_one(kinesis_record(data.clone()), None, &mut out) {
                     Unpacked::Malformed(record) => prop_assert_eq!(&record.data[..], &data[..]),
                     Unpacked::Users { records, .. } => prop_assert!(records > 0 && records == out.len()),
                     Unpacked::Plain(_) => prop_assert!(false, "the magic bytes were seen"),
