@@ -161,7 +161,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::{Aggregate, Record, SequenceNumber};
+    use crate::{Record, SequenceNumber};
 
     /// A KPL aggregate whose user records' data are their partition keys.
     fn aggregate(seq: &str, keys: &[&str]) -> Record {
@@ -301,17 +301,7 @@ mod tests {
         let Ok(ShardEvent::Records(records)) = rx.try_recv() else {
             panic!("records")
         };
-        let outside: Vec<bool> = records
-            .map(|r| {
-                matches!(
-                    r.aggregate,
-                    Aggregate::Member {
-                        outside_shard: true,
-                        ..
-                    }
-                )
-            })
-            .collect();
+        let outside = kpl::outside_flags(&records.collect::<Vec<_>>());
         assert_eq!(outside, [false, true]);
 
         let settings = Settings {

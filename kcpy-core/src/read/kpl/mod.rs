@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+#[cfg(any(test, feature = "test-util"))]
 use md5::{Digest, Md5};
 use prost::Message;
 
@@ -303,6 +304,23 @@ pub(crate) fn partition_key_hash(key: &str) -> u128 {
     u128::from_be_bytes(Md5::digest(key.as_bytes()).into())
 }
 
+/// Which of `records` are flagged as hashing outside their shard.
+#[cfg(test)]
+pub(crate) fn outside_flags<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<bool> {
+    records
+        .into_iter()
+        .map(|r| {
+            matches!(
+                r.aggregate,
+                Aggregate::Member {
+                    outside_shard: true,
+                    ..
+                }
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,18 +583,7 @@ mod tests {
             panic!("{unpacked:?}")
         };
         assert_eq!(outside, 2);
-        let flags: Vec<bool> = records
-            .iter()
-            .map(|r| {
-                matches!(
-                    r.aggregate,
-                    Aggregate::Member {
-                        outside_shard: true,
-                        ..
-                    }
-                )
-            })
-            .collect();
+        let flags = outside_flags(&records);
         assert_eq!(
             flags,
             [false, true, false, true],
@@ -597,18 +604,7 @@ mod tests {
         let unpacked = unpack_one(kinesis_record(aggregate(&users)), Some(range), &mut records);
         let expected: Vec<bool> = keys.iter().map(|k| !range.contains(partition_key_hash(k))).collect();
         assert!(expected.contains(&true) && expected.contains(&false), "{expected:?}");
-        let flags: Vec<bool> = records
-            .iter()
-            .map(|r| {
-                matches!(
-                    r.aggregate,
-                    Aggregate::Member {
-                        outside_shard: true,
-                        ..
-                    }
-                )
-            })
-            .collect();
+        let flags = outside_flags(&records);
         assert_eq!(flags, expected);
         let Unpacked::Users { outside, .. } = unpacked else {
             panic!("{unpacked:?}")
