@@ -1,4 +1,5 @@
-"""`async for`, `async with`, and a cancelled wait that drops no record."""
+"""`async for`, `async with`, a cancelled wait that drops no record, and one
+reader at a time."""
 import asyncio
 from typing import Any, Callable, List
 
@@ -118,3 +119,29 @@ def test_aclose_from_another_task_ends_a_wait_in_progress(
         return got
 
     assert asyncio.run(main()) == [b"only", "ended"]
+
+
+def test_a_second_task_reading_while_one_waits_is_refused_and_takes_nothing(
+    kinesis: Any, make_stream: Callable[[int], str], endpoint: str
+) -> None:
+    stream = make_stream(1)
+    put(kinesis, stream, ["a", "b"])
+
+    async def main() -> List[bytes]:
+        async with kcpy.StreamConsumer(stream, endpoint_url=endpoint, **OPTIONS) as consumer:
+            first = asyncio.ensure_future(consumer.__anext__())
+            # One turn of the loop: the first read starts and waits for the
+            # consumer to start.
+            await asyncio.sleep(0)
+            try:
+                await consumer.__anext__()
+                refused = False
+            except RuntimeError as error:
+                refused = "already being read" in str(error)
+            assert refused
+            got = [(await first)["Data"]]
+            # Once the first read is done, reading goes on.
+            got.append((await consumer.__anext__())["Data"])
+            return got
+
+    assert asyncio.run(main()) == [b"a", b"b"]

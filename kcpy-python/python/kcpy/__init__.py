@@ -46,18 +46,29 @@ class StreamConsumer(_kcpy.StreamConsumer):
     """Reads every shard of a stream, following resharding, and yields its
     records as dicts; with ``for`` or ``async for``."""
 
+    # Whether a task is in `__anext__`: a second one would take the next
+    # record and so count the first one's as processed before it is.
+    _reading = False
+
     def __aiter__(self: _Self) -> _Self:
         return self
 
     async def __anext__(self) -> Dict[str, Any]:
-        while True:
-            # Taking is a step that cannot wait, done here with the GIL held,
-            # so a cancelled task never drops a record that was taken.
-            record = self._take()
-            if record is not None:
-                return record
-            if not await self._ready():
-                raise StopAsyncIteration
+        if self._reading:
+            raise RuntimeError("this StreamConsumer is already being read by another call")
+        self._reading = True
+        try:
+            while True:
+                # Taking is a step that cannot wait, done here with the GIL
+                # held, so a cancelled task never drops a record that was
+                # taken.
+                record = self._take()
+                if record is not None:
+                    return record
+                if not await self._ready():
+                    raise StopAsyncIteration
+        finally:
+            self._reading = False
 
     async def aclose(self) -> None:
         """``close()`` for asyncio: stops reading and writes the checkpoints
