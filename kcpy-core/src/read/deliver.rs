@@ -56,7 +56,7 @@ impl Deliver {
     /// are de-aggregated first, and handed over at most [`MAX_BATCH`] at a
     /// time; a batch left empty is not sent.
     pub(crate) async fn send(&self, event: ShardEvent) -> Result<(), SendError<ShardEvent>> {
-        let records = match event {
+        let mut records = match event {
             ShardEvent::Records(records) => records,
             end @ ShardEvent::End(_) => return self.tx.send(end).await,
         };
@@ -70,7 +70,6 @@ impl Deliver {
         let (mut malformed, mut outside) = (0u64, 0u64);
         // Taken a few at a time, so that their aggregates' digests are
         // computed side by side.
-        let mut records = records;
         let mut group = Vec::with_capacity(kpl::GROUP);
         loop {
             group.extend(records.by_ref().take(kpl::GROUP));

@@ -73,20 +73,21 @@ pub(crate) fn is_aggregate(data: &[u8]) -> bool {
 /// digest matches their bytes: their digests are computed side by side.
 pub(crate) fn intact(records: &[Record]) -> [bool; GROUP] {
     let mut bodies: [&[u8]; GROUP] = [&[]; GROUP];
-    let mut whose = [0usize; GROUP];
+    // Each aggregate's place in `records` and the digest it carries.
+    let mut whose: [(usize, &[u8]); GROUP] = [(0, &[]); GROUP];
     let mut count = 0;
     for (at, record) in records.iter().enumerate().take(GROUP) {
-        if let Some((body, _)) = framing(&record.data) {
+        if let Some((body, carried)) = framing(&record.data) {
             bodies[count] = body;
-            whose[count] = at;
+            whose[count] = (at, carried);
             count += 1;
         }
     }
     let mut digests = [[0u8; DIGEST_LEN]; GROUP];
     md5_lanes::digests(&bodies[..count], &mut digests);
     let mut intact = [false; GROUP];
-    for (at, digest) in whose.iter().zip(&digests).take(count) {
-        intact[*at] = framing(&records[*at].data).is_some_and(|(_, carried)| carried == digest);
+    for ((at, carried), digest) in whose.iter().zip(&digests).take(count) {
+        intact[*at] = *carried == digest;
     }
     intact
 }
